@@ -1,0 +1,172 @@
+//! The admin HTTP endpoint (hyper, HTTP/1.1), bound to `admin.bind` (keep it on a private address).
+//!
+//! - `GET /metrics`: Prometheus text format (OpenMetrics)
+//! - `GET /healthz`: 200 while the process runs
+//! - `GET /readyz`: 200 when every listener's backend has a server that can take clients, else 503
+//! - `GET /servers`: JSON list of backends and servers (health, state, open connections)
+//! - `PUT /servers/{backend}/{server}/state` with body `ready`, `drain` or `maint`: set a server's state
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::balancer::backend::AdminState;
+use crate::balancer::Balancer;
+use crate::metrics::Metrics;
+
+/// What the admin endpoint reads.
+pub struct AdminContext {
+    pub metrics: Arc<Metrics>,
+    pub balancers: Vec<Arc<Balancer>>,
+    /// Indexes into `balancers` of the backends that listeners use.
+    pub listened: Vec<usize>,
+}
+
+pub type Shared = Arc<AdminContext>;
+
+/// Serves until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Shared, tracker: TaskTracker, shutdown: CancellationToken) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(%peer, error = %e, "admin connection ended") },
+                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+    info!("admin endpoint stopped");
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", format!("{value}\n"))
+}
+
+async fn route(req: Request<Incoming>, state: &AdminContext) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
+        }
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, ["readyz"]) => readyz(state),
+        (&Method::GET, ["servers"]) => json(StatusCode::OK, &servers_json(state)),
+        (&Method::PUT | &Method::POST, ["servers", backend, server, "state"]) => {
+            let (backend, server) = ((*backend).to_owned(), (*server).to_owned());
+            let body = match Limited::new(req.into_body(), 64).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "body too large\n".into()),
+            };
+            set_state(state, &backend, &server, String::from_utf8_lossy(&body).trim())
+        }
+        (_, ["metrics" | "healthz" | "readyz" | "servers"]) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz, /servers\n".into()),
+    }
+}
+
+fn readyz(state: &AdminContext) -> Response<Full<Bytes>> {
+    let not_ready: Vec<String> = state
+        .listened
+        .iter()
+        .filter_map(|&i| state.balancers.get(i))
+        .filter(|b| !b.any_usable())
+        .map(|b| b.name())
+        .collect();
+    if not_ready.is_empty() {
+        text(StatusCode::OK, "text/plain", "ready\n".into())
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("no server up in: {}\n", not_ready.join(", ")))
+    }
+}
+
+fn servers_json(state: &AdminContext) -> serde_json::Value {
+    let backends: Vec<serde_json::Value> = state
+        .balancers
+        .iter()
+        .map(|b| {
+            let pool = b.pool();
+            let servers: Vec<serde_json::Value> = pool
+                .servers
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name,
+                        "address": s.address,
+                        "weight": s.weight,
+                        "health": if s.is_up() { "up" } else { "down" },
+                        "state": s.state().as_str(),
+                        "connections": s.active(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": pool.config.name,
+                "balance": pool.config.balance.as_str(),
+                "health_check": pool.config.health.check.as_str(),
+                "servers": servers,
+            })
+        })
+        .collect();
+    serde_json::json!({ "backends": backends })
+}
+
+fn set_state(state: &AdminContext, backend: &str, server: &str, wanted: &str) -> Response<Full<Bytes>> {
+    let Some(new_state) = AdminState::parse(wanted) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("state {wanted:?} unknown: use ready, drain or maint\n"),
+        );
+    };
+    let Some(b) = state.balancers.iter().find(|b| b.name() == backend) else {
+        return text(StatusCode::NOT_FOUND, "text/plain", format!("no backend {backend:?}\n"));
+    };
+    let pool = b.pool();
+    let Some(s) = pool.servers.iter().find(|s| s.name == server) else {
+        return text(StatusCode::NOT_FOUND, "text/plain", format!("no server {server:?} in backend {backend:?}\n"));
+    };
+    s.set_state(new_state);
+    info!(backend, server, state = new_state.as_str(), "server state set");
+    json(StatusCode::OK, &serde_json::json!({ "backend": backend, "server": server, "state": new_state.as_str() }))
+}

@@ -1,0 +1,128 @@
+//! One server of a backend at run time: its address, weight, health, administrative state and counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::ServerConfig;
+use crate::metrics::ServerMetrics;
+
+/// Administrative state, set by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes new clients when healthy.
+    Ready = 0,
+    /// Takes no new clients; connected ones stay.
+    Drain = 1,
+    /// Takes no new clients and is not probed.
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+/// A server that clients can be relayed to.
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    pub address: String,
+    pub weight: u32,
+    pub metrics: ServerMetrics,
+    up: AtomicBool,
+    state: AtomicU8,
+    active: AtomicUsize,
+}
+
+impl Server {
+    pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> Server {
+        metrics.up.set(1);
+        Server {
+            name: config.name.clone(),
+            address: config.address.clone(),
+            weight: config.weight,
+            metrics,
+            // Servers start up, as in HAProxy: the first failed probe takes them down (see `health`).
+            up: AtomicBool::new(true),
+            state: AtomicU8::new(AdminState::Ready as u8),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records the health verdict; returns true if it changed.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.metrics.up.set(i64::from(up));
+        self.up.swap(up, Ordering::Relaxed) != up
+    }
+
+    pub fn state(&self) -> AdminState {
+        AdminState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: AdminState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Whether a new client may be placed here.
+    pub fn usable(&self) -> bool {
+        self.is_up() && self.state() == AdminState::Ready
+    }
+
+    /// Relays open to this server now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts one relay to this server until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.active.inc();
+        self.metrics.connections.inc();
+        ActiveGuard { server: Arc::clone(self) }
+    }
+}
+
+/// Holds one count in a server's active connections.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    server: Arc<Server>,
+}
+
+impl ActiveGuard {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.server.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.metrics.active.dec();
+    }
+}

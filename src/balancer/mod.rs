@@ -1,0 +1,75 @@
+//! Placement: a backend's pool of servers and the choice of a server for each new client.
+//!
+//! The pool is held in an [`ArcSwap`] so it can be replaced whole (on reload) while the connection path reads it
+//! without locks. [`Balancer::candidates`] returns the usable servers (healthy and `ready`) best first; the session
+//! tries them in that order, so a connect error falls through to the next choice of the same ranking.
+
+pub mod backend;
+pub mod selection;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{BackendConfig, Balance};
+use crate::metrics::Metrics;
+use backend::Server;
+use selection::{LeastConn, Rendezvous, RoundRobin, Selection};
+
+/// The servers of one backend and how they are chosen.
+pub struct Pool {
+    pub config: BackendConfig,
+    pub servers: Vec<Arc<Server>>,
+    selection: Box<dyn Selection>,
+}
+
+impl Pool {
+    pub fn new(config: BackendConfig, metrics: &Metrics) -> Pool {
+        let servers =
+            config.servers.iter().map(|s| Arc::new(Server::new(s, metrics.server(&config.name, &s.name)))).collect();
+        let selection: Box<dyn Selection> = match config.balance {
+            Balance::ClientId => Box::<Rendezvous>::default(),
+            Balance::RoundRobin => Box::<RoundRobin>::default(),
+            Balance::LeastConn => Box::<LeastConn>::default(),
+        };
+        Pool { config, servers, selection }
+    }
+}
+
+/// One backend: a swappable pool.
+pub struct Balancer {
+    pool: ArcSwap<Pool>,
+}
+
+impl Balancer {
+    pub fn new(pool: Pool) -> Balancer {
+        Balancer { pool: ArcSwap::from_pointee(pool) }
+    }
+
+    /// The current pool.
+    pub fn pool(&self) -> Arc<Pool> {
+        self.pool.load_full()
+    }
+
+    pub fn name(&self) -> String {
+        self.pool.load().config.name.clone()
+    }
+
+    /// Replaces the pool.
+    pub fn replace(&self, pool: Pool) {
+        self.pool.store(Arc::new(pool));
+    }
+
+    /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
+        let pool = self.pool.load();
+        let mut servers: Vec<Arc<Server>> = pool.servers.iter().filter(|s| s.usable()).cloned().collect();
+        pool.selection.order(key, &mut servers);
+        servers
+    }
+
+    /// Whether at least one server can take new clients.
+    pub fn any_usable(&self) -> bool {
+        self.pool.load().servers.iter().any(|s| s.usable())
+    }
+}

@@ -1,0 +1,824 @@
+//! Configuration: the YAML file (`config.yaml`) and the validated runtime [`Config`].
+//!
+//! Loading happens in two steps. First the file is deserialized into the `File*` types, which mirror the YAML one to
+//! one and refuse unknown keys (`deny_unknown_fields`); durations (`2s`, `500ms`, `30m`, `1h`) and sizes (`64KiB`,
+//! `1MiB`, `65536`) are parsed there. Then [`validate`] checks what serde cannot (duplicate names, references between
+//! listeners and backends, addresses, certificate files) and builds the runtime [`Config`]. Every error is a
+//! [`ConfigError`] that names the file, the key path (for example `backends[0].servers[2].address`) and what is wrong.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::transport::tls;
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The key path inside the file, such as `backends[0].servers[2].address`; empty for the whole document.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from (relative paths inside it were resolved against its folder).
+    pub source: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub backends: Vec<BackendConfig>,
+    pub admin: Option<AdminConfig>,
+    pub limits: Limits,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Config {
+    /// The backend with this name.
+    pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// What a listener speaks to its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerProtocol {
+    /// MQTT (over TLS when `tls` is set): the CONNECT is validated and the client placed by client id.
+    Mqtt,
+    /// Raw TCP passthrough: no validation, placement by the backend's `balance` (client id: by source address).
+    Tcp,
+}
+
+impl ListenerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub tls: Option<TlsConfig>,
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+}
+
+/// TLS settings of a listener, with the certificate already loaded and checked.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How mqtt-lb speaks to the servers of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendProtocol {
+    /// Plain MQTT over TCP (the brokers' 1883).
+    #[default]
+    Mqtt,
+    /// Raw TCP.
+    Tcp,
+}
+
+/// How a backend picks a server for a new client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted rendezvous hash of the MQTT client id; clients without an id go to the least-loaded server.
+    #[default]
+    ClientId,
+    RoundRobin,
+    LeastConn,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::ClientId => "client-id",
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+        }
+    }
+}
+
+/// PROXY protocol header sent to the servers before the client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckKind {
+    /// A TCP connect.
+    Tcp,
+    /// A TCP connect, an MQTT 3.1.1 CONNECT answered by a successful CONNACK, then DISCONNECT.
+    #[default]
+    Mqtt,
+    /// No probing: servers are always considered up.
+    None,
+}
+
+impl HealthCheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheckKind::Tcp => "tcp",
+            HealthCheckKind::Mqtt => "mqtt",
+            HealthCheckKind::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Credentials for the MQTT probe, for brokers that refuse anonymous clients.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub protocol: BackendProtocol,
+    pub balance: Balance,
+    pub proxy_protocol: ProxyProtocol,
+    /// Deadline for the TCP connect to a server.
+    pub connect_timeout: Duration,
+    pub health: HealthConfig,
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The server's identity: placement hashes this name, so every instance with the same names agrees.
+    pub name: String,
+    /// `host:port`; a host name is resolved at each connect.
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Deadline for the whole first packet (CONNECT) after the transport is up.
+    pub connect_timeout: Duration,
+    /// Deadline for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Largest CONNECT accepted, fixed header included.
+    pub max_connect_size: usize,
+    /// Open client connections over all listeners; 0 = unlimited.
+    pub max_connections: usize,
+    /// Open client connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Close a relay after this long without bytes in either direction; zero = never.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long open relays may go on after SIGTERM/SIGINT before they are closed.
+    pub drain_timeout: Duration,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The file format.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listeners: Vec<FileListener>,
+    backends: Vec<FileBackend>,
+    #[serde(default)]
+    admin: Option<FileAdmin>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    shutdown: FileShutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    name: String,
+    bind: String,
+    protocol: ListenerProtocol,
+    #[serde(default)]
+    tls: Option<FileTls>,
+    backend: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    name: String,
+    #[serde(default)]
+    protocol: BackendProtocol,
+    #[serde(default)]
+    balance: Balance,
+    #[serde(default)]
+    proxy_protocol: ProxyProtocol,
+    #[serde(default = "default_backend_connect_timeout")]
+    connect_timeout: DurationValue,
+    #[serde(default)]
+    health: FileHealth,
+    servers: Vec<FileServer>,
+}
+
+fn default_backend_connect_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(5))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    #[serde(default)]
+    check: HealthCheckKind,
+    #[serde(default = "default_interval")]
+    interval: DurationValue,
+    #[serde(default = "default_probe_timeout")]
+    timeout: DurationValue,
+    #[serde(default = "default_rise")]
+    rise: u32,
+    #[serde(default = "default_fall")]
+    fall: u32,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+impl Default for FileHealth {
+    fn default() -> Self {
+        FileHealth {
+            check: HealthCheckKind::default(),
+            interval: default_interval(),
+            timeout: default_probe_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+fn default_interval() -> DurationValue {
+    DurationValue(Duration::from_secs(2))
+}
+fn default_probe_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(1))
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    name: String,
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    bind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    connect_timeout: DurationValue,
+    handshake_timeout: DurationValue,
+    max_connect_size: SizeValue,
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    idle_timeout: DurationValue,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            connect_timeout: DurationValue(Duration::from_secs(10)),
+            handshake_timeout: DurationValue(Duration::from_secs(10)),
+            max_connect_size: SizeValue(64 * 1024),
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            idle_timeout: DurationValue(Duration::ZERO),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileShutdown {
+    drain_timeout: DurationValue,
+}
+
+impl Default for FileShutdown {
+    fn default() -> Self {
+        FileShutdown { drain_timeout: DurationValue(Duration::from_secs(30)) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Durations and sizes.
+
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m` or `h` (`0` alone is allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = StringOrNumber::deserialize(d)?.0;
+        parse_duration(&text).map(DurationValue).map_err(de::Error::custom)
+    }
+}
+
+/// A size written as a number of bytes, optionally with a unit `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeValue(pub usize);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = StringOrNumber::deserialize(d)?.0;
+        parse_size(&text).map(SizeValue).map_err(de::Error::custom)
+    }
+}
+
+/// Accepts a YAML string or an unsigned integer, as text.
+struct StringOrNumber(String);
+
+impl<'de> Deserialize<'de> for StringOrNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = StringOrNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string such as \"2s\" or \"64KiB\", or a whole number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(StringOrNumber(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Splits `12ms` into (12, "ms").
+fn split_number(text: &str) -> Option<(u64, &str)> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at_checked(digits)?;
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses `500ms`, `2s`, `30m`, `1h` or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}: expected a whole number with a unit ms, s, m or h, like \"2s\"");
+    let (n, unit) = split_number(text).ok_or_else(bad)?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" if n == 0 => 0,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(ms_per_unit).ok_or_else(|| format!("duration {text:?} is too large"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses `65536`, `64KiB`, `1MiB`, `1GiB`, `64KB`, `1MB`, `512B`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bad = || {
+        format!("invalid size {text:?}: expected a whole number of bytes, optionally with a unit B, KiB, MiB, GiB, KB, MB or GB")
+    };
+    let (n, unit) = split_number(text).ok_or_else(bad)?;
+    let multiplier: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(multiplier).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loading and validation.
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text; `origin` names the file in errors and anchors relative paths.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let mut failed_at = String::new();
+    let options = serde_saphyr::options! { with_snippet: false };
+    let file: Result<FileConfig, _> = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            failed_at = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let file = file.map_err(|e| ConfigError {
+        file: origin.to_path_buf(),
+        key: if failed_at == "." { String::new() } else { failed_at.clone() },
+        message: e.to_string(),
+    })?;
+    validate(file, origin)
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    base: PathBuf,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), key: key.into(), message: message.into() }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn name(&self, key: String, name: &str, seen: &mut HashSet<String>) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(self.err(key, "must not be empty"));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(self.err(key, format!("invalid name {name:?}: use letters, digits, '-', '_' and '.'")));
+        }
+        if !seen.insert(name.to_owned()) {
+            return Err(self.err(key, format!("duplicate name {name:?}")));
+        }
+        Ok(())
+    }
+
+    fn socket_addr(&self, key: String, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.err(key, format!("invalid address {text:?}: expected IP:port, like \"0.0.0.0:8883\" or \"[::]:8883\""))
+        })
+    }
+
+    fn positive(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
+        if d.is_zero() {
+            Err(self.err(key, "must be greater than zero"))
+        } else {
+            Ok(d)
+        }
+    }
+}
+
+/// Checks `host:port` (host name, IPv4 or `[IPv6]`) without resolving it.
+fn check_server_address(text: &str) -> Result<(), String> {
+    let bad =
+        |why: &str| format!("invalid address {text:?}: {why}; expected host:port, like \"wbroker01.example.org:1883\"");
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return Err(bad("the port must be 1 to 65535")),
+        Ok(_) => {}
+    }
+    if host.is_empty() || host.len() > 253 {
+        return Err(bad("the host is empty or too long"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !host.trim_end_matches('.').split('.').all(label_ok) {
+        return Err(bad("the host is not a valid host name or IP address"));
+    }
+    Ok(())
+}
+
+fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
+    let c = Checker { file: origin, base: origin.parent().map(Path::to_path_buf).unwrap_or_default() };
+
+    if file.backends.is_empty() {
+        return Err(c.err("backends", "at least one backend is needed"));
+    }
+    let mut backend_names = HashSet::new();
+    let mut backends = Vec::with_capacity(file.backends.len());
+    for (i, b) in file.backends.into_iter().enumerate() {
+        let key = format!("backends[{i}]");
+        c.name(format!("{key}.name"), &b.name, &mut backend_names)?;
+        if b.servers.is_empty() {
+            return Err(c.err(format!("{key}.servers"), "at least one server is needed"));
+        }
+        let connect_timeout = c.positive(format!("{key}.connect_timeout"), b.connect_timeout.0)?;
+        let h = b.health;
+        let interval = c.positive(format!("{key}.health.interval"), h.interval.0)?;
+        let timeout = c.positive(format!("{key}.health.timeout"), h.timeout.0)?;
+        if h.rise == 0 {
+            return Err(c.err(format!("{key}.health.rise"), "must be at least 1"));
+        }
+        if h.fall == 0 {
+            return Err(c.err(format!("{key}.health.fall"), "must be at least 1"));
+        }
+        if h.password.is_some() && h.username.is_none() {
+            return Err(c.err(format!("{key}.health.password"), "a password needs a username"));
+        }
+        let mut server_names = HashSet::new();
+        let mut servers = Vec::with_capacity(b.servers.len());
+        for (j, s) in b.servers.into_iter().enumerate() {
+            let skey = format!("{key}.servers[{j}]");
+            c.name(format!("{skey}.name"), &s.name, &mut server_names)?;
+            check_server_address(&s.address).map_err(|m| c.err(format!("{skey}.address"), m))?;
+            if s.weight == 0 || s.weight > 1000 {
+                return Err(c.err(format!("{skey}.weight"), format!("weight {} is out of range 1 to 1000", s.weight)));
+            }
+            servers.push(ServerConfig { name: s.name, address: s.address, weight: s.weight });
+        }
+        backends.push(BackendConfig {
+            name: b.name,
+            protocol: b.protocol,
+            balance: b.balance,
+            proxy_protocol: b.proxy_protocol,
+            connect_timeout,
+            health: HealthConfig {
+                check: h.check,
+                interval,
+                timeout,
+                rise: h.rise,
+                fall: h.fall,
+                username: h.username,
+                password: h.password,
+            },
+            servers,
+        });
+    }
+
+    if file.listeners.is_empty() {
+        return Err(c.err("listeners", "at least one listener is needed"));
+    }
+    let mut listener_names = HashSet::new();
+    let mut binds = HashSet::new();
+    let mut listeners = Vec::with_capacity(file.listeners.len());
+    for (i, l) in file.listeners.into_iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        c.name(format!("{key}.name"), &l.name, &mut listener_names)?;
+        let bind = c.socket_addr(format!("{key}.bind"), &l.bind)?;
+        if bind.port() != 0 && !binds.insert(bind) {
+            return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
+        }
+        let backend = backends.iter().position(|b| b.name == l.backend).ok_or_else(|| {
+            let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+            c.err(
+                format!("{key}.backend"),
+                format!("no backend named {:?} (backends: {})", l.backend, known.join(", ")),
+            )
+        })?;
+        let tls = match l.tls {
+            None => None,
+            Some(t) => {
+                let cert = c.resolve(&t.cert);
+                let key_path = c.resolve(&t.key);
+                let client_ca = t.client_ca.as_deref().map(|p| c.resolve(p));
+                let server_config = tls::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
+                    let field = match e.part {
+                        tls::TlsPart::Cert => "cert",
+                        tls::TlsPart::Key => "key",
+                        tls::TlsPart::ClientCa => "client_ca",
+                    };
+                    c.err(format!("{key}.tls.{field}"), e.message)
+                })?;
+                Some(TlsConfig { cert, key: key_path, client_ca, server_config: Arc::new(server_config) })
+            }
+        };
+        listeners.push(ListenerConfig { name: l.name, bind, protocol: l.protocol, tls, backend });
+    }
+
+    let admin = match file.admin {
+        None => None,
+        Some(a) => {
+            let bind = c.socket_addr("admin.bind".into(), &a.bind)?;
+            if bind.port() != 0 && binds.contains(&bind) {
+                return Err(c.err("admin.bind", format!("{bind} is already used by a listener")));
+            }
+            Some(AdminConfig { bind })
+        }
+    };
+
+    let l = file.limits;
+    let limits = Limits {
+        connect_timeout: c.positive("limits.connect_timeout".into(), l.connect_timeout.0)?,
+        handshake_timeout: c.positive("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
+        max_connect_size: l.max_connect_size.0,
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
+        idle_timeout: l.idle_timeout.0,
+    };
+    // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
+    if !(16..=256 << 20).contains(&limits.max_connect_size) {
+        return Err(c.err("limits.max_connect_size", "must be between 16B and 256MiB"));
+    }
+
+    Ok(Config {
+        source: origin.to_path_buf(),
+        listeners,
+        backends,
+        admin,
+        limits,
+        shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0 },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listeners:
+  - name: mqtt
+    bind: "127.0.0.1:0"
+    protocol: mqtt
+    backend: brokers
+backends:
+  - name: brokers
+    health: { check: tcp, interval: 500ms }
+    servers:
+      - { name: b1, address: "127.0.0.1:1883" }
+      - { name: b2, address: "broker-2.example.org:1883", weight: 2 }
+admin: { bind: "127.0.0.1:0" }
+limits: { connect_timeout: 5s, max_connect_size: 1KiB }
+"#;
+
+    fn err_of(text: &str) -> ConfigError {
+        match parse(text, Path::new("test.yaml")) {
+            Ok(_) => panic!("config was accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = parse(GOOD, Path::new("test.yaml")).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.backends[0].servers[1].weight, 2);
+        assert_eq!(c.backends[0].health.interval, Duration::from_millis(500));
+        assert_eq!(c.backends[0].health.rise, 2);
+        assert_eq!(c.limits.max_connect_size, 1024);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("2x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("1PB").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("address: \"127.0.0.1:1883\" }", "address: \"127.0.0.1\" }", "backends[0].servers[0].address"),
+            ("address: \"broker-2.example.org:1883\"", "address: \"bad host!:1883\"", "backends[0].servers[1].address"),
+            ("backend: brokers", "backend: nowhere", "listeners[0].backend"),
+            ("name: b2", "name: b1", "backends[0].servers[1].name"),
+            ("interval: 500ms", "interval: 5 seconds", "backends[0].health.interval"),
+            ("max_connect_size: 1KiB", "max_connect_size: 1 lot", "limits.max_connect_size"),
+            ("protocol: mqtt\n", "protocol: smtp\n", "listeners[0].protocol"),
+            ("bind: \"127.0.0.1:0\"\n    protocol", "bind: \"localhost\"\n    protocol", "listeners[0].bind"),
+            ("weight: 2", "weight: 0", "backends[0].servers[1].weight"),
+            ("interval: 500ms", "interval: 500ms, colour: red", "backends[0].health.colour"),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let e = err_of(&GOOD.replacen(from, to, 1));
+            assert_eq!(e.key, *key, "{to}: {e}");
+            assert!(e.to_string().starts_with("test.yaml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_missing_keys() {
+        let e = err_of(&GOOD.replace("admin:", "admni:"));
+        assert!(e.message.contains("admni"), "{e}");
+        let e = err_of(&GOOD.replace("    backend: brokers\n", "\n"));
+        assert_eq!(e.key, "listeners[0]");
+        assert!(e.message.contains("backend"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_certificate_names_the_key() {
+        let text = GOOD.replace(
+            "protocol: mqtt\n",
+            "protocol: mqtt\n    tls: { cert: /nonexistent.crt, key: /nonexistent.key }\n",
+        );
+        let e = err_of(&text);
+        assert_eq!(e.key, "listeners[0].tls.cert");
+        assert!(e.message.contains("/nonexistent.crt"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let e = err_of("listeners: [\n");
+        assert!(e.to_string().starts_with("test.yaml"), "{e}");
+    }
+}

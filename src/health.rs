@@ -1,0 +1,229 @@
+//! Health probes: one task per server, beside the connection path.
+//!
+//! Each probe runs every `interval` under `timeout`. The verdict follows HAProxy's counter model: a server starts up
+//! with its health counter at `rise`, so the first failed probe takes it down; once down it needs `rise` successes in
+//! a row to come back, and once up `fall` failures in a row to go down. Servers in `maint` are not probed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::balancer::backend::{AdminState, Server};
+use crate::config::{HealthCheckKind, HealthConfig};
+use crate::mqtt::frame::encode_remaining_length;
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    #[error("unexpected answer to CONNECT: {0:02x?}")]
+    BadAnswer(Vec<u8>),
+    #[error("CONNACK refused with return code {0:#04x}")]
+    Refused(u8),
+}
+
+/// HAProxy-style rise/fall counter.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    health: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Verdict {
+    pub fn new(rise: u32, fall: u32) -> Verdict {
+        Verdict { health: rise, rise, fall }
+    }
+
+    fn max(&self) -> u32 {
+        self.rise + self.fall - 1
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.health >= self.rise
+    }
+
+    /// Records one probe result; returns the state after it.
+    pub fn record(&mut self, ok: bool) -> bool {
+        let was_up = self.is_up();
+        if ok {
+            self.health = (self.health + 1).min(self.max());
+            if !was_up && self.is_up() {
+                self.health = self.max();
+            }
+        } else {
+            self.health = self.health.saturating_sub(1);
+            if was_up && !self.is_up() {
+                self.health = 0;
+            }
+        }
+        self.is_up()
+    }
+}
+
+/// Starts one probe task per server of a backend. The tasks end when `stop` is cancelled.
+pub fn spawn(
+    backend: &str,
+    health: &HealthConfig,
+    servers: &[Arc<Server>],
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
+    if health.check == HealthCheckKind::None {
+        return;
+    }
+    for server in servers {
+        let server = Arc::clone(server);
+        let health = health.clone();
+        let backend = backend.to_owned();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = probe_loop(&backend, &health, &server) => {}
+            }
+        });
+    }
+}
+
+async fn probe_loop(backend: &str, health: &HealthConfig, server: &Server) {
+    let mut verdict = Verdict::new(health.rise, health.fall);
+    let mut ticks = tokio::time::interval(health.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if server.state() == AdminState::Maint {
+            continue;
+        }
+        let start = Instant::now();
+        let result = probe(health, &server.address).await;
+        server.metrics.probe_seconds.observe(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            server.metrics.probe_failures.inc();
+            if server.is_up() {
+                warn!(backend, server = %server.name, error = %e, "health probe failed");
+            }
+        }
+        let up = verdict.record(result.is_ok());
+        if server.set_up(up) {
+            if up {
+                info!(backend, server = %server.name, "server is UP");
+            } else {
+                warn!(backend, server = %server.name, "server is DOWN");
+            }
+        }
+    }
+}
+
+/// One probe of `address` per the backend's health settings.
+pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
+    let run = async {
+        let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
+        match health.check {
+            HealthCheckKind::Tcp | HealthCheckKind::None => Ok(()),
+            HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
+        }
+    };
+    tokio::time::timeout(health.timeout, run).await.map_err(|_| ProbeError::Timeout(health.timeout))?
+}
+
+/// CONNECT (3.1.1, clean session, a unique client id) -> CONNACK 0 -> DISCONNECT.
+async fn mqtt_probe(tcp: &mut TcpStream, health: &HealthConfig) -> Result<(), ProbeError> {
+    let packet = probe_connect(health);
+    tcp.write_all(&packet).await.map_err(ProbeError::Io)?;
+    let mut answer = [0u8; 4];
+    tcp.read_exact(&mut answer).await.map_err(ProbeError::Io)?;
+    match answer {
+        [0x20, 0x02, _, 0x00] => {}
+        [0x20, 0x02, _, code] => return Err(ProbeError::Refused(code)),
+        other => return Err(ProbeError::BadAnswer(other.to_vec())),
+    }
+    tcp.write_all(&[0xE0, 0x00]).await.map_err(ProbeError::Io)?;
+    let _ = tcp.shutdown().await;
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.get(..usize::from(len)).unwrap_or_default());
+}
+
+/// The probe's CONNECT packet. The client id is unique per probe so that two mqtt-lb instances never take over
+/// each other's probe sessions.
+pub fn probe_connect(health: &HealthConfig) -> Vec<u8> {
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let client_id = format!("mqtt-lb-probe-{:x}", nonce ^ u128::from(std::process::id()) << 64);
+    let mut flags = 0x02u8; // clean session
+    let mut body = Vec::with_capacity(64);
+    put_str(&mut body, b"MQTT");
+    body.push(4);
+    if health.username.is_some() {
+        flags |= 0x80;
+    }
+    if health.password.is_some() {
+        flags |= 0x40;
+    }
+    body.push(flags);
+    body.extend_from_slice(&10u16.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    if let Some(u) = &health.username {
+        put_str(&mut body, u.as_bytes());
+    }
+    if let Some(p) = &health.password {
+        put_str(&mut body, p.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let _ = encode_remaining_length(body.len(), &mut packet);
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_follows_rise_and_fall() {
+        let mut v = Verdict::new(2, 3);
+        assert!(v.is_up());
+        assert!(!v.record(false), "the first failure at start takes the server down");
+        assert!(!v.record(true));
+        assert!(v.record(true), "rise=2 successes bring it back");
+        assert!(v.record(false));
+        assert!(v.record(false));
+        assert!(!v.record(false), "fall=3 failures take it down");
+        assert!(!v.record(true));
+        assert!(!v.record(false));
+        assert!(!v.record(true));
+        assert!(v.record(true));
+    }
+
+    #[test]
+    fn probe_connect_is_valid() {
+        let h = HealthConfig {
+            check: HealthCheckKind::Mqtt,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+            username: Some("u".into()),
+            password: Some("p".into()),
+        };
+        let c = crate::mqtt::parse_connect(&probe_connect(&h)).unwrap();
+        assert!(c.client_id.starts_with("mqtt-lb-probe-"));
+        assert_eq!(c.username.as_deref(), Some("u"));
+        assert!(c.has_password);
+    }
+}

@@ -1,0 +1,38 @@
+//! mqtt-lb: an MQTT-aware, TLS-terminating load balancer for MQTT broker clusters.
+//!
+//! One process terminates TLS, reads and strictly validates each client's first packet (CONNECT), picks a healthy
+//! broker by client identifier with rendezvous hashing (so several instances agree with no shared state), and relays
+//! bytes both ways until one side closes.
+//!
+//! # Layout
+//!
+//! A connection's path, in the order to read the code:
+//!
+//! 1. [`listener`]: accept loop, admission limits, one task per connection spawned before any handshake.
+//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`]).
+//! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
+//!    refusals ([`mqtt::connack`]).
+//! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
+//!    ([`balancer::selection`]: weighted rendezvous hashing, round-robin, least connections).
+//! 5. [`session`]: one client from accept to close, tying the steps together.
+//! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
+//!
+//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
+//! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
+//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), and [`server`], which wires them.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
+pub mod admin;
+pub mod balancer;
+pub mod config;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod mqtt;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod transport;

@@ -1,0 +1,112 @@
+//! The `mqtt-lb` command: `run` (the default), `check`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "mqtt-lb", version, about = "MQTT-aware, TLS-terminating load balancer for MQTT broker clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (for the default `run` command).
+    #[arg(short, long, global = true, default_value = "config.yaml")]
+    config: PathBuf,
+    /// Log format: text or json. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer (the default).
+    Run,
+    /// Validate the configuration and exit: 0 if it is valid, 1 with the file, key and problem if not.
+    Check,
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Version => {
+            println!("mqtt-lb {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check => match mqtt_lb::config::load(&cli.config) {
+            Ok(c) => {
+                println!(
+                    "{}: configuration is valid ({} listeners, {} backends, {} servers)",
+                    cli.config.display(),
+                    c.listeners.len(),
+                    c.backends.len(),
+                    c.backends.iter().map(|b| b.servers.len()).sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            init_logging(&cli.log_format);
+            run(cli.config)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match mqtt_lb::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match mqtt_lb::server::Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            mqtt_lb::shutdown::signal().await;
+            token.cancel();
+        });
+        match server.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,238 @@
+//! Every metric mqtt-lb exports, named once, in one registry (prefix `mqttlb_`).
+//!
+//! Labels are bounded: listener, backend and server names come from the configuration, `reason` and `kind` from
+//! fixed sets in the code. A client id or an IP address is never a label. Per-server handles are created once when a
+//! backend's pool is built ([`ServerMetrics`]), so the relay path touches only atomics.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub listener: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub backend: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    success,
+    error,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The registry and every metric family.
+pub struct Metrics {
+    registry: Registry,
+    pub connections_accepted: Family<ListenerLabels, Counter>,
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub connect_invalid: Family<ReasonLabels, Counter>,
+    pub tls_handshake_failures: Family<KindLabels, Counter>,
+    pub tls_handshake_seconds: HistogramFamily<ListenerLabels>,
+    pub connect_read_seconds: HistogramFamily<ListenerLabels>,
+    pub server_up: Family<ServerLabels, Gauge>,
+    pub server_connections_active: Family<ServerLabels, Gauge>,
+    pub server_connections: Family<ServerLabels, Counter>,
+    pub server_sent_bytes: Family<ServerLabels, Counter>,
+    pub server_received_bytes: Family<ServerLabels, Counter>,
+    pub server_connect_errors: Family<ServerLabels, Counter>,
+    pub server_connect_seconds: HistogramFamily<ServerLabels>,
+    pub probe_seconds: HistogramFamily<ServerLabels>,
+    pub probe_failures: Family<ServerLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mqttlb");
+        let m = Metrics {
+            connections_accepted: Family::default(),
+            connections_active: Family::default(),
+            connections_rejected: Family::default(),
+            connect_invalid: Family::default(),
+            tls_handshake_failures: Family::default(),
+            tls_handshake_seconds: Family::new_with_constructor(latency_histogram),
+            connect_read_seconds: Family::new_with_constructor(latency_histogram),
+            server_up: Family::default(),
+            server_connections_active: Family::default(),
+            server_connections: Family::default(),
+            server_sent_bytes: Family::default(),
+            server_received_bytes: Family::default(),
+            server_connect_errors: Family::default(),
+            server_connect_seconds: Family::new_with_constructor(latency_histogram),
+            probe_seconds: Family::new_with_constructor(latency_histogram),
+            probe_failures: Family::default(),
+            config_reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("build", "mqtt-lb version", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        r.register("connections_accepted", "Client connections accepted, per listener", m.connections_accepted.clone());
+        r.register("connections_active", "Client connections open now, per listener", m.connections_active.clone());
+        r.register(
+            "connections_rejected",
+            "Client connections refused or closed before relaying, per listener and reason",
+            m.connections_rejected.clone(),
+        );
+        r.register(
+            "connect_validation_failures",
+            "First packets that failed CONNECT validation, per listener and reason",
+            m.connect_invalid.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, per listener and kind (timeout, eof, protocol, certificate, io)",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register_with_unit(
+            "tls_handshake_duration",
+            "Time from accept to a completed TLS handshake",
+            Unit::Seconds,
+            m.tls_handshake_seconds.clone(),
+        );
+        r.register_with_unit(
+            "connect_read_duration",
+            "Time to read the client's complete CONNECT once the transport is up",
+            Unit::Seconds,
+            m.connect_read_seconds.clone(),
+        );
+        r.register("server_up", "1 when the server passes its health checks, else 0", m.server_up.clone());
+        r.register("server_connections_active", "Relays open to the server now", m.server_connections_active.clone());
+        r.register("server_connections", "Relays opened to the server", m.server_connections.clone());
+        r.register_with_unit(
+            "server_sent",
+            "Bytes sent to the server (client to broker)",
+            Unit::Bytes,
+            m.server_sent_bytes.clone(),
+        );
+        r.register_with_unit(
+            "server_received",
+            "Bytes received from the server (broker to client)",
+            Unit::Bytes,
+            m.server_received_bytes.clone(),
+        );
+        r.register(
+            "server_connect_errors",
+            "Failed or timed-out connects to the server",
+            m.server_connect_errors.clone(),
+        );
+        r.register_with_unit(
+            "server_connect_duration",
+            "Time to open a TCP connection to the server",
+            Unit::Seconds,
+            m.server_connect_seconds.clone(),
+        );
+        r.register_with_unit(
+            "health_probe_duration",
+            "Duration of health probes, successful or not",
+            Unit::Seconds,
+            m.probe_seconds.clone(),
+        );
+        r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
+        r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics) of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a refused client: `reason` is from a fixed set.
+    pub fn reject(&self, listener: &str, reason: &'static str) {
+        self.connections_rejected.get_or_create(&ReasonLabels { listener: listener.to_owned(), reason }).inc();
+    }
+
+    /// The handles of one server, fetched once.
+    pub fn server(&self, backend: &str, server: &str) -> ServerMetrics {
+        let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
+        ServerMetrics {
+            up: self.server_up.get_or_create(&l).clone(),
+            active: self.server_connections_active.get_or_create(&l).clone(),
+            connections: self.server_connections.get_or_create(&l).clone(),
+            sent_bytes: self.server_sent_bytes.get_or_create(&l).clone(),
+            received_bytes: self.server_received_bytes.get_or_create(&l).clone(),
+            connect_errors: self.server_connect_errors.get_or_create(&l).clone(),
+            connect_seconds: self.server_connect_seconds.get_or_create(&l).clone(),
+            probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
+            probe_failures: self.probe_failures.get_or_create(&l).clone(),
+        }
+    }
+
+    /// The handles of one listener, fetched once.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let l = ListenerLabels { listener: listener.to_owned() };
+        ListenerMetrics {
+            accepted: self.connections_accepted.get_or_create(&l).clone(),
+            active: self.connections_active.get_or_create(&l).clone(),
+            handshake_seconds: self.tls_handshake_seconds.get_or_create(&l).clone(),
+            connect_read_seconds: self.connect_read_seconds.get_or_create(&l).clone(),
+        }
+    }
+}
+
+/// Per-server metric handles (cheap clones of shared atomics).
+#[derive(Clone, Debug)]
+pub struct ServerMetrics {
+    pub up: Gauge,
+    pub active: Gauge,
+    pub connections: Counter,
+    pub sent_bytes: Counter,
+    pub received_bytes: Counter,
+    pub connect_errors: Counter,
+    pub connect_seconds: Histogram,
+    pub probe_seconds: Histogram,
+    pub probe_failures: Counter,
+}
+
+/// Per-listener metric handles.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    pub accepted: Counter,
+    pub active: Gauge,
+    pub handshake_seconds: Histogram,
+    pub connect_read_seconds: Histogram,
+}

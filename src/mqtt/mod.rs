@@ -1,0 +1,55 @@
+//! MQTT first-packet handling for the load balancer.
+//!
+//! The balancer reads exactly one packet from a new client, the CONNECT, to
+//! learn the protocol version and client identifier before it picks a broker.
+//! That packet is validated strictly, because a broker behind the balancer
+//! should never see anything a conforming broker would have refused:
+//!
+//! - [`frame`]: the fixed header and Variable Byte Integer, plus the
+//!   crate-internal zero-copy `Reader` over MQTT data types.
+//! - [`connect`]: [`parse_connect`], a strict validator for MQTT 3.1
+//!   ("MQIsdp", level 3), 3.1.1 ("MQTT", level 4) and 5 ("MQTT", level 5).
+//! - [`connack`](mod@connack): the refusal CONNACK for each version
+//!   ([`connack::connack`]).
+//!
+//! The parsers never panic, never allocate more than the input size, and
+//! borrow from the input until the few strings kept in [`Connect`] are copied.
+//!
+//! # Reading the first packet
+//!
+//! 1. Call [`check_fixed_header`] on the bytes received so far. It only looks
+//!    at the header: [`FrameError::Incomplete`] means "read more",
+//!    [`FrameError::MalformedRemainingLength`] means "close".
+//! 2. Once `total_len()` bytes are buffered (and the length is acceptable),
+//!    pass exactly those bytes to [`parse_connect`].
+//! 3. On error, send [`ConnectError::connack`] if it is `Some`, then close.
+//!
+//! # Which CONNACK a refused CONNECT gets
+//!
+//! | Reason | version unknown | 3.1 / 3.1.1 | 5 |
+//! |---|---|---|---|
+//! | `NotConnect`, `BadHeaderFlags`, `BadProtocolName` | close | close | close |
+//! | `UnsupportedVersion` | `0x01` (3.1.1 form) | `0x01` | `0x84` |
+//! | `BadClientId` | - | `0x02` identifier rejected | `0x85` |
+//! | `BadWillTopic`, `BadCredentialFlags` | close | close | `0x82` protocol error |
+//! | `ReservedFlag`, `BadWillFlags` (MQTT 5 calls these malformed [MQTT-3.1.2-3], [MQTT-3.1.2-11..13]) | close | close | `0x81` malformed |
+//! | `Truncated`, `TrailingBytes`, `BadUtf8`, `MalformedLength`, `BadProperties`, `BadWillProperties` | close | close | `0x81` malformed |
+//!
+//! "Version unknown" covers everything found before a valid Protocol Level
+//! was read (fixed header, protocol name, an unknown level). MQTT 3.1 and
+//! 3.1.1 have no code for a malformed packet, so the server just closes
+//! (MQTT 3.1.1 §4.8). An unknown level is answered in 3.1.1 form, as
+//! brokers do [MQTT-3.1.2-2]. `BadCredentialFlags` only occurs for 3.1 /
+//! 3.1.1; `UnsupportedVersion` only with an unknown level; a name/level
+//! mismatch (`BadProtocolName`) carries the level's version but is closed.
+
+pub mod connack;
+pub mod connect;
+pub mod frame;
+
+// The `connack` function is not re-exported: `mqtt::connack` names the module.
+pub use connack::Refusal;
+pub use connect::{parse_connect, Connect, ConnectError, ProtocolVersion, RejectReason, Will};
+pub use frame::{
+    check_fixed_header, decode_varint, encode_remaining_length, FixedHeader, FrameError, MAX_REMAINING_LENGTH,
+};

@@ -1,0 +1,49 @@
+//! Shutdown: SIGTERM or SIGINT stops the accept loops; open relays may go on until `shutdown.drain_timeout`.
+
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received: draining"),
+                    _ = int.recv() => info!("SIGINT received: draining"),
+                }
+            }
+            _ => {
+                warn!("cannot install signal handlers; only Ctrl-C stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Waits for every tracked task, up to `deadline`. Returns true if all finished in time.
+pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> bool {
+    tracker.close();
+    if tracker.is_empty() {
+        return true;
+    }
+    info!(open = tracker.len(), "waiting up to {:?} for open connections", deadline);
+    match tokio::time::timeout(deadline, tracker.wait()).await {
+        Ok(()) => {
+            info!("all connections closed");
+            true
+        }
+        Err(_) => {
+            warn!(open = tracker.len(), "drain deadline reached; closing the remaining connections");
+            false
+        }
+    }
+}
