@@ -72,13 +72,14 @@ impl Admission {
     }
 }
 
-/// Accepts until `shutdown`; each connection runs as a task in `tracker`.
+/// Accepts until `shutdown`; each connection runs as a task in `tracker` until it ends or `close` is cancelled.
 pub async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<SessionContext>,
     admission: Arc<Admission>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    close: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -113,8 +114,13 @@ pub async fn accept_loop(
             }
         };
         let ctx = Arc::clone(&ctx);
+        let close = close.clone();
         tracker.spawn(async move {
-            Session::new(ctx, peer, ticket).run(stream).await;
+            // Past the drain deadline `close` fires: dropping the session closes both of its sockets.
+            tokio::select! {
+                () = Session::new(ctx, peer, ticket).run(stream) => {}
+                () = close.cancelled() => {}
+            }
         });
     }
     info!(listener = %ctx.name, "stopped accepting");

@@ -99,6 +99,7 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let Server { config, metrics, balancers, listeners, admin, shutdown } = self;
         let connections = TaskTracker::new();
+        let close_sessions = CancellationToken::new();
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
 
@@ -119,13 +120,23 @@ impl Server {
         let accepts = TaskTracker::new();
         for (ctx, tcp) in listeners {
             info!(listener = %ctx.name, addr = ?tcp.local_addr().ok(), protocol = ctx.protocol.as_str(), tls = ctx.tls.is_some(), "listening");
-            accepts.spawn(accept_loop(tcp, ctx, Arc::clone(&admission), connections.clone(), shutdown.clone()));
+            accepts.spawn(accept_loop(
+                tcp,
+                ctx,
+                Arc::clone(&admission),
+                connections.clone(),
+                shutdown.clone(),
+                close_sessions.clone(),
+            ));
         }
         accepts.close();
 
         shutdown.cancelled().await;
         accepts.wait().await;
-        shutdown::drain(&connections, config.shutdown.drain_timeout).await;
+        if !shutdown::drain(&connections, config.shutdown.drain_timeout).await {
+            close_sessions.cancel();
+            connections.wait().await;
+        }
         stop_background.cancel();
         background.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), background.wait()).await;
