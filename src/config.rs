@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub limits: Limits,
     pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -68,6 +69,9 @@ pub enum ListenerProtocol {
     Mqtt,
     /// Raw TCP passthrough: no validation, placement by the backend's `balance` (client id: by source address).
     Tcp,
+    /// MQTT over WebSocket (over TLS when `tls` is set): HTTP upgrade on `path` with subprotocol `mqtt` (or
+    /// `mqttv3.1`), then the CONNECT inside binary frames is validated and placed exactly as for `mqtt`.
+    Websocket,
 }
 
 impl ListenerProtocol {
@@ -75,9 +79,13 @@ impl ListenerProtocol {
         match self {
             ListenerProtocol::Mqtt => "mqtt",
             ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Websocket => "websocket",
         }
     }
 }
+
+/// The WebSocket path used when a listener or backend sets none.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -87,6 +95,84 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// Index into [`Config::backends`].
     pub backend: usize,
+    /// `websocket` listeners: the only path upgraded (other paths get 404); the query string is ignored.
+    pub path: String,
+    /// `websocket` listeners: when not empty, a request with an `Origin` header must name one of these (ASCII
+    /// case-insensitive, like `https://example.org`); others get 403. Requests without `Origin` (non-browser
+    /// clients) pass: a non-browser client can send any origin it likes anyway.
+    pub allowed_origins: Vec<String>,
+    /// When not empty, connections from other source addresses are closed at accept.
+    pub allowed_sources: Vec<Cidr>,
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `127.0.0.1/32`, `::1/128`); a bare address is one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `address/prefix` or a bare address. Host bits must be zero (`10.0.0.1/8` is refused: it is
+    /// most likely a typo for a single host or for `10.0.0.0/8`).
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| {
+            format!(
+                "invalid network {text:?}: expected an address and a prefix length, like \"10.0.0.0/8\" or \"::1/128\""
+            )
+        })?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("invalid network {text:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        let cidr = Cidr { network, prefix };
+        let masked = cidr.masked(network);
+        if masked != network {
+            return Err(format!("invalid network {text:?}: host bits are set (the network is {masked}/{prefix})"));
+        }
+        Ok(cidr)
+    }
+
+    /// `ip` with the bits past this network's prefix cleared.
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix.min(128))).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:10.1.2.3`, as a dual-stack socket
+    /// reports IPv4 clients) is compared as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && self.masked(ip) == self.network
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// Whether `ip` may connect to a listener with these `allowed_sources` (empty: everyone).
+pub fn source_allowed(allowed: &[Cidr], ip: IpAddr) -> bool {
+    allowed.is_empty() || allowed.iter().any(|c| c.contains(ip))
 }
 
 /// TLS settings of a listener, with the certificate already loaded and checked.
@@ -117,6 +203,19 @@ pub enum BackendProtocol {
     Mqtt,
     /// Raw TCP.
     Tcp,
+    /// MQTT inside WebSocket binary frames (the brokers' 8083): an HTTP upgrade to the backend's `path` with
+    /// subprotocol `mqtt`, then the client's MQTT bytes in binary frames.
+    Websocket,
+}
+
+impl BackendProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::Mqtt => "mqtt",
+            BackendProtocol::Tcp => "tcp",
+            BackendProtocol::Websocket => "websocket",
+        }
+    }
 }
 
 /// How a backend picks a server for a new client.
@@ -160,6 +259,9 @@ pub enum HealthCheckKind {
     Mqtt,
     /// No probing: servers are always considered up.
     None,
+    /// For `websocket` backends: a TCP connect, the WebSocket upgrade on the backend's `path` (subprotocol
+    /// `mqtt`), then the `mqtt` check's CONNECT/CONNACK/DISCONNECT inside binary frames.
+    Websocket,
 }
 
 impl HealthCheckKind {
@@ -168,6 +270,7 @@ impl HealthCheckKind {
             HealthCheckKind::Tcp => "tcp",
             HealthCheckKind::Mqtt => "mqtt",
             HealthCheckKind::None => "none",
+            HealthCheckKind::Websocket => "websocket",
         }
     }
 }
@@ -182,6 +285,8 @@ pub struct HealthConfig {
     /// Credentials for the MQTT probe, for brokers that refuse anonymous clients.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The WebSocket path the `websocket` check upgrades on (the backend's `path`).
+    pub path: String,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +295,9 @@ pub struct BackendConfig {
     pub protocol: BackendProtocol,
     pub balance: Balance,
     pub proxy_protocol: ProxyProtocol,
-    /// Deadline for the TCP connect to a server.
+    /// `websocket` backends: the path of the servers' WebSocket endpoint.
+    pub path: String,
+    /// Deadline for the TCP connect to a server (and, for `websocket` backends, for the upgrade after it).
     pub connect_timeout: Duration,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
@@ -224,12 +331,23 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Close a relay after this long without bytes in either direction; zero = never.
     pub idle_timeout: Duration,
+    /// Largest WebSocket frame, and message (all fragments of one), accepted from a client or a WebSocket
+    /// backend; larger ones close the connection (close code 1009). Each WebSocket connection may buffer one.
+    pub max_ws_frame_size: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
     /// How long open relays may go on after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
+}
+
+/// What the log line written at the end of each relayed connection carries (`log:` in the file).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Whether that line names the MQTT client id (default true). Turn it off where client ids are personal data;
+    /// the client address, server, bytes, duration and close reason are always there.
+    pub client_id: bool,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -246,6 +364,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     shutdown: FileShutdown,
+    #[serde(default)]
+    log: FileLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +377,12 @@ struct FileListener {
     #[serde(default)]
     tls: Option<FileTls>,
     backend: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    allowed_origins: Option<Vec<String>>,
+    #[serde(default)]
+    allowed_sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +404,8 @@ struct FileBackend {
     balance: Balance,
     #[serde(default)]
     proxy_protocol: ProxyProtocol,
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default = "default_backend_connect_timeout")]
     connect_timeout: DurationValue,
     #[serde(default)]
@@ -292,8 +420,9 @@ fn default_backend_connect_timeout() -> DurationValue {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileHealth {
+    /// Default by the backend's protocol: mqtt -> mqtt, websocket -> websocket, tcp -> tcp.
     #[serde(default)]
-    check: HealthCheckKind,
+    check: Option<HealthCheckKind>,
     #[serde(default = "default_interval")]
     interval: DurationValue,
     #[serde(default = "default_probe_timeout")]
@@ -311,7 +440,7 @@ struct FileHealth {
 impl Default for FileHealth {
     fn default() -> Self {
         FileHealth {
-            check: HealthCheckKind::default(),
+            check: None,
             interval: default_interval(),
             timeout: default_probe_timeout(),
             rise: default_rise(),
@@ -363,6 +492,7 @@ struct FileLimits {
     max_connections: usize,
     max_connections_per_ip: usize,
     idle_timeout: DurationValue,
+    max_ws_frame_size: Option<SizeValue>,
 }
 
 impl Default for FileLimits {
@@ -374,6 +504,7 @@ impl Default for FileLimits {
             max_connections: 100_000,
             max_connections_per_ip: 0,
             idle_timeout: DurationValue(Duration::ZERO),
+            max_ws_frame_size: None,
         }
     }
 }
@@ -387,6 +518,18 @@ struct FileShutdown {
 impl Default for FileShutdown {
     fn default() -> Self {
         FileShutdown { drain_timeout: DurationValue(Duration::from_secs(30)) }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLog {
+    client_id: bool,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog { client_id: true }
     }
 }
 
@@ -588,6 +731,33 @@ fn check_server_address(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `limits.max_ws_frame_size` when not set (or `max_connect_size`, if that is larger).
+pub const DEFAULT_MAX_WS_FRAME_SIZE: usize = 1 << 20;
+
+/// A WebSocket path: `/` then visible ASCII, no fragment, at most 1024 bytes.
+fn check_ws_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() > 1024 {
+        return Err(format!(
+            "invalid path {path:?}: it must start with '/' (like \"/mqtt\") and be at most 1024 bytes"
+        ));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return Err(format!("invalid path {path:?}: use visible ASCII without spaces or '#'"));
+    }
+    Ok(())
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, no path.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let bad = || format!("invalid origin {origin:?}: expected scheme://host[:port], like \"https://example.org\"");
+    let (scheme, rest) = origin.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok || rest.is_empty() || rest.contains('/') || !origin.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
     let c = Checker { file: origin, base: origin.parent().map(Path::to_path_buf).unwrap_or_default() };
 
@@ -615,6 +785,35 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         if h.password.is_some() && h.username.is_none() {
             return Err(c.err(format!("{key}.health.password"), "a password needs a username"));
         }
+        let path = match (b.protocol, b.path) {
+            (BackendProtocol::Websocket, path) => {
+                let path = path.unwrap_or_else(|| DEFAULT_WS_PATH.to_owned());
+                check_ws_path(&path).map_err(|m| c.err(format!("{key}.path"), m))?;
+                path
+            }
+            (_, Some(_)) => {
+                return Err(c.err(format!("{key}.path"), "only a backend with protocol: websocket has a path"))
+            }
+            (_, None) => DEFAULT_WS_PATH.to_owned(),
+        };
+        let check = match (h.check, b.protocol) {
+            (None, BackendProtocol::Mqtt) => HealthCheckKind::Mqtt,
+            (None, BackendProtocol::Websocket) => HealthCheckKind::Websocket,
+            (None, BackendProtocol::Tcp) => HealthCheckKind::Tcp,
+            (Some(HealthCheckKind::Websocket), p) if p != BackendProtocol::Websocket => {
+                return Err(c.err(
+                    format!("{key}.health.check"),
+                    format!("check: websocket needs a backend with protocol: websocket (this one is {})", p.as_str()),
+                ))
+            }
+            (Some(HealthCheckKind::Mqtt), BackendProtocol::Websocket) => {
+                return Err(c.err(
+                    format!("{key}.health.check"),
+                    "a websocket backend speaks MQTT inside WebSocket: use check: websocket (or tcp, none)",
+                ))
+            }
+            (Some(check), _) => check,
+        };
         let mut server_names = HashSet::new();
         let mut servers = Vec::with_capacity(b.servers.len());
         for (j, s) in b.servers.into_iter().enumerate() {
@@ -631,15 +830,17 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             protocol: b.protocol,
             balance: b.balance,
             proxy_protocol: b.proxy_protocol,
+            path: path.clone(),
             connect_timeout,
             health: HealthConfig {
-                check: h.check,
+                check,
                 interval,
                 timeout,
                 rise: h.rise,
                 fall: h.fall,
                 username: h.username,
                 password: h.password,
+                path,
             },
             servers,
         });
@@ -682,7 +883,65 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                 Some(TlsConfig { cert, key: key_path, client_ca, server_config: Arc::new(server_config) })
             }
         };
-        listeners.push(ListenerConfig { name: l.name, bind, protocol: l.protocol, tls, backend });
+        let backend_protocol = backends.get(backend).map_or(BackendProtocol::Mqtt, |b| b.protocol);
+        if l.protocol == ListenerProtocol::Tcp && backend_protocol == BackendProtocol::Websocket {
+            return Err(c.err(
+                format!("{key}.backend"),
+                format!("a tcp listener relays raw bytes: backend {:?} must have protocol tcp or mqtt", l.backend),
+            ));
+        }
+        let websocket = l.protocol == ListenerProtocol::Websocket;
+        let path = match l.path {
+            Some(_) if !websocket => {
+                return Err(c.err(format!("{key}.path"), "only a listener with protocol: websocket has a path"))
+            }
+            Some(p) => {
+                check_ws_path(&p).map_err(|m| c.err(format!("{key}.path"), m))?;
+                if p.contains('?') {
+                    return Err(c.err(format!("{key}.path"), format!("invalid path {p:?}: no query string here")));
+                }
+                p
+            }
+            None => DEFAULT_WS_PATH.to_owned(),
+        };
+        let allowed_origins = match l.allowed_origins {
+            None => Vec::new(),
+            Some(_) if !websocket => {
+                return Err(
+                    c.err(format!("{key}.allowed_origins"), "only a listener with protocol: websocket checks origins")
+                )
+            }
+            Some(list) if list.is_empty() => {
+                return Err(c.err(format!("{key}.allowed_origins"), "must not be empty (omit it to allow any origin)"))
+            }
+            Some(list) => {
+                for (j, o) in list.iter().enumerate() {
+                    check_origin(o).map_err(|m| c.err(format!("{key}.allowed_origins[{j}]"), m))?;
+                }
+                list
+            }
+        };
+        let allowed_sources = match l.allowed_sources {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => {
+                return Err(c.err(format!("{key}.allowed_sources"), "must not be empty (omit it to allow every source)"))
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, text)| Cidr::parse(text).map_err(|m| c.err(format!("{key}.allowed_sources[{j}]"), m)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        listeners.push(ListenerConfig {
+            name: l.name,
+            bind,
+            protocol: l.protocol,
+            tls,
+            backend,
+            path,
+            allowed_origins,
+            allowed_sources,
+        });
     }
 
     let admin = match file.admin {
@@ -704,10 +963,20 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         max_connections: l.max_connections,
         max_connections_per_ip: l.max_connections_per_ip,
         idle_timeout: l.idle_timeout.0,
+        max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
     };
     // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
     if !(16..=256 << 20).contains(&limits.max_connect_size) {
         return Err(c.err("limits.max_connect_size", "must be between 16B and 256MiB"));
+    }
+    if !(1 << 10..=256 << 20).contains(&limits.max_ws_frame_size) {
+        return Err(c.err("limits.max_ws_frame_size", "must be between 1KiB and 256MiB"));
+    }
+    if limits.max_ws_frame_size < limits.max_connect_size {
+        return Err(c.err(
+            "limits.max_ws_frame_size",
+            "must be at least limits.max_connect_size (a CONNECT may come in one frame)",
+        ));
     }
 
     Ok(Config {
@@ -717,6 +986,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         admin,
         limits,
         shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0 },
+        log: LogConfig { client_id: file.log.client_id },
     })
 }
 
@@ -757,6 +1027,19 @@ limits: { connect_timeout: 5s, max_connect_size: 1KiB }
         assert_eq!(c.limits.max_connect_size, 1024);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+        assert!(c.log.client_id, "client ids are logged unless turned off");
+    }
+
+    #[test]
+    fn log_section() {
+        let c = parse(&format!("{GOOD}log: {{ client_id: false }}\n"), Path::new("test.yaml")).unwrap();
+        assert!(!c.log.client_id);
+        let c = parse(&format!("{GOOD}log: {{ client_id: true }}\n"), Path::new("test.yaml")).unwrap();
+        assert!(c.log.client_id);
+        let e = err_of(&format!("{GOOD}log: {{ client_ids: false }}\n"));
+        assert_eq!(e.key, "log.client_ids", "{e}");
+        let e = err_of(&format!("{GOOD}log: {{ client_id: maybe }}\n"));
+        assert_eq!(e.key, "log.client_id", "{e}");
     }
 
     #[test]
@@ -820,5 +1103,132 @@ limits: { connect_timeout: 5s, max_connect_size: 1KiB }
     fn syntax_error_is_reported() {
         let e = err_of("listeners: [\n");
         assert!(e.to_string().starts_with("test.yaml"), "{e}");
+    }
+
+    /// GOOD plus a WSS listener to a WebSocket backend and a tcp passthrough.
+    const WS: &str = r#"
+listeners:
+  - name: mqtt
+    bind: "127.0.0.1:0"
+    protocol: mqtt
+    backend: brokers
+  - name: wss
+    bind: "127.0.0.1:0"
+    protocol: websocket
+    path: /mqtt
+    allowed_origins: ["https://maps.example.org"]
+    backend: brokers_ws
+  - name: dashboard
+    bind: "127.0.0.1:0"
+    protocol: tcp
+    allowed_sources: ["10.0.0.0/8", "127.0.0.1/32", "::1"]
+    backend: dashboards
+backends:
+  - name: brokers
+    servers:
+      - { name: b1, address: "127.0.0.1:1883" }
+  - name: brokers_ws
+    protocol: websocket
+    path: /mqtt
+    servers:
+      - { name: b1, address: "127.0.0.1:8083" }
+  - name: dashboards
+    protocol: tcp
+    servers:
+      - { name: b1, address: "127.0.0.1:18083" }
+limits: { max_connect_size: 1KiB }
+"#;
+
+    #[test]
+    fn websocket_and_tcp_keys_load_with_defaults() {
+        let c = parse(WS, Path::new("test.yaml")).unwrap();
+        let wss = &c.listeners[1];
+        assert_eq!(wss.protocol, ListenerProtocol::Websocket);
+        assert_eq!(wss.path, "/mqtt");
+        assert_eq!(wss.allowed_origins, vec!["https://maps.example.org".to_owned()]);
+        assert_eq!(c.listeners[2].allowed_sources.len(), 3);
+        assert_eq!(c.listeners[0].path, DEFAULT_WS_PATH);
+        assert!(c.listeners[0].allowed_sources.is_empty());
+        // The health check follows the backend's protocol unless set.
+        assert_eq!(c.backends[0].health.check, HealthCheckKind::Mqtt);
+        assert_eq!(c.backends[1].health.check, HealthCheckKind::Websocket);
+        assert_eq!(c.backends[1].health.path, "/mqtt");
+        assert_eq!(c.backends[2].health.check, HealthCheckKind::Tcp);
+        assert_eq!(c.limits.max_ws_frame_size, DEFAULT_MAX_WS_FRAME_SIZE);
+        let big = parse(&WS.replace("1KiB", "2MiB"), Path::new("test.yaml")).unwrap();
+        assert_eq!(big.limits.max_ws_frame_size, 2 << 20, "never below max_connect_size");
+    }
+
+    #[test]
+    fn websocket_and_tcp_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("\"::1\"]", "\"::1\", \"10.0.0.1/8\"]", "listeners[2].allowed_sources[3]"),
+            ("\"127.0.0.1/32\"", "\"127.0.0.1/33\"", "listeners[2].allowed_sources[1]"),
+            ("[\"10.0.0.0/8\"", "[\"ten/8\"", "listeners[2].allowed_sources[0]"),
+            (
+                "allowed_sources: [\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1\"]",
+                "allowed_sources: []",
+                "listeners[2].allowed_sources",
+            ),
+            ("path: /mqtt\n    allowed", "path: mqtt\n    allowed", "listeners[1].path"),
+            ("path: /mqtt\n    allowed", "path: /mqtt?x=1\n    allowed", "listeners[1].path"),
+            ("\"https://maps.example.org\"", "\"maps.example.org\"", "listeners[1].allowed_origins[0]"),
+            (
+                "protocol: tcp\n    allowed_sources",
+                "protocol: tcp\n    path: /x\n    allowed_sources",
+                "listeners[2].path",
+            ),
+            ("backend: dashboards", "backend: brokers_ws", "listeners[2].backend"),
+            (
+                "path: /mqtt\n    servers",
+                "path: /mqtt\n    health: { check: mqtt }\n    servers",
+                "backends[1].health.check",
+            ),
+            (
+                "protocol: tcp\n    servers",
+                "protocol: tcp\n    health: { check: websocket }\n    servers",
+                "backends[2].health.check",
+            ),
+            ("protocol: tcp\n    servers", "protocol: tcp\n    path: /x\n    servers", "backends[2].path"),
+            (
+                "protocol: websocket\n    path: /mqtt\n    servers",
+                "protocol: websocket\n    path: \"/a b\"\n    servers",
+                "backends[1].path",
+            ),
+            ("max_connect_size: 1KiB", "max_connect_size: 2KiB, max_ws_frame_size: 1KiB", "limits.max_ws_frame_size"),
+            ("max_connect_size: 1KiB", "max_ws_frame_size: 1 lot", "limits.max_ws_frame_size"),
+            ("protocol: websocket\n    path", "protocol: websockets\n    path", "listeners[1].protocol"),
+        ];
+        for (from, to, key) in cases {
+            assert!(WS.contains(from), "{from}");
+            let e = err_of(&WS.replacen(from, to, 1));
+            assert_eq!(e.key, *key, "{to}: {e}");
+            assert!(e.to_string().starts_with("test.yaml: "), "{e}");
+        }
+        let e = err_of(&WS.replacen("\"::1\"]", "\"10.0.0.1/8\"]", 1));
+        assert!(e.message.contains("10.0.0.0/8"), "the message suggests the network: {e}");
+    }
+
+    #[test]
+    fn cidr_membership() {
+        let net = |t: &str| Cidr::parse(t).unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("127.0.0.1/32").contains(ip("127.0.0.1")));
+        assert!(!net("127.0.0.1/32").contains(ip("127.0.0.2")));
+        assert!(net("127.0.0.1").contains(ip("127.0.0.1")), "a bare address is one host");
+        assert!(net("0.0.0.0/0").contains(ip("192.0.2.7")));
+        assert!(!net("0.0.0.0/0").contains(ip("::1")), "families do not mix");
+        assert!(net("::1/128").contains(ip("::1")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:1::5")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")), "IPv4-mapped addresses count as IPv4");
+        for bad in ["10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/33", "::/129", "10.0.0.1/8", "fe80::1/10", "host/8", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(net("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert!(source_allowed(&[], ip("192.0.2.1")));
+        assert!(!source_allowed(&[net("10.0.0.0/8")], ip("192.0.2.1")));
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::balancer::backend::{AdminState, Server};
 use crate::config::{HealthCheckKind, HealthConfig};
 use crate::mqtt::frame::encode_remaining_length;
+use crate::transport::ws;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,12 @@ pub enum ProbeError {
     BadAnswer(Vec<u8>),
     #[error("CONNACK refused with return code {0:#04x}")]
     Refused(u8),
+    #[error("WebSocket upgrade: {0}")]
+    WebSocket(String),
 }
+
+/// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
+const PROBE_MAX_FRAME: usize = 64 * 1024;
 
 /// HAProxy-style rise/fall counter.
 #[derive(Debug, Clone)]
@@ -133,15 +139,22 @@ pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeErro
         match health.check {
             HealthCheckKind::Tcp | HealthCheckKind::None => Ok(()),
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
+            HealthCheckKind::Websocket => {
+                let mut ws = ws::connect(tcp, address, &health.path, ws::frame_config(PROBE_MAX_FRAME))
+                    .await
+                    .map_err(|e| ProbeError::WebSocket(e.to_string()))?;
+                mqtt_probe(&mut ws, health).await
+            }
         }
     };
     tokio::time::timeout(health.timeout, run).await.map_err(|_| ProbeError::Timeout(health.timeout))?
 }
 
-/// CONNECT (3.1.1, clean session, a unique client id) -> CONNACK 0 -> DISCONNECT.
-async fn mqtt_probe(tcp: &mut TcpStream, health: &HealthConfig) -> Result<(), ProbeError> {
+/// CONNECT (3.1.1, clean session, a unique client id) -> CONNACK 0 -> DISCONNECT, over TCP or WebSocket.
+async fn mqtt_probe<S: AsyncRead + AsyncWrite + Unpin>(tcp: &mut S, health: &HealthConfig) -> Result<(), ProbeError> {
     let packet = probe_connect(health);
     tcp.write_all(&packet).await.map_err(ProbeError::Io)?;
+    tcp.flush().await.map_err(ProbeError::Io)?;
     let mut answer = [0u8; 4];
     tcp.read_exact(&mut answer).await.map_err(ProbeError::Io)?;
     match answer {
@@ -150,6 +163,7 @@ async fn mqtt_probe(tcp: &mut TcpStream, health: &HealthConfig) -> Result<(), Pr
         other => return Err(ProbeError::BadAnswer(other.to_vec())),
     }
     tcp.write_all(&[0xE0, 0x00]).await.map_err(ProbeError::Io)?;
+    tcp.flush().await.map_err(ProbeError::Io)?;
     let _ = tcp.shutdown().await;
     Ok(())
 }
@@ -220,6 +234,7 @@ mod tests {
             fall: 1,
             username: Some("u".into()),
             password: Some("p".into()),
+            path: "/mqtt".into(),
         };
         let c = crate::mqtt::parse_connect(&probe_connect(&h)).unwrap();
         assert!(c.client_id.starts_with("mqtt-lb-probe-"));

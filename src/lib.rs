@@ -31,6 +31,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod relay;
 pub mod server;
 pub mod session;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info};
 
+use crate::config::source_allowed;
 use crate::session::{Session, SessionContext};
 
 /// Admission limits shared by every listener: connections overall and per source IP.
@@ -104,6 +105,12 @@ pub async fn accept_loop(
             }
         };
         ctx.listener_metrics.accepted.inc();
+        if !source_allowed(&ctx.allowed_sources, peer.ip()) {
+            debug!(listener = %ctx.name, %peer, "source address not allowed; closed at accept");
+            ctx.metrics.reject(&ctx.name, "source_not_allowed");
+            drop(stream);
+            continue;
+        }
         let ticket = match admission.admit(peer.ip()) {
             Ok(t) => t,
             Err(reason) => {

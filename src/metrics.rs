@@ -3,6 +3,16 @@
 //! Labels are bounded: listener, backend and server names come from the configuration, `reason` and `kind` from
 //! fixed sets in the code. A client id or an IP address is never a label. Per-server handles are created once when a
 //! backend's pool is built ([`ServerMetrics`]), so the relay path touches only atomics.
+//!
+//! Every listener's traffic carries its `listener` label, so MQTTS and WSS clients are told apart. The WebSocket and
+//! source reasons of `mqttlb_connections_rejected_total` are: `source_not_allowed` (outside the listener's
+//! `allowed_sources`, closed at accept), `ws_bad_path`, `ws_bad_upgrade`, `ws_no_subprotocol`, `ws_origin`,
+//! `ws_upgrade_too_large`, `ws_upgrade_timeout`, `ws_closed_before_upgrade` (the upgrade request), and
+//! `ws_text_frame`, `ws_frame_too_large`, `ws_protocol` (frames before the CONNECT was complete). The last three are
+//! also counted, whenever they happen, in `mqttlb_websocket_frame_errors_total`.
+
+pub mod certificate;
+mod process;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +45,14 @@ pub struct ServerLabels {
     pub server: String,
 }
 
+/// `mqttlb_server_state`: one series per administrative state, 1 for the server's current one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerStateLabels {
+    pub backend: String,
+    pub server: String,
+    pub state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: ReloadResult,
@@ -62,9 +80,11 @@ pub struct Metrics {
     pub connections_rejected: Family<ReasonLabels, Counter>,
     pub connect_invalid: Family<ReasonLabels, Counter>,
     pub tls_handshake_failures: Family<KindLabels, Counter>,
+    pub websocket_frame_errors: Family<ReasonLabels, Counter>,
     pub tls_handshake_seconds: HistogramFamily<ListenerLabels>,
     pub connect_read_seconds: HistogramFamily<ListenerLabels>,
     pub server_up: Family<ServerLabels, Gauge>,
+    pub server_state: Family<ServerStateLabels, Gauge>,
     pub server_connections_active: Family<ServerLabels, Gauge>,
     pub server_connections: Family<ServerLabels, Counter>,
     pub server_sent_bytes: Family<ServerLabels, Counter>,
@@ -74,6 +94,7 @@ pub struct Metrics {
     pub probe_seconds: HistogramFamily<ServerLabels>,
     pub probe_failures: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,9 +112,11 @@ impl Metrics {
             connections_rejected: Family::default(),
             connect_invalid: Family::default(),
             tls_handshake_failures: Family::default(),
+            websocket_frame_errors: Family::default(),
             tls_handshake_seconds: Family::new_with_constructor(latency_histogram),
             connect_read_seconds: Family::new_with_constructor(latency_histogram),
             server_up: Family::default(),
+            server_state: Family::default(),
             server_connections_active: Family::default(),
             server_connections: Family::default(),
             server_sent_bytes: Family::default(),
@@ -103,6 +126,7 @@ impl Metrics {
             probe_seconds: Family::new_with_constructor(latency_histogram),
             probe_failures: Family::default(),
             config_reloads: Family::default(),
+            tls_certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -124,6 +148,12 @@ impl Metrics {
             "TLS handshakes that failed, per listener and kind (timeout, eof, protocol, certificate, io)",
             m.tls_handshake_failures.clone(),
         );
+        r.register(
+            "websocket_frame_errors",
+            "WebSocket clients closed for breaking the frame rules (ws_text_frame, ws_frame_too_large, ws_protocol), \
+             per listener and reason",
+            m.websocket_frame_errors.clone(),
+        );
         r.register_with_unit(
             "tls_handshake_duration",
             "Time from accept to a completed TLS handshake",
@@ -137,6 +167,11 @@ impl Metrics {
             m.connect_read_seconds.clone(),
         );
         r.register("server_up", "1 when the server passes its health checks, else 0", m.server_up.clone());
+        r.register(
+            "server_state",
+            "Administrative state of the server: 1 for the current one of ready, drain, maint; 0 for the others",
+            m.server_state.clone(),
+        );
         r.register("server_connections_active", "Relays open to the server now", m.server_connections_active.clone());
         r.register("server_connections", "Relays opened to the server", m.server_connections.clone());
         r.register_with_unit(
@@ -170,6 +205,14 @@ impl Metrics {
         );
         r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
+        r.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "End of validity (notAfter) of the serving certificate of a TLS listener, as a Unix time",
+            Unit::Seconds,
+            m.tls_certificate_expiry.clone(),
+        );
+        // Read from /proc at scrape time: a handful of small files, whatever the number of connections.
+        r.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics { registry, ..m }
     }
 
@@ -191,6 +234,11 @@ impl Metrics {
         let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
         ServerMetrics {
             up: self.server_up.get_or_create(&l).clone(),
+            state: ServerStateGauges {
+                ready: self.server_state_gauge(&l, "ready"),
+                drain: self.server_state_gauge(&l, "drain"),
+                maint: self.server_state_gauge(&l, "maint"),
+            },
             active: self.server_connections_active.get_or_create(&l).clone(),
             connections: self.server_connections.get_or_create(&l).clone(),
             sent_bytes: self.server_sent_bytes.get_or_create(&l).clone(),
@@ -200,6 +248,18 @@ impl Metrics {
             probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
         }
+    }
+
+    fn server_state_gauge(&self, l: &ServerLabels, state: &'static str) -> Gauge {
+        let labels = ServerStateLabels { backend: l.backend.clone(), server: l.server.clone(), state };
+        self.server_state.get_or_create(&labels).clone()
+    }
+
+    /// Sets `mqttlb_tls_certificate_expiry_timestamp_seconds` of a listener from its certificate's notAfter.
+    pub fn set_certificate_expiry(&self, listener: &str, not_after_unix: i64) {
+        self.tls_certificate_expiry
+            .get_or_create(&ListenerLabels { listener: listener.to_owned() })
+            .set(not_after_unix);
     }
 
     /// The handles of one listener, fetched once.
@@ -218,6 +278,7 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct ServerMetrics {
     pub up: Gauge,
+    pub state: ServerStateGauges,
     pub active: Gauge,
     pub connections: Counter,
     pub sent_bytes: Counter,
@@ -226,6 +287,23 @@ pub struct ServerMetrics {
     pub connect_seconds: Histogram,
     pub probe_seconds: Histogram,
     pub probe_failures: Counter,
+}
+
+/// The one-hot `mqttlb_server_state` series of one server.
+#[derive(Clone, Debug)]
+pub struct ServerStateGauges {
+    ready: Gauge,
+    drain: Gauge,
+    maint: Gauge,
+}
+
+impl ServerStateGauges {
+    /// Marks `state` (`ready`, `drain` or `maint`) as the current one.
+    pub fn set(&self, state: &str) {
+        self.ready.set(i64::from(state == "ready"));
+        self.drain.set(i64::from(state == "drain"));
+        self.maint.set(i64::from(state == "maint"));
+    }
 }
 
 /// Per-listener metric handles.

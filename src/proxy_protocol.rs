@@ -1,7 +1,11 @@
-//! PROXY protocol headers (v1 text, v2 binary) sent to a server before the client's bytes, so that brokers that
-//! accept it (EMQX, HAProxy, NGINX, mosquitto 2.1) see the real client address.
+//! PROXY protocol (v1 text, v2 binary): headers sent to a server before the client's bytes, so that brokers that
+//! accept it (EMQX, HAProxy, NGINX) see the real client address; and headers read from an upstream L4 balancer
+//! (AWS NLB, another HAProxy) in front of a listener.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::ProxyProtocol;
 
@@ -57,9 +61,237 @@ pub fn header(kind: ProxyProtocol, src: SocketAddr, dst: SocketAddr) -> Vec<u8> 
     }
 }
 
+/// The longest v1 header, CRLF included (spec: 107 bytes).
+const V1_MAX: usize = 107;
+/// The longest v2 header we accept: 16 bytes + addresses + TLVs. Upstream balancers send far less.
+const V2_MAX_BODY: usize = 1024;
+
+/// What an upstream balancer said about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The original client address; None for `LOCAL` (v2) or `UNKNOWN` (v1): use the TCP peer.
+    pub source: Option<SocketAddr>,
+    /// The address the client connected to.
+    pub destination: Option<SocketAddr>,
+}
+
+/// A header that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no PROXY protocol header")]
+    Missing,
+    #[error("malformed PROXY protocol v1 header: {0}")]
+    BadV1(&'static str),
+    #[error("malformed PROXY protocol v2 header: {0}")]
+    BadV2(&'static str),
+    #[error("connection closed in the PROXY protocol header")]
+    Closed,
+    #[error("PROXY protocol header not received in time")]
+    Timeout,
+}
+
+impl ProxyError {
+    /// The `reason` label of a refused connection.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::Missing | ProxyError::BadV1(_) | ProxyError::BadV2(_) => "proxy_protocol_invalid",
+            ProxyError::Closed => "closed_before_connect",
+            ProxyError::Timeout => "proxy_protocol_timeout",
+        }
+    }
+}
+
+/// Parses a complete v1 line (`PROXY TCP4 src dst sport dport\r\n`).
+pub fn parse_v1(line: &[u8]) -> Result<Received, ProxyError> {
+    let text = std::str::from_utf8(line).map_err(|_| ProxyError::BadV1("not ASCII"))?;
+    let text = text.strip_suffix("\r\n").ok_or(ProxyError::BadV1("no CRLF"))?;
+    let mut parts = text.split(' ');
+    if parts.next() != Some("PROXY") {
+        return Err(ProxyError::BadV1("no PROXY signature"));
+    }
+    let family = parts.next().ok_or(ProxyError::BadV1("no protocol"))?;
+    if family == "UNKNOWN" {
+        return Ok(Received { source: None, destination: None });
+    }
+    let fields: Vec<&str> = parts.collect();
+    let [src, dst, sport, dport] = fields.as_slice() else {
+        return Err(ProxyError::BadV1("expected 4 fields after the protocol"));
+    };
+    let ip = |s: &str| -> Result<IpAddr, ProxyError> {
+        match family {
+            "TCP4" => s.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| ProxyError::BadV1("bad IPv4 address")),
+            "TCP6" => s.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| ProxyError::BadV1("bad IPv6 address")),
+            _ => Err(ProxyError::BadV1("protocol must be TCP4, TCP6 or UNKNOWN")),
+        }
+    };
+    let port = |s: &str| -> Result<u16, ProxyError> {
+        if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+        {
+            return Err(ProxyError::BadV1("bad port"));
+        }
+        s.parse().map_err(|_| ProxyError::BadV1("bad port"))
+    };
+    Ok(Received {
+        source: Some(SocketAddr::new(ip(src)?, port(sport)?)),
+        destination: Some(SocketAddr::new(ip(dst)?, port(dport)?)),
+    })
+}
+
+/// Parses a complete v2 header (signature, 4 bytes, then `len` bytes of addresses and TLVs).
+pub fn parse_v2(header: &[u8]) -> Result<Received, ProxyError> {
+    let (fixed, body) = header.split_at_checked(16).ok_or(ProxyError::BadV2("shorter than 16 bytes"))?;
+    let [s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, ver_cmd, fam, l0, l1] = fixed else {
+        return Err(ProxyError::BadV2("shorter than 16 bytes"));
+    };
+    if [*s0, *s1, *s2, *s3, *s4, *s5, *s6, *s7, *s8, *s9, *s10, *s11] != V2_SIGNATURE {
+        return Err(ProxyError::BadV2("bad signature"));
+    }
+    if usize::from(u16::from_be_bytes([*l0, *l1])) != body.len() {
+        return Err(ProxyError::BadV2("length does not match"));
+    }
+    match ver_cmd {
+        0x20 => return Ok(Received { source: None, destination: None }), // LOCAL: health checks of the balancer
+        0x21 => {}
+        _ => return Err(ProxyError::BadV2("version must be 2 and command LOCAL or PROXY")),
+    }
+    let port = |b: &[u8], at: usize| -> Result<u16, ProxyError> {
+        match b.get(at..at + 2) {
+            Some([h, l]) => Ok(u16::from_be_bytes([*h, *l])),
+            _ => Err(ProxyError::BadV2("address block too short")),
+        }
+    };
+    match fam {
+        0x11 => {
+            let a: [u8; 12] =
+                body.get(..12).and_then(|b| b.try_into().ok()).ok_or(ProxyError::BadV2("address block too short"))?;
+            let src = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+            let dst = Ipv4Addr::new(a[4], a[5], a[6], a[7]);
+            Ok(Received {
+                source: Some(SocketAddr::new(IpAddr::V4(src), port(&a, 8)?)),
+                destination: Some(SocketAddr::new(IpAddr::V4(dst), port(&a, 10)?)),
+            })
+        }
+        0x21 => {
+            let a: [u8; 36] =
+                body.get(..36).and_then(|b| b.try_into().ok()).ok_or(ProxyError::BadV2("address block too short"))?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src.copy_from_slice(a.get(..16).unwrap_or(&[0; 16]));
+            dst.copy_from_slice(a.get(16..32).unwrap_or(&[0; 16]));
+            Ok(Received {
+                source: Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(src)), port(&a, 32)?)),
+                destination: Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(dst)), port(&a, 34)?)),
+            })
+        }
+        // UNSPEC, UNIX or UDP: the addresses are not useful here; keep the TCP peer.
+        _ => Ok(Received { source: None, destination: None }),
+    }
+}
+
+/// Reads exactly one v1 or v2 header from the start of `s` (never a byte more: what follows is the client's TLS or
+/// MQTT), under `deadline`.
+pub async fn read_header<S: AsyncRead + Unpin>(s: &mut S, deadline: Duration) -> Result<Received, ProxyError> {
+    let read = async {
+        // Both formats are at least 15 bytes long ("PROXY UNKNOWN\r\n"; v2: 16).
+        let mut buf = vec![0u8; 15];
+        s.read_exact(&mut buf).await.map_err(|_| ProxyError::Closed)?;
+        if buf.starts_with(&V2_SIGNATURE) {
+            let mut rest = [0u8; 1];
+            s.read_exact(&mut rest).await.map_err(|_| ProxyError::Closed)?;
+            buf.extend_from_slice(&rest);
+            let len = match buf.get(14..16) {
+                Some([h, l]) => usize::from(u16::from_be_bytes([*h, *l])),
+                _ => return Err(ProxyError::BadV2("shorter than 16 bytes")),
+            };
+            if len > V2_MAX_BODY {
+                return Err(ProxyError::BadV2("longer than 1024 bytes"));
+            }
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.map_err(|_| ProxyError::Closed)?;
+            buf.extend_from_slice(&body);
+            return parse_v2(&buf);
+        }
+        if !buf.starts_with(b"PROXY ") {
+            return Err(ProxyError::Missing);
+        }
+        // v1: one byte at a time up to LF, so nothing after the header is consumed.
+        while !buf.ends_with(b"\r\n") {
+            if buf.len() >= V1_MAX {
+                return Err(ProxyError::BadV1("longer than 107 bytes"));
+            }
+            let mut byte = [0u8; 1];
+            s.read_exact(&mut byte).await.map_err(|_| ProxyError::Closed)?;
+            buf.extend_from_slice(&byte);
+        }
+        parse_v1(&buf)
+    };
+    tokio::time::timeout(deadline, read).await.map_err(|_| ProxyError::Timeout)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_headers_parse_back() {
+        let src: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let dst: SocketAddr = "198.51.100.2:8883".parse().unwrap();
+        let src6: SocketAddr = "[2001:db8::7]:5001".parse().unwrap();
+        let dst6: SocketAddr = "[2001:db8::1]:8883".parse().unwrap();
+        for (s, d) in [(src, dst), (src6, dst6)] {
+            let want = Received { source: Some(s), destination: Some(d) };
+            assert_eq!(parse_v1(&header(ProxyProtocol::V1, s, d)), Ok(want));
+            assert_eq!(parse_v2(&header(ProxyProtocol::V2, s, d)), Ok(want));
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        let bad_v1: &[&[u8]] = &[
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+            b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+            b"PROXY TCP4 1.2.3.400 5.6.7.8 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",
+            b"PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",
+            b"PROXI TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        ];
+        for h in bad_v1 {
+            assert!(parse_v1(h).is_err(), "{}", String::from_utf8_lossy(h));
+        }
+        assert_eq!(parse_v1(b"PROXY UNKNOWN\r\n"), Ok(Received { source: None, destination: None }));
+        let good = header(ProxyProtocol::V2, "192.0.2.1:5000".parse().unwrap(), "198.51.100.2:8883".parse().unwrap());
+        let mut wrong_len = good.clone();
+        wrong_len[15] = 13;
+        assert!(parse_v2(&wrong_len).is_err());
+        let mut wrong_version = good.clone();
+        wrong_version[12] = 0x31;
+        assert!(parse_v2(&wrong_version).is_err());
+        assert!(parse_v2(&good[..20]).is_err());
+        for cut in 0..good.len() {
+            let _ = parse_v2(&good[..cut]);
+        }
+    }
+
+    #[tokio::test]
+    async fn read_header_consumes_exactly_the_header() {
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let src: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+            let dst: SocketAddr = "198.51.100.2:8883".parse().unwrap();
+            let mut bytes = header(version, src, dst);
+            bytes.extend_from_slice(b"\x16\x03\x01rest");
+            let mut reader = &bytes[..];
+            let got = read_header(&mut reader, Duration::from_secs(1)).await.unwrap();
+            assert_eq!(got.source, Some(src));
+            assert_eq!(reader, b"\x16\x03\x01rest");
+        }
+        let mut plain: &[u8] = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a";
+        assert_eq!(read_header(&mut plain, Duration::from_secs(1)).await, Err(ProxyError::Missing));
+        let mut long = b"PROXY TCP4 ".to_vec();
+        long.extend_from_slice(&[b'1'; 200]);
+        assert!(read_header(&mut &long[..], Duration::from_secs(1)).await.is_err());
+    }
 
     #[test]
     fn v1_and_v2() {

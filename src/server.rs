@@ -9,16 +9,17 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, AdminContext};
 use crate::balancer::{Balancer, Pool};
-use crate::config::Config;
+use crate::config::{Config, ListenerProtocol};
 use crate::health;
 use crate::listener::{accept_loop, Admission};
 use crate::metrics::Metrics;
 use crate::session::SessionContext;
 use crate::shutdown;
+use crate::transport::ws::{self, UpgradePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -50,14 +51,28 @@ impl Server {
                 source,
             })?;
             let Some(balancer) = balancers.get(l.backend) else { continue };
+            if let Some(t) = &l.tls {
+                match crate::metrics::certificate::leaf_not_after(&t.cert) {
+                    Ok(not_after) => metrics.set_certificate_expiry(&l.name, not_after),
+                    Err(e) => warn!(listener = %l.name, error = %e, "certificate expiry unknown"),
+                }
+            }
             let ctx = SessionContext {
                 name: l.name.clone(),
                 protocol: l.protocol,
                 tls: l.tls.as_ref().map(|t| TlsAcceptor::from(Arc::clone(&t.server_config))),
+                ws: (l.protocol == ListenerProtocol::Websocket).then(|| UpgradePolicy {
+                    path: l.path.clone(),
+                    allowed_origins: l.allowed_origins.clone(),
+                    timeout: config.limits.handshake_timeout,
+                    frames: ws::frame_config(config.limits.max_ws_frame_size),
+                }),
+                allowed_sources: l.allowed_sources.clone(),
                 balancer: Arc::clone(balancer),
                 limits: config.limits.clone(),
                 metrics: Arc::clone(&metrics),
                 listener_metrics: metrics.listener(&l.name),
+                log_client_id: config.log.client_id,
             };
             listeners.push((Arc::new(ctx), tcp));
         }

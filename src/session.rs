@@ -1,13 +1,20 @@
 //! One client connection, from accept to close:
-//! transport (TLS handshake under a deadline) -> read the first packet under `connect_timeout` and
-//! `max_connect_size` -> validate the CONNECT -> choose a server (next candidate on a connect error) -> send the
-//! buffered bytes unchanged -> relay.
+//! transport (TLS handshake under a deadline; for `websocket` listeners the HTTP upgrade, under a deadline too) ->
+//! read the first packet under `connect_timeout` and `max_connect_size` -> validate the CONNECT -> choose a server
+//! (next candidate on a connect error) -> send the buffered bytes unchanged -> relay.
+//!
+//! A WebSocket client goes through the same CONNECT reader, validator and placement as an MQTTS client: only its
+//! transport differs ([`ClientStream::Ws`]), so a client id lands on the same server over either listener when
+//! both backends name their servers alike. The server side is TCP or, for `websocket` backends, a WebSocket
+//! client connection ([`ServerStream`]).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -15,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{ActiveGuard, Server};
 use crate::balancer::Balancer;
-use crate::config::{Limits, ListenerProtocol};
+use crate::config::{BackendProtocol, Cidr, Limits, ListenerProtocol};
 use crate::listener::AdmissionTicket;
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::connack::{connack, Refusal};
@@ -23,17 +30,24 @@ use crate::mqtt::frame::{check_fixed_header, FrameError};
 use crate::mqtt::{parse_connect, ConnectError, ProtocolVersion, RejectReason};
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd};
-use crate::transport::ClientStream;
+use crate::transport::ws::{self, UpgradePolicy};
+use crate::transport::{ClientStream, ServerStream};
 
 /// What every connection of one listener shares.
 pub struct SessionContext {
     pub name: String,
     pub protocol: ListenerProtocol,
     pub tls: Option<TlsAcceptor>,
+    /// `websocket` listeners: what the upgrade accepts.
+    pub ws: Option<UpgradePolicy>,
+    /// When not empty, the only client addresses accepted (checked by the accept loop).
+    pub allowed_sources: Vec<Cidr>,
     pub balancer: Arc<Balancer>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub listener_metrics: ListenerMetrics,
+    /// `log.client_id`: whether the `connection closed` line names the client id.
+    pub log_client_id: bool,
 }
 
 /// Why a client was not relayed (the `reason` label of `mqttlb_connections_rejected_total`).
@@ -49,6 +63,8 @@ pub struct Session {
     ctx: Arc<SessionContext>,
     peer: SocketAddr,
     _ticket: AdmissionTicket,
+    /// When the connection was accepted.
+    started: Instant,
 }
 
 /// Keeps the listener's active-connections gauge up while a session lives.
@@ -62,7 +78,7 @@ impl Drop for ActiveListener<'_> {
 
 impl Session {
     pub fn new(ctx: Arc<SessionContext>, peer: SocketAddr, ticket: AdmissionTicket) -> Session {
-        Session { ctx, peer, _ticket: ticket }
+        Session { ctx, peer, _ticket: ticket, started: Instant::now() }
     }
 
     pub async fn run(self, tcp: TcpStream) {
@@ -71,13 +87,28 @@ impl Session {
         let _active = ActiveListener(&ctx.listener_metrics);
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok();
-        let Some(mut stream) = self.handshake(tcp).await else {
+        let Some(stream) = self.handshake(tcp).await else {
             return;
         };
+        let mut stream = match &ctx.ws {
+            None => stream,
+            Some(policy) => match ws::accept(stream, policy).await {
+                Ok(ws) => ClientStream::Ws(Box::new(ws)),
+                Err(reason) => {
+                    debug!(listener = %ctx.name, peer = %self.peer, reason, "WebSocket upgrade refused");
+                    ctx.metrics.reject(&ctx.name, reason);
+                    return;
+                }
+            },
+        };
         let result = match ctx.protocol {
-            ListenerProtocol::Mqtt => self.mqtt(&mut stream, local).await,
+            ListenerProtocol::Mqtt | ListenerProtocol::Websocket => self.mqtt(&mut stream, local).await,
             ListenerProtocol::Tcp => self.passthrough(&mut stream, local).await,
         };
+        if let Some(v) = stream.ws_violation() {
+            let labels = ReasonLabels { listener: ctx.name.clone(), reason: v.label() };
+            ctx.metrics.websocket_frame_errors.get_or_create(&labels).inc();
+        }
         if let Err(Refused::Reason(reason, answer)) = result {
             debug!(listener = %ctx.name, peer = %self.peer, reason, "client refused");
             ctx.metrics.reject(&ctx.name, reason);
@@ -86,6 +117,9 @@ impl Session {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        if let ClientStream::Ws(ws) = &mut stream {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.linger()).await;
+        }
     }
 
     /// The TLS handshake, under `limits.handshake_timeout`; failures counted by kind.
@@ -148,7 +182,7 @@ impl Session {
         let (server, guard) =
             self.connect_server(&candidates, local, &buf).await.ok_or_else(|| unavailable("server_connect_failed"))?;
         debug!(listener = %ctx.name, peer = %self.peer, client_id = %connect.client_id, server = %guard.server().name, "relaying");
-        self.relay(stream, server, guard).await;
+        self.relay(stream, server, guard, Some(&connect.client_id), buf.len()).await;
         Ok(())
     }
 
@@ -161,17 +195,18 @@ impl Session {
         }
         let (server, guard) =
             self.connect_server(&candidates, local, &[]).await.ok_or(Refused::Reason("server_connect_failed", None))?;
-        self.relay(stream, server, guard).await;
+        self.relay(stream, server, guard, None, 0).await;
         Ok(())
     }
 
-    /// Connects to the first candidate that answers, sends the PROXY header and `first_bytes`.
+    /// Connects to the first candidate that answers, sends the PROXY header and `first_bytes` (for `websocket`
+    /// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame).
     async fn connect_server(
         &self,
         candidates: &[Arc<Server>],
         local: Option<SocketAddr>,
         first_bytes: &[u8],
-    ) -> Option<(TcpStream, ActiveGuard)> {
+    ) -> Option<(ServerStream, ActiveGuard)> {
         let pool = self.ctx.balancer.pool();
         let backend = &pool.config;
         for server in candidates {
@@ -195,42 +230,225 @@ impl Session {
             let _ = tcp.set_nodelay(true);
             let guard = server.track();
             let mut head = proxy_protocol::header(backend.proxy_protocol, self.peer, local.unwrap_or(self.peer));
+            let mut stream = if backend.protocol == BackendProtocol::Websocket {
+                if let Err(e) = tcp.write_all(&head).await {
+                    warn!(backend = %backend.name, server = %server.name, error = %e, "server closed before the PROXY header; trying the next server");
+                    server.metrics.connect_errors.inc();
+                    continue;
+                }
+                head.clear();
+                let frames = ws::frame_config(self.ctx.limits.max_ws_frame_size);
+                let upgrade = ws::connect(tcp, &server.address, &backend.path, frames);
+                match tokio::time::timeout(backend.connect_timeout, upgrade).await {
+                    Ok(Ok(ws)) => ServerStream::Ws(Box::new(ws)),
+                    Ok(Err(e)) => {
+                        warn!(backend = %backend.name, server = %server.name, error = %e, "WebSocket upgrade failed; trying the next server");
+                        server.metrics.connect_errors.inc();
+                        continue;
+                    }
+                    Err(_) => {
+                        warn!(backend = %backend.name, server = %server.name, "WebSocket upgrade timed out; trying the next server");
+                        server.metrics.connect_errors.inc();
+                        continue;
+                    }
+                }
+            } else {
+                ServerStream::Tcp(tcp)
+            };
             head.extend_from_slice(first_bytes);
             if !head.is_empty() {
-                if let Err(e) = tcp.write_all(&head).await {
+                if let Err(e) = write_flushed(&mut stream, &head).await {
                     warn!(backend = %backend.name, server = %server.name, error = %e, "server closed before the first bytes; trying the next server");
                     server.metrics.connect_errors.inc();
                     continue;
                 }
                 server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
             }
-            return Some((tcp, guard));
+            return Some((stream, guard));
         }
         None
     }
 
-    async fn relay(&self, stream: &mut ClientStream, server: TcpStream, guard: ActiveGuard) {
+    /// Relays until the end, then logs the connection's one `connection closed` line (see [`ConnectionEnd`]).
+    /// `sent_first` is the number of client bytes already sent to the server (the buffered CONNECT).
+    async fn relay(
+        &self,
+        stream: &mut ClientStream,
+        server: ServerStream,
+        guard: ActiveGuard,
+        client_id: Option<&str>,
+        sent_first: usize,
+    ) {
         let s = guard.server();
-        let end = relay(
+        let mut client = ConnectionEnd {
             stream,
+            to_server: sent_first as u64,
+            to_client: 0,
+            first_close: None,
+            client_failed: None,
+            last_read_disconnect: false,
+            outcome: None,
+            listener: &self.ctx.name,
+            peer: self.peer,
+            client_id: client_id.filter(|_| self.ctx.log_client_id),
+            server: &s.name,
+            started: self.started,
+        };
+        let end = relay(
+            &mut client,
             server,
             s.metrics.sent_bytes.clone(),
             s.metrics.received_bytes.clone(),
             self.ctx.limits.idle_timeout,
         )
         .await;
-        match end {
-            RelayEnd::Closed { to_server, to_client } => {
-                debug!(listener = %self.ctx.name, peer = %self.peer, server = %s.name, to_server, to_client, "relay closed")
+        let closed = |first: Option<&'static str>| {
+            if client.last_read_disconnect {
+                "client_disconnect"
+            } else {
+                first.unwrap_or("client_closed")
             }
-            RelayEnd::Idle => {
-                info!(listener = %self.ctx.name, peer = %self.peer, server = %s.name, "relay idle; closed")
+        };
+        client.outcome = Some(match end {
+            RelayEnd::Closed { .. } => (closed(client.first_close), None),
+            RelayEnd::Idle => ("idle_timeout", None),
+            // A TLS client that closes without close_notify (most MQTT clients do) just closed.
+            RelayEnd::Error(_) if client.client_failed == Some(std::io::ErrorKind::UnexpectedEof) => {
+                (closed(client.first_close), None)
             }
             RelayEnd::Error(e) => {
-                debug!(listener = %self.ctx.name, peer = %self.peer, server = %s.name, error = %e, "relay ended")
+                (if client.client_failed.is_some() { "client_error" } else { "server_error" }, Some(e))
+            }
+        });
+    }
+}
+
+/// The client side of a relay: counts the bytes each way, notes which side closed first, and writes the
+/// connection's one `connection closed` line (info) when dropped, so a relay cut at the drain deadline is logged
+/// too, with reason `shutdown`. Close reasons: `client_disconnect` (the client's last bytes were an MQTT
+/// DISCONNECT: a clean end, whichever side then closed first), `client_closed`, `server_closed` (that side sent EOF
+/// first, without a DISCONNECT: a client gone, or a broker closing a session taken over), `idle_timeout`,
+/// `client_error`, `server_error` (a read or write failed on that side), `shutdown`.
+struct ConnectionEnd<'a, S> {
+    stream: &'a mut S,
+    /// Bytes from the client (to the server), the buffered CONNECT included.
+    to_server: u64,
+    /// Bytes to the client.
+    to_client: u64,
+    first_close: Option<&'static str>,
+    /// The kind of the first error on the client side.
+    client_failed: Option<std::io::ErrorKind>,
+    /// Whether the last read from the client was exactly one DISCONNECT packet.
+    last_read_disconnect: bool,
+    /// The close reason and error once the relay returned; None if it was cut short.
+    outcome: Option<(&'static str, Option<std::io::Error>)>,
+    listener: &'a str,
+    peer: SocketAddr,
+    /// None for raw TCP listeners and when `log.client_id` is false.
+    client_id: Option<&'a str>,
+    server: &'a str,
+    started: Instant,
+}
+
+impl<S> ConnectionEnd<'_, S> {
+    fn note<T>(&mut self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r {
+            self.client_failed.get_or_insert(e.kind());
+        }
+        r
+    }
+}
+
+impl<S> Drop for ConnectionEnd<'_, S> {
+    fn drop(&mut self) {
+        let (reason, error) = match self.outcome.take() {
+            Some((reason, error)) => (reason, error),
+            None => ("shutdown", None),
+        };
+        info!(
+            listener = self.listener,
+            peer = %self.peer,
+            client_id = self.client_id,
+            server = self.server,
+            bytes_to_server = self.to_server,
+            bytes_to_client = self.to_client,
+            duration_seconds = self.started.elapsed().as_secs_f64(),
+            reason,
+            error = error.as_ref().map(tracing::field::display),
+            "connection closed"
+        );
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnectionEnd<'_, S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
+        let r = Pin::new(&mut *this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let read = buf.filled().get(before..).unwrap_or_default();
+            this.to_server += read.len() as u64;
+            if !read.is_empty() {
+                this.last_read_disconnect = is_disconnect(read);
+            } else if asked {
+                this.first_close.get_or_insert("client_closed");
             }
         }
+        this.note(r)
     }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionEnd<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.to_client += n as u64;
+        }
+        this.note(r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.to_client += n as u64;
+        }
+        this.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.stream).poll_flush(cx);
+        this.note(r)
+    }
+
+    /// Called once the server has sent EOF: the relay passes it on to the client.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.first_close.get_or_insert("server_closed");
+        let r = Pin::new(&mut *this.stream).poll_shutdown(cx);
+        this.note(r)
+    }
+}
+
+/// Whether `bytes` are exactly one MQTT DISCONNECT packet (type 14, remaining length under 128).
+fn is_disconnect(bytes: &[u8]) -> bool {
+    matches!(bytes, [0xE0, len, ..] if *len < 0x80 && usize::from(*len) + 2 == bytes.len())
+}
+
+async fn write_flushed(stream: &mut ServerStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Classifies a failed handshake for `mqttlb_tls_handshake_failures_total{kind}`.
@@ -282,7 +500,10 @@ async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Resul
         if buf.len() > max {
             return Err(FirstPacket::Refused("connect_too_large"));
         }
-        let n = s.read(&mut chunk).await.map_err(|_| FirstPacket::Refused("client_error"))?;
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| FirstPacket::Refused(ws::violation(&e).map_or("client_error", ws::Violation::label)))?;
         if n == 0 {
             return Err(FirstPacket::Refused("closed_before_connect"));
         }

@@ -59,6 +59,7 @@ pub struct Server {
 impl Server {
     pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> Server {
         metrics.up.set(1);
+        metrics.state.set(AdminState::Ready.as_str());
         Server {
             name: config.name.clone(),
             address: config.address.clone(),
@@ -87,6 +88,7 @@ impl Server {
 
     pub fn set_state(&self, state: AdminState) {
         self.state.store(state as u8, Ordering::Relaxed);
+        self.metrics.state.set(state.as_str());
     }
 
     /// Whether a new client may be placed here.
