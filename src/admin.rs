@@ -5,6 +5,7 @@
 //! - `GET /readyz`: 200 when every listener's backend has a server that can take clients, else 503
 //! - `GET /servers`: JSON list of backends and servers (health, state, open connections)
 //! - `PUT /servers/{backend}/{server}/state` with body `ready`, `drain` or `maint`: set a server's state
+//! - `POST /reload`: reload the configuration file (as SIGHUP does); 200 or 422 with the error
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +22,20 @@ use tracing::{debug, info, warn};
 use crate::balancer::backend::AdminState;
 use crate::balancer::Balancer;
 use crate::metrics::Metrics;
+use crate::server::ReloadHandle;
+use arc_swap::ArcSwap;
 
 /// What the admin endpoint reads.
 pub struct AdminContext {
     pub metrics: Arc<Metrics>,
+    /// What the endpoints show; a reload swaps it.
+    pub view: ArcSwap<AdminView>,
+    /// Where `POST /reload` goes.
+    pub reload: ReloadHandle,
+}
+
+/// The backends as configured now.
+pub struct AdminView {
     pub balancers: Vec<Arc<Balancer>>,
     /// Indexes into `balancers` of the backends that listeners use.
     pub listened: Vec<usize>,
@@ -80,12 +91,14 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     text(status, "application/json", format!("{value}\n"))
 }
 
-async fn route(req: Request<Incoming>, state: &AdminContext) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Bytes>> {
+    let view = ctx.view.load_full();
+    let state = view.as_ref();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
-            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", ctx.metrics.encode())
         }
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, ["readyz"]) => readyz(state),
@@ -98,14 +111,20 @@ async fn route(req: Request<Incoming>, state: &AdminContext) -> Response<Full<By
             };
             set_state(state, &backend, &server, String::from_utf8_lossy(&body).trim())
         }
-        (_, ["metrics" | "healthz" | "readyz" | "servers"]) => {
+        (&Method::POST, ["reload"]) => match ctx.reload.reload().await {
+            Ok(summary) => json(StatusCode::OK, &serde_json::json!({ "result": "success", "config": summary })),
+            Err(error) => {
+                json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({ "result": "error", "error": error }))
+            }
+        },
+        (_, ["metrics" | "healthz" | "readyz" | "servers" | "reload"]) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz, /servers\n".into()),
     }
 }
 
-fn readyz(state: &AdminContext) -> Response<Full<Bytes>> {
+fn readyz(state: &AdminView) -> Response<Full<Bytes>> {
     let not_ready: Vec<String> = state
         .listened
         .iter()
@@ -120,7 +139,7 @@ fn readyz(state: &AdminContext) -> Response<Full<Bytes>> {
     }
 }
 
-fn servers_json(state: &AdminContext) -> serde_json::Value {
+fn servers_json(state: &AdminView) -> serde_json::Value {
     let backends: Vec<serde_json::Value> = state
         .balancers
         .iter()
@@ -151,7 +170,7 @@ fn servers_json(state: &AdminContext) -> serde_json::Value {
     serde_json::json!({ "backends": backends })
 }
 
-fn set_state(state: &AdminContext, backend: &str, server: &str, wanted: &str) -> Response<Full<Bytes>> {
+fn set_state(state: &AdminView, backend: &str, server: &str, wanted: &str) -> Response<Full<Bytes>> {
     let Some(new_state) = AdminState::parse(wanted) else {
         return text(
             StatusCode::BAD_REQUEST,

@@ -103,6 +103,9 @@ pub struct ListenerConfig {
     pub allowed_origins: Vec<String>,
     /// When not empty, connections from other source addresses are closed at accept.
     pub allowed_sources: Vec<Cidr>,
+    /// Connections from these networks must start with a PROXY protocol header (v1 or v2) naming the real
+    /// client; connections from elsewhere are direct clients. Empty: no PROXY header is read.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `127.0.0.1/32`, `::1/128`); a bare address is one host.
@@ -181,7 +184,33 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
+    pub require_identity: RequireIdentity,
     pub server_config: Arc<rustls::ServerConfig>,
+}
+
+/// `tls.require_identity`: what a client certificate must vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequireIdentity {
+    /// The certificate only has to be valid.
+    #[default]
+    None,
+    /// The MQTT client id must be the certificate's CN or a SAN (else CONNACK not authorized).
+    ClientId,
+    /// The MQTT user name must be the certificate's CN or a SAN (else CONNACK not authorized).
+    Username,
+}
+
+/// `backends[].on_down`: what happens to the relays of a server that health checks take down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDown {
+    /// Relays stay until the broker or the client closes them (a broker that is down usually has).
+    #[default]
+    Keep,
+    /// Relays are closed at once, so clients reconnect (to another server) promptly.
+    Close,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -299,6 +328,7 @@ pub struct BackendConfig {
     pub path: String,
     /// Deadline for the TCP connect to a server (and, for `websocket` backends, for the upgrade after it).
     pub connect_timeout: Duration,
+    pub on_down: OnDown,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
 }
@@ -317,7 +347,7 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Deadline for the whole first packet (CONNECT) after the transport is up.
     pub connect_timeout: Duration,
@@ -334,6 +364,10 @@ pub struct Limits {
     /// Largest WebSocket frame, and message (all fragments of one), accepted from a client or a WebSocket
     /// backend; larger ones close the connection (close code 1009). Each WebSocket connection may buffer one.
     pub max_ws_frame_size: usize,
+    /// New connections per second from one IP address (token bucket); 0 = unlimited.
+    pub max_connection_rate_per_ip: u32,
+    /// Bursts allowed above that rate (bucket size); defaults to the rate.
+    pub connection_rate_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -383,6 +417,8 @@ struct FileListener {
     allowed_origins: Option<Vec<String>>,
     #[serde(default)]
     allowed_sources: Option<Vec<String>>,
+    #[serde(default)]
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +428,8 @@ struct FileTls {
     key: PathBuf,
     #[serde(default)]
     client_ca: Option<PathBuf>,
+    #[serde(default)]
+    require_identity: RequireIdentity,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,6 +446,8 @@ struct FileBackend {
     path: Option<String>,
     #[serde(default = "default_backend_connect_timeout")]
     connect_timeout: DurationValue,
+    #[serde(default)]
+    on_down: OnDown,
     #[serde(default)]
     health: FileHealth,
     servers: Vec<FileServer>,
@@ -493,6 +533,8 @@ struct FileLimits {
     max_connections_per_ip: usize,
     idle_timeout: DurationValue,
     max_ws_frame_size: Option<SizeValue>,
+    max_connection_rate_per_ip: u32,
+    connection_rate_burst: Option<u32>,
 }
 
 impl Default for FileLimits {
@@ -505,6 +547,8 @@ impl Default for FileLimits {
             max_connections_per_ip: 0,
             idle_timeout: DurationValue(Duration::ZERO),
             max_ws_frame_size: None,
+            max_connection_rate_per_ip: 0,
+            connection_rate_burst: None,
         }
     }
 }
@@ -832,6 +876,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             proxy_protocol: b.proxy_protocol,
             path: path.clone(),
             connect_timeout,
+            on_down: b.on_down,
             health: HealthConfig {
                 check,
                 interval,
@@ -872,6 +917,12 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                 let cert = c.resolve(&t.cert);
                 let key_path = c.resolve(&t.key);
                 let client_ca = t.client_ca.as_deref().map(|p| c.resolve(p));
+                if t.require_identity != RequireIdentity::None && client_ca.is_none() {
+                    return Err(c.err(
+                        format!("{key}.tls.require_identity"),
+                        "needs tls.client_ca: only a verified client certificate can vouch for an identity",
+                    ));
+                }
                 let server_config = tls::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
                     let field = match e.part {
                         tls::TlsPart::Cert => "cert",
@@ -880,7 +931,13 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                     };
                     c.err(format!("{key}.tls.{field}"), e.message)
                 })?;
-                Some(TlsConfig { cert, key: key_path, client_ca, server_config: Arc::new(server_config) })
+                Some(TlsConfig {
+                    cert,
+                    key: key_path,
+                    client_ca,
+                    require_identity: t.require_identity,
+                    server_config: Arc::new(server_config),
+                })
             }
         };
         let backend_protocol = backends.get(backend).map_or(BackendProtocol::Mqtt, |b| b.protocol);
@@ -932,7 +989,21 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                 .map(|(j, text)| Cidr::parse(text).map_err(|m| c.err(format!("{key}.allowed_sources[{j}]"), m)))
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        let trusted_proxies = match l.trusted_proxies {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => {
+                return Err(
+                    c.err(format!("{key}.trusted_proxies"), "must not be empty (omit it to read no PROXY header)")
+                )
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, text)| Cidr::parse(text).map_err(|m| c.err(format!("{key}.trusted_proxies[{j}]"), m)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         listeners.push(ListenerConfig {
+            trusted_proxies,
             name: l.name,
             bind,
             protocol: l.protocol,
@@ -964,7 +1035,15 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         max_connections_per_ip: l.max_connections_per_ip,
         idle_timeout: l.idle_timeout.0,
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
+        max_connection_rate_per_ip: l.max_connection_rate_per_ip,
+        connection_rate_burst: l.connection_rate_burst.unwrap_or(l.max_connection_rate_per_ip),
     };
+    if l.connection_rate_burst.is_some() && limits.max_connection_rate_per_ip == 0 {
+        return Err(c.err("limits.connection_rate_burst", "needs limits.max_connection_rate_per_ip"));
+    }
+    if limits.max_connection_rate_per_ip > 0 && limits.connection_rate_burst == 0 {
+        return Err(c.err("limits.connection_rate_burst", "must be at least 1"));
+    }
     // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
     if !(16..=256 << 20).contains(&limits.max_connect_size) {
         return Err(c.err("limits.max_connect_size", "must be between 16B and 256MiB"));

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::balancer::backend::{AdminState, Server};
-use crate::config::{HealthCheckKind, HealthConfig};
+use crate::config::{HealthCheckKind, HealthConfig, OnDown};
 use crate::mqtt::frame::encode_remaining_length;
 use crate::transport::ws;
 
@@ -52,6 +52,13 @@ impl Verdict {
         Verdict { health: rise, rise, fall }
     }
 
+    /// Continues from a known state (after a reload): up as freshly up, down as freshly down.
+    pub fn resume(rise: u32, fall: u32, up: bool) -> Verdict {
+        let mut v = Verdict::new(rise, fall);
+        v.health = if up { v.max() } else { 0 };
+        v
+    }
+
     fn max(&self) -> u32 {
         self.rise + self.fall - 1
     }
@@ -82,6 +89,7 @@ impl Verdict {
 pub fn spawn(
     backend: &str,
     health: &HealthConfig,
+    on_down: OnDown,
     servers: &[Arc<Server>],
     tracker: &TaskTracker,
     stop: CancellationToken,
@@ -97,14 +105,14 @@ pub fn spawn(
         tracker.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = probe_loop(&backend, &health, &server) => {}
+                () = probe_loop(&backend, &health, on_down, &server) => {}
             }
         });
     }
 }
 
-async fn probe_loop(backend: &str, health: &HealthConfig, server: &Server) {
-    let mut verdict = Verdict::new(health.rise, health.fall);
+async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &Server) {
+    let mut verdict = Verdict::resume(health.rise, health.fall, server.is_up());
     let mut ticks = tokio::time::interval(health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -127,6 +135,10 @@ async fn probe_loop(backend: &str, health: &HealthConfig, server: &Server) {
                 info!(backend, server = %server.name, "server is UP");
             } else {
                 warn!(backend, server = %server.name, "server is DOWN");
+                if on_down == OnDown::Close {
+                    info!(backend, server = %server.name, relays = server.active(), "on_down: close: closing its relays");
+                    server.close_relays();
+                }
             }
         }
     }

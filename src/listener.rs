@@ -13,14 +13,21 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info};
 
 use crate::config::source_allowed;
+use crate::config::Limits;
+use crate::rate_limit::RateLimiter;
 use crate::session::{Session, SessionContext};
+use arc_swap::ArcSwap;
 
 /// Admission limits shared by every listener: connections overall and per source IP.
 pub struct Admission {
     total: Option<Arc<Semaphore>>,
     per_ip_max: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    rate: Option<RateLimiter>,
 }
+
+/// Addresses the per-IP rate limiter remembers at most (a bounded table; see [`RateLimiter`]).
+const RATE_TABLE_SIZE: usize = 100_000;
 
 /// A connection's place in the limits, released on drop.
 pub struct AdmissionTicket {
@@ -43,17 +50,25 @@ impl Drop for AdmissionTicket {
 }
 
 impl Admission {
-    /// `max_connections` / `max_connections_per_ip`: 0 means unlimited.
-    pub fn new(max_connections: usize, max_per_ip: usize) -> Arc<Admission> {
+    /// The admission rules of `limits`: connections overall, per IP, and new connections per second per IP.
+    pub fn from_limits(limits: &Limits) -> Arc<Admission> {
         Arc::new(Admission {
-            total: (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections))),
-            per_ip_max: max_per_ip,
+            total: (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections))),
+            per_ip_max: limits.max_connections_per_ip,
             per_ip: Mutex::new(HashMap::new()),
+            rate: (limits.max_connection_rate_per_ip > 0).then(|| {
+                RateLimiter::new(limits.max_connection_rate_per_ip, limits.connection_rate_burst, RATE_TABLE_SIZE)
+            }),
         })
     }
 
     /// Admits a connection from `ip`, or says which limit refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AdmissionTicket, &'static str> {
+        if let Some(rate) = &self.rate {
+            if !rate.allow(ip, std::time::Instant::now()) {
+                return Err("rate_limited");
+            }
+        }
         let permit = match &self.total {
             None => None,
             Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| "max_connections")?),
@@ -76,13 +91,14 @@ impl Admission {
 /// Accepts until `shutdown`; each connection runs as a task in `tracker` until it ends or `close` is cancelled.
 pub async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<SessionContext>,
-    admission: Arc<Admission>,
+    current: Arc<ArcSwap<SessionContext>>,
+    admission: Arc<ArcSwap<Admission>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     close: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
+    let name = current.load().name.clone();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -95,7 +111,7 @@ pub async fn accept_loop(
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the listener stays open.
-                error!(listener = %ctx.name, error = %e, "accept failed; retrying in {:?}", backoff);
+                error!(listener = %name, error = %e, "accept failed; retrying in {:?}", backoff);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -104,6 +120,8 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // The settings of the moment (a reload swaps them; sessions keep the ones they started with).
+        let ctx = current.load_full();
         ctx.listener_metrics.accepted.inc();
         if !source_allowed(&ctx.allowed_sources, peer.ip()) {
             debug!(listener = %ctx.name, %peer, "source address not allowed; closed at accept");
@@ -111,7 +129,7 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         }
-        let ticket = match admission.admit(peer.ip()) {
+        let ticket = match admission.load().admit(peer.ip()) {
             Ok(t) => t,
             Err(reason) => {
                 debug!(listener = %ctx.name, %peer, reason, "connection refused at accept");
@@ -120,7 +138,6 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let ctx = Arc::clone(&ctx);
         let close = close.clone();
         tracker.spawn(async move {
             // Past the drain deadline `close` fires: dropping the session closes both of its sockets.
@@ -130,5 +147,5 @@ pub async fn accept_loop(
             }
         });
     }
-    info!(listener = %ctx.name, "stopped accepting");
+    info!(listener = %name, "stopped accepting");
 }

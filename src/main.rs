@@ -101,6 +101,18 @@ fn run(path: PathBuf) -> ExitCode {
             mqtt_lb::shutdown::signal().await;
             token.cancel();
         });
+        let reload = server.reload_handle();
+        tokio::spawn(async move {
+            let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                error!("cannot listen for SIGHUP: reload with POST /reload on the admin endpoint");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                // The outcome is logged and counted by the server.
+                let _ = reload.reload().await;
+            }
+        });
         match server.run().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -250,6 +250,21 @@ impl Metrics {
         }
     }
 
+    /// Drops the gauges of a server a reload removed, so it no longer shows as up (its counters stay until the
+    /// process restarts, as counters should).
+    pub fn forget_server(&self, backend: &str, server: &str) {
+        let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
+        self.server_up.remove(&l);
+        self.server_connections_active.remove(&l);
+        for state in ["ready", "drain", "maint"] {
+            self.server_state.remove(&ServerStateLabels {
+                backend: l.backend.clone(),
+                server: l.server.clone(),
+                state,
+            });
+        }
+    }
+
     fn server_state_gauge(&self, l: &ServerLabels, state: &'static str) -> Gauge {
         let labels = ServerStateLabels { backend: l.backend.clone(), server: l.server.clone(), state };
         self.server_state.get_or_create(&labels).clone()

@@ -23,6 +23,50 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
+/// What a v2 header tells a server about the client's TLS session (the PP2_TYPE_SSL TLV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+    /// The verified client certificate's subject CN (mTLS).
+    pub common_name: Option<String>,
+}
+
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+
+fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value.get(..usize::from(len)).unwrap_or_default());
+}
+
+/// Like [`header`], and for v2 with the PP2_TYPE_SSL TLV (TLS version, client certificate CN) when the client
+/// came over TLS.
+pub fn header_with_tls(kind: ProxyProtocol, src: SocketAddr, dst: SocketAddr, tls: Option<&TlsInfo>) -> Vec<u8> {
+    let mut out = header(kind, src, dst);
+    let (ProxyProtocol::V2, Some(info)) = (kind, tls) else {
+        return out;
+    };
+    let mut ssl = vec![PP2_CLIENT_SSL | if info.common_name.is_some() { PP2_CLIENT_CERT_CONN } else { 0 }];
+    ssl.extend_from_slice(&0u32.to_be_bytes()); // verify: 0 = the client certificate (if any) was verified
+    tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, info.version.as_bytes());
+    if let Some(cn) = &info.common_name {
+        tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
+    }
+    tlv(&mut out, PP2_TYPE_SSL, &ssl);
+    // Fix the length field (bytes 14..16) to cover the TLVs.
+    let body = u16::try_from(out.len().saturating_sub(16)).unwrap_or(u16::MAX);
+    if let Some(len) = out.get_mut(14..16) {
+        len.copy_from_slice(&body.to_be_bytes());
+    }
+    out
+}
+
 /// The header for a client at `src` that reached mqtt-lb at `dst`; empty for `none`.
 pub fn header(kind: ProxyProtocol, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let (src, dst) = same_family(src, dst);
@@ -243,6 +287,22 @@ mod tests {
             assert_eq!(parse_v1(&header(ProxyProtocol::V1, s, d)), Ok(want));
             assert_eq!(parse_v2(&header(ProxyProtocol::V2, s, d)), Ok(want));
         }
+    }
+
+    #[test]
+    fn v2_carries_tls_tlvs() {
+        let src: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let dst: SocketAddr = "198.51.100.2:8883".parse().unwrap();
+        let info = TlsInfo { version: "TLSv1_3".into(), common_name: Some("sensor-1".into()) };
+        let h = header_with_tls(ProxyProtocol::V2, src, dst, Some(&info));
+        // Still a valid header for the same addresses, now with a TLV after them.
+        assert_eq!(parse_v2(&h), Ok(Received { source: Some(src), destination: Some(dst) }));
+        let tlvs = &h[28..];
+        assert_eq!(tlvs[0], PP2_TYPE_SSL);
+        assert_eq!(tlvs[3], PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN);
+        let text = String::from_utf8_lossy(tlvs);
+        assert!(text.contains("TLSv1_3") && text.contains("sensor-1"), "{text}");
+        assert_eq!(header_with_tls(ProxyProtocol::V1, src, dst, Some(&info)), header(ProxyProtocol::V1, src, dst));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum RelayEnd {
     Closed { to_server: u64, to_client: u64 },
     /// No byte moved for the idle timeout.
     Idle,
+    /// The server was taken down by health checks and its backend closes relays then (`on_down: close`).
+    ServerDown,
     /// A read or write failed (a reset, mostly).
     Error(io::Error),
 }

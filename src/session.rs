@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{ActiveGuard, Server};
 use crate::balancer::Balancer;
-use crate::config::{BackendProtocol, Cidr, Limits, ListenerProtocol};
+use crate::config::{BackendProtocol, Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::listener::AdmissionTicket;
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::connack::{connack, Refusal};
@@ -30,6 +30,7 @@ use crate::mqtt::frame::{check_fixed_header, FrameError};
 use crate::mqtt::{parse_connect, ConnectError, ProtocolVersion, RejectReason};
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd};
+use crate::transport::identity::PeerIdentity;
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
 
@@ -48,6 +49,10 @@ pub struct SessionContext {
     pub listener_metrics: ListenerMetrics,
     /// `log.client_id`: whether the `connection closed` line names the client id.
     pub log_client_id: bool,
+    /// Connections from these networks start with a PROXY protocol header naming the real client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `tls.require_identity`: the CONNECT field a client certificate must vouch for.
+    pub require_identity: RequireIdentity,
 }
 
 /// Why a client was not relayed (the `reason` label of `mqttlb_connections_rejected_total`).
@@ -61,10 +66,14 @@ enum Refused {
 
 pub struct Session {
     ctx: Arc<SessionContext>,
+    /// The client's address: the TCP peer, or what a trusted proxy's PROXY header says.
     peer: SocketAddr,
     _ticket: AdmissionTicket,
     /// When the connection was accepted.
     started: Instant,
+    /// The verified client certificate's names (mTLS) and the TLS version, once the handshake is done.
+    tls_info: Option<proxy_protocol::TlsInfo>,
+    identity: Option<PeerIdentity>,
 }
 
 /// Keeps the listener's active-connections gauge up while a session lives.
@@ -78,15 +87,31 @@ impl Drop for ActiveListener<'_> {
 
 impl Session {
     pub fn new(ctx: Arc<SessionContext>, peer: SocketAddr, ticket: AdmissionTicket) -> Session {
-        Session { ctx, peer, _ticket: ticket, started: Instant::now() }
+        Session { ctx, peer, _ticket: ticket, started: Instant::now(), tls_info: None, identity: None }
     }
 
-    pub async fn run(self, tcp: TcpStream) {
+    pub async fn run(mut self, mut tcp: TcpStream) {
         let ctx = Arc::clone(&self.ctx);
         ctx.listener_metrics.active.inc();
         let _active = ActiveListener(&ctx.listener_metrics);
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().ok();
+        let mut local = tcp.local_addr().ok();
+        if source_allowed_nonempty(&ctx.trusted_proxies, self.peer.ip()) {
+            match proxy_protocol::read_header(&mut tcp, ctx.limits.handshake_timeout).await {
+                Ok(received) => {
+                    if let Some(source) = received.source {
+                        debug!(listener = %ctx.name, proxy = %self.peer, client = %source, "PROXY header");
+                        self.peer = source;
+                        local = received.destination.or(local);
+                    }
+                }
+                Err(e) => {
+                    debug!(listener = %ctx.name, peer = %self.peer, error = %e, "PROXY header refused");
+                    ctx.metrics.reject(&ctx.name, e.label());
+                    return;
+                }
+            }
+        }
         let Some(stream) = self.handshake(tcp).await else {
             return;
         };
@@ -123,7 +148,7 @@ impl Session {
     }
 
     /// The TLS handshake, under `limits.handshake_timeout`; failures counted by kind.
-    async fn handshake(&self, tcp: TcpStream) -> Option<ClientStream> {
+    async fn handshake(&mut self, tcp: TcpStream) -> Option<ClientStream> {
         let ctx = &self.ctx;
         let Some(acceptor) = &ctx.tls else {
             return Some(ClientStream::Plain(tcp));
@@ -132,6 +157,13 @@ impl Session {
         let kind = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
+                let connection = tls.get_ref().1;
+                self.identity =
+                    connection.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::from_der(c));
+                self.tls_info = Some(proxy_protocol::TlsInfo {
+                    version: connection.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS").to_owned(),
+                    common_name: self.identity.as_ref().and_then(|i| i.common_names.first().cloned()),
+                });
                 return Some(ClientStream::Tls(Box::new(tls)));
             }
             Err(_) => "timeout",
@@ -172,8 +204,19 @@ impl Session {
             }
         };
         ctx.listener_metrics.connect_read_seconds.observe(start.elapsed().as_secs_f64());
-        let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
         let version = connect.version;
+        let claimed = match ctx.require_identity {
+            RequireIdentity::None => None,
+            RequireIdentity::ClientId => Some(connect.client_id.as_str()),
+            RequireIdentity::Username => Some(connect.username.as_deref().unwrap_or_default()),
+        };
+        if let Some(claimed) = claimed {
+            if !self.identity.as_ref().is_some_and(|id| id.vouches_for(claimed)) {
+                debug!(listener = %ctx.name, peer = %self.peer, claimed, "the client certificate does not vouch for this identity");
+                return Err(Refused::Reason("identity_mismatch", Some((version, Refusal::NotAuthorized))));
+            }
+        }
+        let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
         let unavailable = |reason| Refused::Reason(reason, Some((version, Refusal::ServerUnavailable)));
         let candidates = ctx.balancer.candidates(key);
         if candidates.is_empty() {
@@ -229,7 +272,12 @@ impl Session {
             server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
             let _ = tcp.set_nodelay(true);
             let guard = server.track();
-            let mut head = proxy_protocol::header(backend.proxy_protocol, self.peer, local.unwrap_or(self.peer));
+            let mut head = proxy_protocol::header_with_tls(
+                backend.proxy_protocol,
+                self.peer,
+                local.unwrap_or(self.peer),
+                self.tls_info.as_ref(),
+            );
             let mut stream = if backend.protocol == BackendProtocol::Websocket {
                 if let Err(e) = tcp.write_all(&head).await {
                     warn!(backend = %backend.name, server = %server.name, error = %e, "server closed before the PROXY header; trying the next server");
@@ -294,14 +342,18 @@ impl Session {
             server: &s.name,
             started: self.started,
         };
-        let end = relay(
+        let relayed = relay(
             &mut client,
             server,
             s.metrics.sent_bytes.clone(),
             s.metrics.received_bytes.clone(),
             self.ctx.limits.idle_timeout,
-        )
-        .await;
+        );
+        // `on_down: close` ends the relay when health checks take the server down.
+        let end = tokio::select! {
+            end = relayed => end,
+            () = s.relays_closed() => RelayEnd::ServerDown,
+        };
         let closed = |first: Option<&'static str>| {
             if client.last_read_disconnect {
                 "client_disconnect"
@@ -312,6 +364,7 @@ impl Session {
         client.outcome = Some(match end {
             RelayEnd::Closed { .. } => (closed(client.first_close), None),
             RelayEnd::Idle => ("idle_timeout", None),
+            RelayEnd::ServerDown => ("server_down", None),
             // A TLS client that closes without close_notify (most MQTT clients do) just closed.
             RelayEnd::Error(_) if client.client_failed == Some(std::io::ErrorKind::UnexpectedEof) => {
                 (closed(client.first_close), None)
@@ -509,4 +562,9 @@ async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Resul
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
+}
+
+/// Whether `ip` is in a non-empty list of networks.
+fn source_allowed_nonempty(networks: &[Cidr], ip: std::net::IpAddr) -> bool {
+    !networks.is_empty() && crate::config::source_allowed(networks, ip)
 }

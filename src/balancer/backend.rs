@@ -54,6 +54,8 @@ pub struct Server {
     up: AtomicBool,
     state: AtomicU8,
     active: AtomicUsize,
+    /// Woken when the relays to this server must end (`on_down: close`).
+    close_relays: tokio::sync::Notify,
 }
 
 impl Server {
@@ -69,6 +71,7 @@ impl Server {
             up: AtomicBool::new(true),
             state: AtomicU8::new(AdminState::Ready as u8),
             active: AtomicUsize::new(0),
+            close_relays: tokio::sync::Notify::new(),
         }
     }
 
@@ -94,6 +97,24 @@ impl Server {
     /// Whether a new client may be placed here.
     pub fn usable(&self) -> bool {
         self.is_up() && self.state() == AdminState::Ready
+    }
+
+    /// Ends every relay to this server that is waiting on [`Server::relays_closed`].
+    pub fn close_relays(&self) {
+        self.close_relays.notify_waiters();
+    }
+
+    /// Resolves when [`Server::close_relays`] is called (create it before the relay starts).
+    pub fn relays_closed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.close_relays.notified()
+    }
+
+    /// A server of a new configuration that takes over this one's health and administrative state (reload).
+    pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> Server {
+        let next = Server::new(config, metrics);
+        next.set_up(self.is_up());
+        next.set_state(self.state());
+        next
     }
 
     /// Relays open to this server now.

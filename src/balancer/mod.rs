@@ -27,6 +27,11 @@ impl Pool {
     pub fn new(config: BackendConfig, metrics: &Metrics) -> Pool {
         let servers =
             config.servers.iter().map(|s| Arc::new(Server::new(s, metrics.server(&config.name, &s.name)))).collect();
+        Pool::with_servers(config, servers)
+    }
+
+    /// A pool of given servers (a reload passes servers that carry their state over).
+    pub fn with_servers(config: BackendConfig, servers: Vec<Arc<Server>>) -> Pool {
         let selection: Box<dyn Selection> = match config.balance {
             Balance::ClientId => Box::<Rendezvous>::default(),
             Balance::RoundRobin => Box::<RoundRobin>::default(),

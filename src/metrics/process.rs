@@ -29,7 +29,9 @@ pub(crate) struct ProcessCollector {
 
 impl ProcessCollector {
     pub(crate) fn new() -> ProcessCollector {
-        ProcessCollector { start_time: start_time() }
+        // Without /proc/stat (hidden by systemd's ProcSubset=pid, say): now, as the registry is made at start.
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64());
+        ProcessCollector { start_time: start_time().or_else(now) }
     }
 }
 

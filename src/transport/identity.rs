@@ -21,8 +21,7 @@ impl PeerIdentity {
     pub fn from_der(der: &[u8]) -> Option<PeerIdentity> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         let subject = cert.subject();
-        let common_names =
-            subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_owned).collect();
+        let common_names = subject.iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_owned).collect();
         let mut alt_names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
