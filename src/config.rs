@@ -2,7 +2,7 @@
 //!
 //! Loading happens in two steps. First the file is deserialized into the `File*` types, which mirror the YAML one to
 //! one and refuse unknown keys (`deny_unknown_fields`); durations (`2s`, `500ms`, `30m`, `1h`) and sizes (`64KiB`,
-//! `1MiB`, `65536`) are parsed there. Then [`validate`] checks what serde cannot (duplicate names, references between
+//! `1MiB`, `65536`) are parsed there. Then `validate` checks what serde cannot (duplicate names, references between
 //! listeners and backends, addresses, certificate files) and builds the runtime [`Config`]. Every error is a
 //! [`ConfigError`] that names the file, the key path (for example `backends[0].servers[2].address`) and what is wrong.
 

@@ -9,7 +9,9 @@
 //! A connection's path, in the order to read the code:
 //!
 //! 1. [`listener`]: accept loop, admission limits, one task per connection spawned before any handshake.
-//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`]).
+//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], client certificate names in
+//!    [`transport::identity`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
+//!    trusted balancers ([`proxy_protocol`]).
 //! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
 //!    refusals ([`mqtt::connack`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
@@ -19,7 +21,8 @@
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
 //! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
-//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), and [`server`], which wires them.
+//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP), and
+//! [`server`], which wires them and applies reloads.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
