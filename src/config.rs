@@ -374,6 +374,34 @@ pub struct Limits {
 pub struct ShutdownConfig {
     /// How long open relays may go on after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
+    /// What MQTT 5 clients are told when the shutdown starts.
+    pub disconnect: ShutdownDisconnect,
+}
+
+/// `shutdown.disconnect`: the DISCONNECT an MQTT 5 client gets (between two broker packets) when mqtt-lb starts to
+/// shut down, so that it reconnects (through another instance) at once instead of at the drain deadline. MQTT
+/// 3.1/3.1.1 have no server DISCONNECT: those clients are closed at the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownDisconnect {
+    /// Reason 0x8B.
+    #[default]
+    ServerShuttingDown,
+    /// Reason 0x9C.
+    UseAnotherServer,
+    /// No DISCONNECT: MQTT 5 clients stay until the drain deadline like the others.
+    None,
+}
+
+impl ShutdownDisconnect {
+    /// The MQTT 5 reason code, if a DISCONNECT is sent.
+    pub fn reason_code(self) -> Option<u8> {
+        match self {
+            ShutdownDisconnect::ServerShuttingDown => Some(0x8B),
+            ShutdownDisconnect::UseAnotherServer => Some(0x9C),
+            ShutdownDisconnect::None => None,
+        }
+    }
 }
 
 /// What the log line written at the end of each relayed connection carries (`log:` in the file).
@@ -557,11 +585,15 @@ impl Default for FileLimits {
 #[serde(deny_unknown_fields, default)]
 struct FileShutdown {
     drain_timeout: DurationValue,
+    disconnect: ShutdownDisconnect,
 }
 
 impl Default for FileShutdown {
     fn default() -> Self {
-        FileShutdown { drain_timeout: DurationValue(Duration::from_secs(30)) }
+        FileShutdown {
+            drain_timeout: DurationValue(Duration::from_secs(30)),
+            disconnect: ShutdownDisconnect::default(),
+        }
     }
 }
 
@@ -1064,7 +1096,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         backends,
         admin,
         limits,
-        shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0 },
+        shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0, disconnect: file.shutdown.disconnect },
         log: LogConfig { client_id: file.log.client_id },
     })
 }

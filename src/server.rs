@@ -86,6 +86,7 @@ fn session_context(
     config: &Config,
     balancer: Arc<Balancer>,
     metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
 ) -> SessionContext {
     if let Some(t) = &l.tls {
         match crate::metrics::certificate::leaf_not_after(&t.cert) {
@@ -111,6 +112,7 @@ fn session_context(
         log_client_id: config.log.client_id,
         trusted_proxies: l.trusted_proxies.clone(),
         require_identity: l.tls.as_ref().map_or(RequireIdentity::None, |t| t.require_identity),
+        shutdown_notice: config.shutdown.disconnect.reason_code().map(|reason| (shutdown.clone(), reason)),
     }
 }
 
@@ -122,13 +124,14 @@ impl Server {
     /// Builds the pools and binds every socket (so port conflicts show before anything runs).
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
         let balancers: Vec<Arc<Balancer>> =
             config.backends.iter().map(|b| Arc::new(Balancer::new(Pool::new(b.clone(), &metrics)))).collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let tcp = bind_listener(l).await?;
             let Some(balancer) = balancers.get(l.backend) else { continue };
-            let ctx = session_context(l, &config, Arc::clone(balancer), &metrics);
+            let ctx = session_context(l, &config, Arc::clone(balancer), &metrics, &shutdown);
             listeners.push(BoundListener { config: l.clone(), ctx: Arc::new(ArcSwap::from_pointee(ctx)), tcp });
         }
         let admin = match &config.admin {
@@ -140,16 +143,7 @@ impl Server {
             })?),
         };
         let (reload_tx, reload_rx) = mpsc::channel(4);
-        Ok(Server {
-            config,
-            metrics,
-            balancers,
-            listeners,
-            admin,
-            shutdown: CancellationToken::new(),
-            reload_tx,
-            reload_rx,
-        })
+        Ok(Server { config, metrics, balancers, listeners, admin, shutdown, reload_tx, reload_rx })
     }
 
     /// The bound address of a listener (useful with port 0).
@@ -406,7 +400,7 @@ impl Running {
             let Some(balancer) = new.backends.get(l.backend).and_then(|b| self.balancers.get(&b.name)) else {
                 continue;
             };
-            let ctx = session_context(l, &new, Arc::clone(balancer), &self.metrics);
+            let ctx = session_context(l, &new, Arc::clone(balancer), &self.metrics, &self.shutdown);
             match found.and_then(|i| old.get_mut(i).and_then(Option::take)) {
                 Some(mut running) => {
                     running.ctx.store(Arc::new(ctx));

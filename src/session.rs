@@ -29,10 +29,11 @@ use crate::mqtt::connack::{connack, Refusal};
 use crate::mqtt::frame::{check_fixed_header, FrameError};
 use crate::mqtt::{parse_connect, ConnectError, ProtocolVersion, RejectReason};
 use crate::proxy_protocol;
-use crate::relay::{relay, RelayEnd};
+use crate::relay::{relay, RelayEnd, ShutdownNotice};
 use crate::transport::identity::PeerIdentity;
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
+use tokio_util::sync::CancellationToken;
 
 /// What every connection of one listener shares.
 pub struct SessionContext {
@@ -53,6 +54,8 @@ pub struct SessionContext {
     pub trusted_proxies: Vec<Cidr>,
     /// `tls.require_identity`: the CONNECT field a client certificate must vouch for.
     pub require_identity: RequireIdentity,
+    /// The server's shutdown token and the MQTT 5 DISCONNECT reason to send when it fires (`shutdown.disconnect`).
+    pub shutdown_notice: Option<(CancellationToken, u8)>,
 }
 
 /// Why a client was not relayed (the `reason` label of `mqttlb_connections_rejected_total`).
@@ -225,7 +228,13 @@ impl Session {
         let (server, guard) =
             self.connect_server(&candidates, local, &buf).await.ok_or_else(|| unavailable("server_connect_failed"))?;
         debug!(listener = %ctx.name, peer = %self.peer, client_id = %connect.client_id, server = %guard.server().name, "relaying");
-        self.relay(stream, server, guard, Some(&connect.client_id), buf.len()).await;
+        let notice = match (&ctx.shutdown_notice, version) {
+            (Some((token, reason)), ProtocolVersion::V5) => {
+                Some(ShutdownNotice::mqtt5_disconnect(token.clone(), *reason))
+            }
+            _ => None,
+        };
+        self.relay(stream, server, guard, Some(&connect.client_id), buf.len(), notice).await;
         Ok(())
     }
 
@@ -238,7 +247,7 @@ impl Session {
         }
         let (server, guard) =
             self.connect_server(&candidates, local, &[]).await.ok_or(Refused::Reason("server_connect_failed", None))?;
-        self.relay(stream, server, guard, None, 0).await;
+        self.relay(stream, server, guard, None, 0, None).await;
         Ok(())
     }
 
@@ -326,6 +335,7 @@ impl Session {
         guard: ActiveGuard,
         client_id: Option<&str>,
         sent_first: usize,
+        notice: Option<ShutdownNotice>,
     ) {
         let s = guard.server();
         let mut client = ConnectionEnd {
@@ -348,6 +358,7 @@ impl Session {
             s.metrics.sent_bytes.clone(),
             s.metrics.received_bytes.clone(),
             self.ctx.limits.idle_timeout,
+            notice,
         );
         // `on_down: close` ends the relay when health checks take the server down.
         let end = tokio::select! {
@@ -381,7 +392,8 @@ impl Session {
 /// too, with reason `shutdown`. Close reasons: `client_disconnect` (the client's last bytes were an MQTT
 /// DISCONNECT: a clean end, whichever side then closed first), `client_closed`, `server_closed` (that side sent EOF
 /// first, without a DISCONNECT: a client gone, or a broker closing a session taken over), `idle_timeout`,
-/// `client_error`, `server_error` (a read or write failed on that side), `shutdown`.
+/// `server_down` (health checks took the server down, `on_down: close`), `client_error`, `server_error` (a read or
+/// write failed on that side), `shutdown`.
 struct ConnectionEnd<'a, S> {
     stream: &'a mut S,
     /// Bytes from the client (to the server), the buffered CONNECT included.
