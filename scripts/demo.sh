@@ -4,6 +4,6 @@
 # what happens when a broker goes down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --demo
 export PATH="$PATH:/usr/sbin"
 exec cargo run --quiet --example demo

