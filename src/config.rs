@@ -316,6 +316,8 @@ pub struct HealthConfig {
     pub password: Option<String>,
     /// The WebSocket path the `websocket` check upgrades on (the backend's `path`).
     pub path: String,
+    /// The backend's `proxy_protocol`: a server that expects a PROXY header refuses a probe without one.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 #[derive(Debug, Clone)]
@@ -918,6 +920,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                 username: h.username,
                 password: h.password,
                 path,
+                proxy_protocol: b.proxy_protocol,
             },
             servers,
         });

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::balancer::backend::{AdminState, Server};
-use crate::config::{HealthCheckKind, HealthConfig, OnDown};
+use crate::config::{HealthCheckKind, HealthConfig, OnDown, ProxyProtocol};
 use crate::mqtt::frame::encode_remaining_length;
+use crate::proxy_protocol;
 use crate::transport::ws;
 
 /// Why a probe failed.
@@ -148,6 +149,13 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
 pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
     let run = async {
         let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
+        if health.proxy_protocol != ProxyProtocol::None {
+            // The probe's own addresses, as HAProxy's `check-send-proxy` does.
+            if let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) {
+                let head = proxy_protocol::header(health.proxy_protocol, local, peer);
+                tcp.write_all(&head).await.map_err(ProbeError::Io)?;
+            }
+        }
         match health.check {
             HealthCheckKind::Tcp | HealthCheckKind::None => Ok(()),
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
@@ -247,6 +255,7 @@ mod tests {
             username: Some("u".into()),
             password: Some("p".into()),
             path: "/mqtt".into(),
+            proxy_protocol: ProxyProtocol::None,
         };
         let c = crate::mqtt::parse_connect(&probe_connect(&h)).unwrap();
         assert!(c.client_id.starts_with("mqtt-lb-probe-"));

@@ -102,8 +102,10 @@ fn run(path: PathBuf) -> ExitCode {
             token.cancel();
         });
         let reload = server.reload_handle();
+        // Registered before anything is spawned, so that a SIGHUP from now on reloads instead of ending the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         tokio::spawn(async move {
-            let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hangups) = hangups else {
                 error!("cannot listen for SIGHUP: reload with POST /reload on the admin endpoint");
                 return;
             };

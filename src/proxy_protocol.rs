@@ -26,7 +26,8 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
 /// What a v2 header tells a server about the client's TLS session (the PP2_TYPE_SSL TLV).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// `TLSv1_3`, `TLSv1_2`.
+    /// `TLSv1_3`, `TLSv1_2` (as rustls names them; sent as `TLSv1.3`, `TLSv1.2`, the spelling of the PROXY protocol
+    /// specification and of HAProxy's `ssl_fc_protocol`).
     pub version: String,
     /// The verified client certificate's subject CN (mTLS).
     pub common_name: Option<String>,
@@ -54,7 +55,7 @@ pub fn header_with_tls(kind: ProxyProtocol, src: SocketAddr, dst: SocketAddr, tl
     };
     let mut ssl = vec![PP2_CLIENT_SSL | if info.common_name.is_some() { PP2_CLIENT_CERT_CONN } else { 0 }];
     ssl.extend_from_slice(&0u32.to_be_bytes()); // verify: 0 = the client certificate (if any) was verified
-    tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, info.version.as_bytes());
+    tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, info.version.replace('_', ".").as_bytes());
     if let Some(cn) = &info.common_name {
         tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn.as_bytes());
     }
@@ -301,7 +302,7 @@ mod tests {
         assert_eq!(tlvs[0], PP2_TYPE_SSL);
         assert_eq!(tlvs[3], PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN);
         let text = String::from_utf8_lossy(tlvs);
-        assert!(text.contains("TLSv1_3") && text.contains("sensor-1"), "{text}");
+        assert!(text.contains("TLSv1.3") && text.contains("sensor-1"), "{text}");
         assert_eq!(header_with_tls(ProxyProtocol::V1, src, dst, Some(&info)), header(ProxyProtocol::V1, src, dst));
     }
 

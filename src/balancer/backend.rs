@@ -53,9 +53,10 @@ pub struct Server {
     pub metrics: ServerMetrics,
     up: AtomicBool,
     state: AtomicU8,
-    active: AtomicUsize,
-    /// Woken when the relays to this server must end (`on_down: close`).
-    close_relays: tokio::sync::Notify,
+    /// Shared with the successors at the same address (see [`Server::successor`]).
+    active: Arc<AtomicUsize>,
+    /// Woken when the relays to this server must end (`on_down: close`); shared like `active`.
+    close_relays: Arc<tokio::sync::Notify>,
 }
 
 impl Server {
@@ -70,8 +71,8 @@ impl Server {
             // Servers start up, as in HAProxy: the first failed probe takes them down (see `health`).
             up: AtomicBool::new(true),
             state: AtomicU8::new(AdminState::Ready as u8),
-            active: AtomicUsize::new(0),
-            close_relays: tokio::sync::Notify::new(),
+            active: Arc::new(AtomicUsize::new(0)),
+            close_relays: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -110,10 +111,16 @@ impl Server {
     }
 
     /// A server of a new configuration that takes over this one's health and administrative state (reload).
+    /// At the same address, the relays already open stay this server's: counted in its connections (/servers,
+    /// least-conn) and closed with it (`on_down: close`).
     pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> Server {
-        let next = Server::new(config, metrics);
+        let mut next = Server::new(config, metrics);
         next.set_up(self.is_up());
         next.set_state(self.state());
+        if next.address == self.address {
+            next.active = Arc::clone(&self.active);
+            next.close_relays = Arc::clone(&self.close_relays);
+        }
         next
     }
 
