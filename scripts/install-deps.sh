@@ -15,6 +15,7 @@ command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(k
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+[ -x /usr/bin/coap-server-openssl ] && [ -x /usr/bin/coap-client-openssl ] || need+=(libcoap3-bin) # tests/coap.rs
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

@@ -72,6 +72,8 @@ pub enum ListenerProtocol {
     /// MQTT over WebSocket (over TLS when `tls` is set): HTTP upgrade on `path` with subprotocol `mqtt` (or
     /// `mqttv3.1`), then the CONNECT inside binary frames is validated and placed exactly as for `mqtt`.
     Websocket,
+    /// CoAP over UDP, and DTLS passed through (never decrypted), to a `coap` backend: see [`crate::udp`].
+    Coap,
 }
 
 impl ListenerProtocol {
@@ -80,6 +82,7 @@ impl ListenerProtocol {
             ListenerProtocol::Mqtt => "mqtt",
             ListenerProtocol::Tcp => "tcp",
             ListenerProtocol::Websocket => "websocket",
+            ListenerProtocol::Coap => "coap",
         }
     }
 }
@@ -106,6 +109,47 @@ pub struct ListenerConfig {
     /// Connections from these networks must start with a PROXY protocol header (v1 or v2) naming the real
     /// client; connections from elsewhere are direct clients. Empty: no PROXY header is read.
     pub trusted_proxies: Vec<Cidr>,
+    /// `coap` listeners: the flow table and its limits (None for the others).
+    pub coap: Option<CoapListenerConfig>,
+}
+
+/// The UDP settings of a `coap` listener (see [`crate::udp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoapListenerConfig {
+    /// A flow (one device address) ends after this long without a datagram either way.
+    pub flow_idle_timeout: Duration,
+    /// Flows held at most; when full, the least recently used one makes room (each flow holds one socket).
+    pub max_flows: usize,
+    /// Flows from one IP address at most; 0 = unlimited.
+    pub max_flows_per_ip: usize,
+    /// Larger datagrams from devices are dropped.
+    pub max_datagram_size: usize,
+    /// Datagrams per second from one device address (token bucket); 0 = unlimited.
+    pub max_datagram_rate_per_flow: u32,
+    /// Bursts allowed above that rate (bucket size).
+    pub datagram_rate_burst: u32,
+    /// The length of the DTLS Connection IDs the servers issue; None: CIDs are not read.
+    pub dtls_cid_length: Option<u8>,
+    /// How long a CID is remembered with its server after its last record.
+    pub dtls_cid_timeout: Duration,
+    /// CIDs remembered at most (least recently used forgotten first).
+    pub max_dtls_cids: usize,
+}
+
+impl Default for CoapListenerConfig {
+    fn default() -> Self {
+        CoapListenerConfig {
+            flow_idle_timeout: Duration::from_secs(300),
+            max_flows: 10_000,
+            max_flows_per_ip: 0,
+            max_datagram_size: 2048,
+            max_datagram_rate_per_flow: 0,
+            datagram_rate_burst: 0,
+            dtls_cid_length: None,
+            dtls_cid_timeout: Duration::from_secs(24 * 3600),
+            max_dtls_cids: 100_000,
+        }
+    }
 }
 
 /// An IP network in CIDR notation (`10.0.0.0/8`, `127.0.0.1/32`, `::1/128`); a bare address is one host.
@@ -235,6 +279,8 @@ pub enum BackendProtocol {
     /// MQTT inside WebSocket binary frames (the brokers' 8083): an HTTP upgrade to the backend's `path` with
     /// subprotocol `mqtt`, then the client's MQTT bytes in binary frames.
     Websocket,
+    /// CoAP servers over UDP (plain or DTLS, as the `coap` listener receives it).
+    Coap,
 }
 
 impl BackendProtocol {
@@ -243,6 +289,7 @@ impl BackendProtocol {
             BackendProtocol::Mqtt => "mqtt",
             BackendProtocol::Tcp => "tcp",
             BackendProtocol::Websocket => "websocket",
+            BackendProtocol::Coap => "coap",
         }
     }
 }
@@ -291,6 +338,11 @@ pub enum HealthCheckKind {
     /// For `websocket` backends: a TCP connect, the WebSocket upgrade on the backend's `path` (subprotocol
     /// `mqtt`), then the `mqtt` check's CONNECT/CONNACK/DISCONNECT inside binary frames.
     Websocket,
+    /// For `coap` backends: a CoAP ping over UDP (an Empty Confirmable message) answered by a Reset.
+    CoapPing,
+    /// For `coap` backends on a DTLS port: a DTLS ClientHello answered by a HelloVerifyRequest, a ServerHello or an
+    /// alert (a CoAP ping cannot pass DTLS).
+    DtlsHello,
 }
 
 impl HealthCheckKind {
@@ -300,6 +352,8 @@ impl HealthCheckKind {
             HealthCheckKind::Mqtt => "mqtt",
             HealthCheckKind::None => "none",
             HealthCheckKind::Websocket => "websocket",
+            HealthCheckKind::CoapPing => "coap-ping",
+            HealthCheckKind::DtlsHello => "dtls-hello",
         }
     }
 }
@@ -449,6 +503,25 @@ struct FileListener {
     allowed_sources: Option<Vec<String>>,
     #[serde(default)]
     trusted_proxies: Option<Vec<String>>,
+    // `coap` listeners only (see `CoapListenerConfig`).
+    #[serde(default)]
+    flow_idle_timeout: Option<DurationValue>,
+    #[serde(default)]
+    max_flows: Option<usize>,
+    #[serde(default)]
+    max_flows_per_ip: Option<usize>,
+    #[serde(default)]
+    max_datagram_size: Option<SizeValue>,
+    #[serde(default)]
+    max_datagram_rate_per_flow: Option<u32>,
+    #[serde(default)]
+    datagram_rate_burst: Option<u32>,
+    #[serde(default)]
+    dtls_cid_length: Option<u8>,
+    #[serde(default)]
+    dtls_cid_timeout: Option<DurationValue>,
+    #[serde(default)]
+    max_dtls_cids: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -836,6 +909,106 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The keys of a `coap` listener; an error for any of them on another listener, or for a key a coap listener
+/// cannot have.
+fn coap_listener(
+    c: &Checker<'_>,
+    key: &str,
+    l: &FileListener,
+    backend: Option<BackendProtocol>,
+) -> Result<Option<CoapListenerConfig>, ConfigError> {
+    if l.protocol != ListenerProtocol::Coap {
+        let set = [
+            ("flow_idle_timeout", l.flow_idle_timeout.is_some()),
+            ("max_flows", l.max_flows.is_some()),
+            ("max_flows_per_ip", l.max_flows_per_ip.is_some()),
+            ("max_datagram_size", l.max_datagram_size.is_some()),
+            ("max_datagram_rate_per_flow", l.max_datagram_rate_per_flow.is_some()),
+            ("datagram_rate_burst", l.datagram_rate_burst.is_some()),
+            ("dtls_cid_length", l.dtls_cid_length.is_some()),
+            ("dtls_cid_timeout", l.dtls_cid_timeout.is_some()),
+            ("max_dtls_cids", l.max_dtls_cids.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
+            return Err(c.err(format!("{key}.{field}"), "only a listener with protocol: coap has this key"));
+        }
+        if backend == Some(BackendProtocol::Coap) {
+            return Err(c.err(
+                format!("{key}.backend"),
+                format!("backend {:?} has protocol: coap: only a coap listener can use it", l.backend),
+            ));
+        }
+        return Ok(None);
+    }
+    if backend != Some(BackendProtocol::Coap) {
+        return Err(c.err(
+            format!("{key}.backend"),
+            format!("a coap listener relays datagrams: backend {:?} must have protocol: coap", l.backend),
+        ));
+    }
+    if l.tls.is_some() {
+        return Err(c.err(
+            format!("{key}.tls"),
+            "a coap listener passes DTLS through to the servers (which hold the keys): no tls here",
+        ));
+    }
+    if l.trusted_proxies.is_some() {
+        return Err(c.err(format!("{key}.trusted_proxies"), "PROXY headers are read on TCP listeners only"));
+    }
+    let defaults = CoapListenerConfig::default();
+    let flow_idle_timeout = match l.flow_idle_timeout {
+        Some(d) => c.positive(format!("{key}.flow_idle_timeout"), d.0)?,
+        None => defaults.flow_idle_timeout,
+    };
+    let max_flows = l.max_flows.unwrap_or(defaults.max_flows);
+    if !(1..=1_000_000).contains(&max_flows) {
+        return Err(c.err(format!("{key}.max_flows"), "must be 1 to 1000000 (each flow holds a socket)"));
+    }
+    let max_datagram_size = l.max_datagram_size.map_or(defaults.max_datagram_size, |s| s.0);
+    if !(64..=65_507).contains(&max_datagram_size) {
+        return Err(c.err(format!("{key}.max_datagram_size"), "must be between 64B and 65507B"));
+    }
+    let rate = l.max_datagram_rate_per_flow.unwrap_or(0);
+    if l.datagram_rate_burst.is_some() && rate == 0 {
+        return Err(c.err(format!("{key}.datagram_rate_burst"), "needs max_datagram_rate_per_flow"));
+    }
+    let burst = l.datagram_rate_burst.unwrap_or(rate);
+    if rate > 0 && burst == 0 {
+        return Err(c.err(format!("{key}.datagram_rate_burst"), "must be at least 1"));
+    }
+    if l.dtls_cid_length == Some(0) {
+        return Err(c.err(format!("{key}.dtls_cid_length"), "must be 1 to 255 (omit it when CIDs are not used)"));
+    }
+    if l.dtls_cid_length.is_none() {
+        for (field, is_set) in
+            [("dtls_cid_timeout", l.dtls_cid_timeout.is_some()), ("max_dtls_cids", l.max_dtls_cids.is_some())]
+        {
+            if is_set {
+                return Err(c.err(format!("{key}.{field}"), "needs dtls_cid_length"));
+            }
+        }
+    }
+    let dtls_cid_timeout = match l.dtls_cid_timeout {
+        Some(d) => c.positive(format!("{key}.dtls_cid_timeout"), d.0)?,
+        None => defaults.dtls_cid_timeout,
+    };
+    let max_dtls_cids = l.max_dtls_cids.unwrap_or(defaults.max_dtls_cids);
+    if !(1..=10_000_000).contains(&max_dtls_cids) {
+        return Err(c.err(format!("{key}.max_dtls_cids"), "must be 1 to 10000000"));
+    }
+    Ok(Some(CoapListenerConfig {
+        flow_idle_timeout,
+        max_flows,
+        max_flows_per_ip: l.max_flows_per_ip.unwrap_or(0),
+        max_datagram_size,
+        max_datagram_rate_per_flow: rate,
+        datagram_rate_burst: burst,
+        dtls_cid_length: l.dtls_cid_length,
+        dtls_cid_timeout,
+        max_dtls_cids,
+    }))
+}
+
 fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
     let c = Checker { file: origin, base: origin.parent().map(Path::to_path_buf).unwrap_or_default() };
 
@@ -878,6 +1051,25 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             (None, BackendProtocol::Mqtt) => HealthCheckKind::Mqtt,
             (None, BackendProtocol::Websocket) => HealthCheckKind::Websocket,
             (None, BackendProtocol::Tcp) => HealthCheckKind::Tcp,
+            (None, BackendProtocol::Coap) => HealthCheckKind::CoapPing,
+            (Some(check @ (HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello)), p)
+                if p != BackendProtocol::Coap =>
+            {
+                return Err(c.err(
+                    format!("{key}.health.check"),
+                    format!(
+                        "check: {} needs a backend with protocol: coap (this one is {})",
+                        check.as_str(),
+                        p.as_str()
+                    ),
+                ))
+            }
+            (Some(HealthCheckKind::Mqtt | HealthCheckKind::Websocket), BackendProtocol::Coap) => {
+                return Err(c.err(
+                    format!("{key}.health.check"),
+                    "a coap backend is checked by coap-ping, dtls-hello, tcp or none",
+                ))
+            }
             (Some(HealthCheckKind::Websocket), p) if p != BackendProtocol::Websocket => {
                 return Err(c.err(
                     format!("{key}.health.check"),
@@ -892,6 +1084,9 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             }
             (Some(check), _) => check,
         };
+        if b.protocol == BackendProtocol::Coap && b.proxy_protocol != ProxyProtocol::None {
+            return Err(c.err(format!("{key}.proxy_protocol"), "a coap backend receives datagrams: no PROXY header"));
+        }
         let mut server_names = HashSet::new();
         let mut servers = Vec::with_capacity(b.servers.len());
         for (j, s) in b.servers.into_iter().enumerate() {
@@ -931,12 +1126,14 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
     }
     let mut listener_names = HashSet::new();
     let mut binds = HashSet::new();
+    let mut udp_binds = HashSet::new();
     let mut listeners = Vec::with_capacity(file.listeners.len());
     for (i, l) in file.listeners.into_iter().enumerate() {
         let key = format!("listeners[{i}]");
         c.name(format!("{key}.name"), &l.name, &mut listener_names)?;
         let bind = c.socket_addr(format!("{key}.bind"), &l.bind)?;
-        if bind.port() != 0 && !binds.insert(bind) {
+        let same_transport = if l.protocol == ListenerProtocol::Coap { &mut udp_binds } else { &mut binds };
+        if bind.port() != 0 && !same_transport.insert(bind) {
             return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
         }
         let backend = backends.iter().position(|b| b.name == l.backend).ok_or_else(|| {
@@ -946,6 +1143,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                 format!("no backend named {:?} (backends: {})", l.backend, known.join(", ")),
             )
         })?;
+        let coap = coap_listener(&c, &key, &l, backends.get(backend).map(|b| b.protocol))?;
         let tls = match l.tls {
             None => None,
             Some(t) => {
@@ -1047,6 +1245,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             path,
             allowed_origins,
             allowed_sources,
+            coap,
         });
     }
 
@@ -1344,5 +1543,122 @@ limits: { max_connect_size: 1KiB }
         assert_eq!(net("10.0.0.0/8").to_string(), "10.0.0.0/8");
         assert!(source_allowed(&[], ip("192.0.2.1")));
         assert!(!source_allowed(&[net("10.0.0.0/8")], ip("192.0.2.1")));
+    }
+
+    /// An MQTT listener, plain CoAP and DTLS passthrough listeners on the same CoAP servers.
+    const COAP: &str = r#"
+listeners:
+  - name: mqtt
+    bind: "127.0.0.1:5683"
+    protocol: mqtt
+    backend: brokers
+  - name: coap
+    bind: "127.0.0.1:5683"
+    protocol: coap
+    backend: coap_servers
+    flow_idle_timeout: 2m
+    max_flows: 500
+    max_flows_per_ip: 20
+    max_datagram_size: 1500
+    max_datagram_rate_per_flow: 100
+  - name: coaps
+    bind: "127.0.0.1:5684"
+    protocol: coap
+    backend: coaps_servers
+    dtls_cid_length: 8
+    allowed_sources: ["10.0.0.0/8"]
+backends:
+  - name: brokers
+    servers:
+      - { name: b1, address: "127.0.0.1:1883" }
+  - name: coap_servers
+    protocol: coap
+    servers:
+      - { name: c1, address: "127.0.0.1:15683" }
+  - name: coaps_servers
+    protocol: coap
+    health: { check: dtls-hello }
+    servers:
+      - { name: c1, address: "127.0.0.1:15684" }
+"#;
+
+    #[test]
+    fn coap_keys_load_with_defaults() {
+        let c = parse(COAP, Path::new("test.yaml")).unwrap();
+        assert_eq!(c.listeners[0].coap, None);
+        let coap = c.listeners[1].coap.clone().unwrap();
+        assert_eq!(c.listeners[1].protocol, ListenerProtocol::Coap);
+        assert_eq!(coap.flow_idle_timeout, Duration::from_secs(120));
+        assert_eq!((coap.max_flows, coap.max_flows_per_ip, coap.max_datagram_size), (500, 20, 1500));
+        assert_eq!((coap.max_datagram_rate_per_flow, coap.datagram_rate_burst), (100, 100), "burst defaults to rate");
+        assert_eq!(coap.dtls_cid_length, None);
+        let coaps = c.listeners[2].coap.clone().unwrap();
+        let defaults = CoapListenerConfig::default();
+        assert_eq!(coaps.dtls_cid_length, Some(8));
+        assert_eq!(coaps.dtls_cid_timeout, defaults.dtls_cid_timeout);
+        assert_eq!((coaps.max_flows, coaps.flow_idle_timeout), (defaults.max_flows, defaults.flow_idle_timeout));
+        assert_eq!(c.listeners[2].allowed_sources.len(), 1);
+        assert_eq!(c.backends[1].protocol, BackendProtocol::Coap);
+        assert_eq!(c.backends[1].health.check, HealthCheckKind::CoapPing, "coap backends ping by default");
+        assert_eq!(c.backends[2].health.check, HealthCheckKind::DtlsHello);
+        // UDP 5683 and TCP 5683 are different sockets; two coap listeners on one address are not.
+        let e = err_of(&COAP.replacen("\"127.0.0.1:5684\"", "\"127.0.0.1:5683\"", 1));
+        assert_eq!(e.key, "listeners[2].bind", "{e}");
+    }
+
+    #[test]
+    fn coap_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("protocol: mqtt\n    backend", "protocol: mqtt\n    max_flows: 5\n    backend", "listeners[0].max_flows"),
+            (
+                "protocol: mqtt\n    backend: brokers",
+                "protocol: mqtt\n    backend: coap_servers",
+                "listeners[0].backend",
+            ),
+            ("backend: coap_servers", "backend: brokers", "listeners[1].backend"),
+            ("flow_idle_timeout: 2m", "flow_idle_timeout: 0", "listeners[1].flow_idle_timeout"),
+            ("flow_idle_timeout: 2m", "flow_idle_timeout: soon", "listeners[1].flow_idle_timeout"),
+            ("max_flows: 500", "max_flows: 0", "listeners[1].max_flows"),
+            ("max_datagram_size: 1500", "max_datagram_size: 70000", "listeners[1].max_datagram_size"),
+            ("max_datagram_size: 1500", "max_datagram_size: 16", "listeners[1].max_datagram_size"),
+            ("max_datagram_rate_per_flow: 100", "datagram_rate_burst: 5", "listeners[1].datagram_rate_burst"),
+            ("max_flows: 500", "max_flows: 500\n    dtls_cid_timeout: 1h", "listeners[1].dtls_cid_timeout"),
+            ("max_flows: 500", "max_flows: 500\n    max_dtls_cids: 9", "listeners[1].max_dtls_cids"),
+            ("dtls_cid_length: 8", "dtls_cid_length: 0", "listeners[2].dtls_cid_length"),
+            ("dtls_cid_length: 8", "dtls_cid_length: 256", "listeners[2].dtls_cid_length"),
+            ("dtls_cid_length: 8", "dtls_cid_length: 8\n    tls: { cert: a.crt, key: a.key }", "listeners[2].tls"),
+            (
+                "dtls_cid_length: 8",
+                "dtls_cid_length: 8\n    trusted_proxies: [\"10.0.0.0/8\"]",
+                "listeners[2].trusted_proxies",
+            ),
+            ("health: { check: dtls-hello }", "health: { check: mqtt }", "backends[2].health.check"),
+            (
+                "health: { check: dtls-hello }",
+                "health: { check: tcp }\n    proxy_protocol: v2",
+                "backends[2].proxy_protocol",
+            ),
+            (
+                "servers:\n      - { name: b1, address: \"127.0.0.1:1883\" }",
+                "health: { check: coap-ping }\n    servers:\n      - { name: b1, address: \"127.0.0.1:1883\" }",
+                "backends[0].health.check",
+            ),
+            (
+                "servers:\n      - { name: b1, address: \"127.0.0.1:1883\" }",
+                "health: { check: dtls-hello }\n    servers:\n      - { name: b1, address: \"127.0.0.1:1883\" }",
+                "backends[0].health.check",
+            ),
+            (
+                "protocol: coap\n    backend: coap_servers",
+                "protocol: udp\n    backend: coap_servers",
+                "listeners[1].protocol",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(COAP.contains(from), "{from}");
+            let e = err_of(&COAP.replacen(from, to, 1));
+            assert_eq!(e.key, *key, "{to}: {e}");
+            assert!(e.to_string().starts_with("test.yaml: "), "{e}");
+        }
     }
 }

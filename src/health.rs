@@ -3,6 +3,9 @@
 //! Each probe runs every `interval` under `timeout`. The verdict follows HAProxy's counter model: a server starts up
 //! with its health counter at `rise`, so the first failed probe takes it down; once down it needs `rise` successes in
 //! a row to come back, and once up `fall` failures in a row to go down. Servers in `maint` are not probed.
+//! `coap-ping` ([`crate::udp::coap::ping`]: an Empty Confirmable message answered by a Reset) and `dtls-hello`
+//! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; the other checks
+//! over TCP.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,8 @@ pub enum ProbeError {
     Refused(u8),
     #[error("WebSocket upgrade: {0}")]
     WebSocket(String),
+    #[error("CoAP ping: {0}")]
+    Coap(String),
 }
 
 /// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
@@ -148,6 +153,11 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
 /// One probe of `address` per the backend's health settings.
 pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
     let run = async {
+        match health.check {
+            HealthCheckKind::CoapPing => return crate::udp::coap::ping(address).await,
+            HealthCheckKind::DtlsHello => return crate::udp::dtls::hello_probe(address).await,
+            _ => {}
+        }
         let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
         if health.proxy_protocol != ProxyProtocol::None {
             // The probe's own addresses, as HAProxy's `check-send-proxy` does.
@@ -158,6 +168,7 @@ pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeErro
         }
         match health.check {
             HealthCheckKind::Tcp | HealthCheckKind::None => Ok(()),
+            HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello => Ok(()), // probed over UDP above
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
             HealthCheckKind::Websocket => {
                 let mut ws = ws::connect(tcp, address, &health.path, ws::frame_config(PROBE_MAX_FRAME))

@@ -19,6 +19,10 @@
 //! 5. [`session`]: one client from accept to close, tying the steps together.
 //! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
 //!
+//! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),
+//! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), placement by
+//! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
+//!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
 //! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP), and
@@ -40,3 +44,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod transport;
+pub mod udp;

@@ -9,10 +9,12 @@
 //! `allowed_sources`, closed at accept), `ws_bad_path`, `ws_bad_upgrade`, `ws_no_subprotocol`, `ws_origin`,
 //! `ws_upgrade_too_large`, `ws_upgrade_timeout`, `ws_closed_before_upgrade` (the upgrade request), and
 //! `ws_text_frame`, `ws_frame_too_large`, `ws_protocol` (frames before the CONNECT was complete). The last three are
-//! also counted, whenever they happen, in `mqttlb_websocket_frame_errors_total`.
+//! also counted, whenever they happen, in `mqttlb_websocket_frame_errors_total`. The `coap` listeners' families
+//! (`mqttlb_udp_*`: datagrams and bytes each way, flows, evictions, drops by reason) are defined in [`udp`].
 
 pub mod certificate;
 mod process;
+pub mod udp;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -95,6 +97,8 @@ pub struct Metrics {
     pub probe_failures: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
+    /// The families of `coap` listeners (`mqttlb_udp_*`).
+    pub udp: udp::UdpFamilies,
 }
 
 impl Default for Metrics {
@@ -127,6 +131,7 @@ impl Metrics {
             probe_failures: Family::default(),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
+            udp: udp::UdpFamilies::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -211,6 +216,7 @@ impl Metrics {
             Unit::Seconds,
             m.tls_certificate_expiry.clone(),
         );
+        m.udp.register(r);
         // Read from /proc at scrape time: a handful of small files, whatever the number of connections.
         r.register_collector(Box::new(process::ProcessCollector::new()));
         Metrics { registry, ..m }

@@ -1,9 +1,13 @@
 //! The byte pump: client <-> server in both directions until both sides are done.
 //!
-//! Built on tokio's `copy_bidirectional_with_sizes`, which honours half-close (EOF from one side shuts down the write
-//! half of the other and the other direction goes on) and applies backpressure: each direction has one bounded
-//! buffer, and a slow reader stops its writer from being read. Bytes are counted as they move (not at the end), so
-//! per-server byte counters are live for connections that last for hours.
+//! Each direction reads into a buffer on the stack of the poll call and writes what it read straight on; only the
+//! part a writer does not take at once (backpressure) is kept, in a heap buffer of that direction that is freed as
+//! soon as it is written. An idle relay therefore holds no buffer at all (tokio's `copy_bidirectional` keeps one per
+//! direction for the life of the connection: 32 KiB per client here), and a busy one at most one read
+//! ([`BUFFER_SIZE`]) per direction; a direction with unwritten bytes reads nothing more, so a slow reader slows its
+//! own writer and never grows memory. Half-close is honoured: EOF from one side flushes and shuts down the write half
+//! of the other, and the other direction goes on. Bytes are counted as they move (not at the end), so per-server
+//! byte counters are live for connections that last for hours.
 //!
 //! With a [`ShutdownNotice`] (MQTT 5 clients, when the server shuts down), the broker-to-client direction is
 //! followed packet by packet: once the notice fires, the pump stops reading from the broker at the next packet
@@ -11,10 +15,11 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -22,8 +27,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// Bytes buffered per direction.
+/// The largest read of one direction, and so the most it ever holds unwritten.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Reads a direction may do in one poll before it yields to the other tasks of its thread.
+const READS_PER_POLL: usize = 32;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -83,7 +91,7 @@ where
     let client = Notifying { inner: client, fired, packet, written: 0 };
     let mut client = Counted { inner: client, counter: sent, activity: Arc::clone(&activity), start, gate: None };
     let mut server = Counted { inner: server, counter: received, activity: Arc::clone(&activity), start, gate };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER_SIZE, BUFFER_SIZE);
+    let copy = copy_bidirectional(&mut client, &mut server);
     if idle.is_zero() {
         return finish(copy.await);
     }
@@ -98,6 +106,151 @@ fn finish(r: io::Result<(u64, u64)>) -> RelayEnd {
         Ok((to_server, to_client)) => RelayEnd::Closed { to_server, to_client },
         Err(e) => RelayEnd::Error(e),
     }
+}
+
+/// Once one direction has ended (its EOF passed on), how long the other may go without moving a byte before the
+/// relay ends anyway (HAProxy's `timeout client-fin` / `server-fin`). Without it, a client that never closes (a
+/// device gone without a FIN: half-open) would hold its relay and both sockets for ever after its broker closed the
+/// session for keep alive; the grace lets the last bytes (a DISCONNECT, a refusal) reach it and a well-behaved peer
+/// close first. A half-closed direction that keeps moving bytes goes on.
+pub const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Copies both ways until both directions reached EOF (each then flushes and shuts down its writer), one fails, or
+/// one has ended and the other moved nothing for [`HALF_CLOSED_TIMEOUT`]. Returns the bytes written to `b` and to
+/// `a`.
+async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
+    // Once half-closed: the bytes moved when the timer was last set, and the timer.
+    let mut half_closed: Option<(u64, Pin<Box<tokio::time::Sleep>>)> = None;
+    std::future::poll_fn(|cx| {
+        let ab = a_to_b.poll_copy(cx, &mut *a, &mut *b)?;
+        let ba = b_to_a.poll_copy(cx, &mut *b, &mut *a)?;
+        match (ab, ba) {
+            (Poll::Ready(ab), Poll::Ready(ba)) => Poll::Ready(Ok((ab, ba))),
+            (Poll::Pending, Poll::Pending) => Poll::Pending,
+            _ => {
+                let moved = a_to_b.moved + b_to_a.moved;
+                let (seen, timer) =
+                    half_closed.get_or_insert_with(|| (moved, Box::pin(tokio::time::sleep(HALF_CLOSED_TIMEOUT))));
+                if *seen != moved {
+                    *seen = moved;
+                    timer.as_mut().reset(Instant::now() + HALF_CLOSED_TIMEOUT);
+                }
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Ok((a_to_b.moved, b_to_a.moved)))
+            }
+        }
+    })
+    .await
+}
+
+/// One direction of the relay.
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet taken by the writer; empty (and unallocated) unless the writer pushed back.
+    pending: Vec<u8>,
+    /// How much of `pending` is written.
+    written: usize,
+    /// The reader reached EOF.
+    eof: bool,
+    /// The writer was shut down: this direction is done.
+    done: bool,
+    /// The writer took bytes since its last flush.
+    need_flush: bool,
+    /// Bytes written.
+    moved: u64,
+}
+
+impl Direction {
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(self.moved));
+        }
+        for _ in 0..READS_PER_POLL {
+            // What the writer pushed back last time goes first; nothing is read until it is gone.
+            while let Some(rest) = self.pending.get(self.written..).filter(|r| !r.is_empty()) {
+                let n = ready!(write(cx, writer, rest))?;
+                self.written += n;
+                self.wrote(n);
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new();
+                self.written = 0;
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                self.need_flush = false;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(self.moved));
+            }
+            let mut stack = [MaybeUninit::<u8>::uninit(); BUFFER_SIZE];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            // Take all the reader has now, up to a full buffer (a TLS reader gives one record per read): one write
+            // per batch of packets, not one per record.
+            let mut eof = false;
+            while buf.remaining() > 0 {
+                let before = buf.filled().len();
+                if Pin::new(&mut *reader).poll_read(cx, &mut buf)?.is_pending() {
+                    break;
+                }
+                if buf.filled().len() == before {
+                    eof = true;
+                    break;
+                }
+            }
+            let data = buf.filled();
+            if data.is_empty() && !eof {
+                if self.need_flush {
+                    ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                    self.need_flush = false;
+                }
+                return Poll::Pending;
+            }
+            // Written first, then the EOF is passed on (next turn of the loop).
+            self.eof = eof;
+            let mut taken = 0;
+            while let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) {
+                match write(cx, writer, rest) {
+                    Poll::Ready(n) => {
+                        let n = n?;
+                        taken += n;
+                        self.wrote(n);
+                    }
+                    Poll::Pending => {
+                        // Keep the rest; the writer wakes this task when it can take more.
+                        self.pending = rest.to_vec();
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        // Busy in this direction: let the other tasks of this thread run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.moved += n as u64;
+        self.need_flush = true;
+    }
+}
+
+/// One write; a writer that takes nothing is an error (as in `tokio::io::copy`).
+fn write<W: AsyncWrite + Unpin>(cx: &mut Context<'_>, writer: &mut W, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    let n = ready!(Pin::new(writer).poll_write(cx, bytes))?;
+    if n == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// Resolves once no byte has moved for `idle`.
@@ -274,6 +427,54 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn counters() -> (Counter, Counter) {
+        (Counter::default(), Counter::default())
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_counts() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (server, mut server_peer) = tokio::io::duplex(64);
+        let (sent, received) = counters();
+        let relay = tokio::spawn(relay(client, server, sent.clone(), received.clone(), Duration::ZERO, None));
+        let up = vec![1u8; 100_000];
+        let down = vec![2u8; 70_000];
+        // The client sends everything and closes its side; the server still answers after that EOF.
+        let client_side = tokio::spawn(async move {
+            client_peer.write_all(&up).await.unwrap();
+            client_peer.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client_peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut got = Vec::new();
+        server_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 100_000, "the server gets every byte, then EOF");
+        server_peer.write_all(&down).await.unwrap();
+        server_peer.shutdown().await.unwrap();
+        assert_eq!(client_side.await.unwrap(), vec![2u8; 70_000], "the other direction went on after half-close");
+        match relay.await.unwrap() {
+            RelayEnd::Closed { to_server, to_client } => assert_eq!((to_server, to_client), (100_000, 70_000)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((sent.get(), received.get()), (100_000, 70_000));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_does_not_read_stops_its_writer() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (server, _server_peer) = tokio::io::duplex(1024);
+        let (sent, received) = counters();
+        let _relay = tokio::spawn(relay(client, server, sent.clone(), received, Duration::ZERO, None));
+        // The server never reads: at most its pipe, the relay's one pending read and the client's pipe fit.
+        let big = vec![0u8; 1 << 20];
+        let write = tokio::time::timeout(Duration::from_millis(300), client_peer.write_all(&big)).await;
+        assert!(write.is_err(), "the client's writes must block");
+        let read_from_client = usize::try_from(sent.get()).unwrap();
+        assert!(read_from_client <= 1024 + BUFFER_SIZE, "read {read_from_client} bytes ahead of the server");
+    }
 
     #[test]
     fn tracker_finds_packet_boundaries_in_any_split() {

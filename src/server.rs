@@ -13,7 +13,9 @@
 //!   the server with the same name, and probes restart with the new health settings; relays to removed servers go
 //!   on until they end;
 //! - admission limits are replaced only when they changed (their connection counts start again from the new
-//!   connections). The admin endpoint's address is not reloaded.
+//!   connections). The admin endpoint's address is not reloaded;
+//! - `coap` listeners (UDP sockets) are matched the same way and keep their socket and their device flows; flows
+//!   to servers that left the pool end (see [`crate::udp`], "Reload").
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ use crate::metrics::{Metrics, ReloadResult, ResultLabels};
 use crate::session::SessionContext;
 use crate::shutdown;
 use crate::transport::ws::{self, UpgradePolicy};
+use crate::udp::{self, BoundUdp, UdpListeners};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -74,6 +77,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     balancers: Vec<Arc<Balancer>>,
     listeners: Vec<BoundListener>,
+    /// `coap` listeners (UDP).
+    udp_listeners: Vec<BoundUdp>,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
     reload_tx: mpsc::Sender<ReloadReply>,
@@ -128,7 +133,17 @@ impl Server {
         let balancers: Vec<Arc<Balancer>> =
             config.backends.iter().map(|b| Arc::new(Balancer::new(Pool::new(b.clone(), &metrics)))).collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut udp_listeners = Vec::new();
         for l in &config.listeners {
+            if l.protocol == ListenerProtocol::Coap {
+                let socket = udp::bind(l.bind).map_err(|source| ServerError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+                udp_listeners.push(BoundUdp { config: l.clone(), socket });
+                continue;
+            }
             let tcp = bind_listener(l).await?;
             let Some(balancer) = balancers.get(l.backend) else { continue };
             let ctx = session_context(l, &config, Arc::clone(balancer), &metrics, &shutdown);
@@ -143,17 +158,19 @@ impl Server {
             })?),
         };
         let (reload_tx, reload_rx) = mpsc::channel(4);
-        Ok(Server { config, metrics, balancers, listeners, admin, shutdown, reload_tx, reload_rx })
+        Ok(Server { config, metrics, balancers, listeners, udp_listeners, admin, shutdown, reload_tx, reload_rx })
     }
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.config.name == name).and_then(|l| l.tcp.local_addr().ok())
+        self.listener_addrs().remove(name)
     }
 
-    /// Every listener's bound address by name.
+    /// Every listener's bound address by name (UDP for `coap` listeners, TCP for the others).
     pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        self.listeners.iter().filter_map(|l| Some((l.config.name.clone(), l.tcp.local_addr().ok()?))).collect()
+        let tcp = self.listeners.iter().filter_map(|l| Some((l.config.name.clone(), l.tcp.local_addr().ok()?)));
+        let udp = self.udp_listeners.iter().filter_map(|l| Some((l.config.name.clone(), l.socket.local_addr().ok()?)));
+        tcp.chain(udp).collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -177,7 +194,8 @@ impl Server {
     /// Runs until the shutdown token is cancelled, then drains open relays up to `shutdown.drain_timeout`.
     pub async fn run(self) -> Result<(), ServerError> {
         let reload = self.reload_handle();
-        let Server { config, metrics, balancers, listeners, admin, shutdown, reload_tx, mut reload_rx } = self;
+        let Server { config, metrics, balancers, listeners, udp_listeners, admin, shutdown, reload_tx, mut reload_rx } =
+            self;
         drop(reload_tx);
         let mut running = Running {
             metrics: Arc::clone(&metrics),
@@ -193,6 +211,7 @@ impl Server {
             stop_background: CancellationToken::new(),
             shutdown: shutdown.clone(),
             config: config.clone(),
+            udp: UdpListeners::default(),
         };
         for (b, balancer) in config.backends.iter().zip(&balancers) {
             running.balancers.insert(b.name.clone(), Arc::clone(balancer));
@@ -211,6 +230,11 @@ impl Server {
         }
         for l in listeners {
             running.start_listener(l);
+        }
+        for l in udp_listeners {
+            let Some(balancer) = balancers.get(l.config.backend) else { continue };
+            let stop = shutdown.child_token();
+            running.udp.start(l, Arc::clone(balancer), &metrics, &running.accepts, stop);
         }
 
         loop {
@@ -259,6 +283,8 @@ struct Running {
     listeners: Vec<RunningListener>,
     admission: Arc<ArcSwap<Admission>>,
     admin: Option<Arc<AdminContext>>,
+    /// The `coap` listeners.
+    udp: UdpListeners,
     connections: TaskTracker,
     accepts: TaskTracker,
     background: TaskTracker,
@@ -313,6 +339,10 @@ impl Running {
         let mut taken = vec![false; self.listeners.len()];
         let mut continues: Vec<Option<usize>> = Vec::with_capacity(new.listeners.len());
         for l in &new.listeners {
+            if l.protocol == ListenerProtocol::Coap {
+                continues.push(None); // UDP: see `self.udp` below
+                continue;
+            }
             let by_name = self.listeners.iter().position(|r| r.config.name == l.name);
             let by_bind = || {
                 self.listeners.iter().enumerate().position(|(i, r)| {
@@ -332,7 +362,7 @@ impl Running {
         // Listeners that end free their addresses first (a listener may move to another's address).
         let mut fresh = Vec::new();
         for (l, found) in new.listeners.iter().zip(&continues) {
-            if found.is_none() {
+            if found.is_none() && l.protocol != ListenerProtocol::Coap {
                 let conflict = self.listeners.iter().enumerate().any(|(i, r)| {
                     r.config.bind == l.bind && l.bind.port() != 0 && !taken.get(i).copied().unwrap_or(true)
                 });
@@ -347,6 +377,7 @@ impl Running {
                 fresh.push(bind_listener(l).await.map_err(|e| e.to_string())?);
             }
         }
+        let udp_plan = self.udp.prepare(&new)?;
 
         // Backends: same-named servers carry their state over.
         let mut balancers = HashMap::new();
@@ -397,6 +428,9 @@ impl Running {
         let mut old: Vec<Option<RunningListener>> = std::mem::take(&mut self.listeners).into_iter().map(Some).collect();
         let mut started = Vec::new();
         for (l, found) in new.listeners.iter().zip(continues) {
+            if l.protocol == ListenerProtocol::Coap {
+                continue;
+            }
             let Some(balancer) = new.backends.get(l.backend).and_then(|b| self.balancers.get(&b.name)) else {
                 continue;
             };
@@ -424,10 +458,14 @@ impl Running {
             stopped.push(r.config.name);
         }
         self.listeners = kept;
-        let added: Vec<String> = started.iter().map(|l| l.config.name.clone()).collect();
+        let mut added: Vec<String> = started.iter().map(|l| l.config.name.clone()).collect();
         for l in started {
             self.start_listener(l);
         }
+        let (udp_added, udp_stopped) =
+            self.udp.apply(udp_plan, &self.balancers, &new, &self.metrics, &self.accepts, &self.shutdown);
+        added.extend(udp_added);
+        stopped.extend(udp_stopped);
         if let Some(admin) = &self.admin {
             admin.view.store(Arc::new(self.admin_view(&new)));
             if new.admin.as_ref().map(|a| a.bind) != self.config.admin.as_ref().map(|a| a.bind) {

@@ -120,7 +120,8 @@ impl Session {
         };
         let mut stream = match &ctx.ws {
             None => stream,
-            Some(policy) => match ws::accept(stream, policy).await {
+            // Boxed: inline, the upgrade's state (2.5 KB) would size every session's task, WebSocket or not.
+            Some(policy) => match Box::pin(ws::accept(stream, policy)).await {
                 Ok(ws) => ClientStream::Ws(Box::new(ws)),
                 Err(reason) => {
                     debug!(listener = %ctx.name, peer = %self.peer, reason, "WebSocket upgrade refused");
@@ -132,6 +133,8 @@ impl Session {
         let result = match ctx.protocol {
             ListenerProtocol::Mqtt | ListenerProtocol::Websocket => self.mqtt(&mut stream, local).await,
             ListenerProtocol::Tcp => self.passthrough(&mut stream, local).await,
+            // Never here: coap listeners are UDP sockets served by `crate::udp`.
+            ListenerProtocol::Coap => Err(Refused::Counted),
         };
         if let Some(v) = stream.ws_violation() {
             let labels = ReasonLabels { listener: ctx.name.clone(), reason: v.label() };
@@ -234,7 +237,10 @@ impl Session {
             }
             _ => None,
         };
-        self.relay(stream, server, guard, Some(&connect.client_id), buf.len(), notice).await;
+        // The CONNECT bytes went to the server: free them rather than keep them for the life of the relay.
+        let sent_first = buf.len();
+        drop(buf);
+        self.relay(stream, server, guard, Some(&connect.client_id), sent_first, notice).await;
         Ok(())
     }
 
@@ -295,7 +301,8 @@ impl Session {
                 }
                 head.clear();
                 let frames = ws::frame_config(self.ctx.limits.max_ws_frame_size);
-                let upgrade = ws::connect(tcp, &server.address, &backend.path, frames);
+                // Boxed: inline, this state (2.5 KB) would size every session's task, WebSocket or not.
+                let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path, frames));
                 match tokio::time::timeout(backend.connect_timeout, upgrade).await {
                     Ok(Ok(ws)) => ServerStream::Ws(Box::new(ws)),
                     Ok(Err(e)) => {
@@ -551,7 +558,6 @@ fn invalid(reason: RejectReason, detail: &'static str) -> FirstPacket {
 /// buffer never holds more than `max` plus one read chunk.
 async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Result<(Vec<u8>, usize), FirstPacket> {
     let mut buf: Vec<u8> = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
     loop {
         if let Some(&first) = buf.first() {
             if first >> 4 != 1 {
@@ -569,16 +575,23 @@ async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Resul
         if buf.len() > max {
             return Err(FirstPacket::Refused("connect_too_large"));
         }
+        // Straight into `buf`: a chunk array held across this await would be part of every session's task (whose
+        // size is that of its largest state) for the whole life of the connection.
+        let filled = buf.len();
+        buf.resize(filled + READ_CHUNK, 0);
         let n = s
-            .read(&mut chunk)
+            .read(buf.get_mut(filled..).unwrap_or_default())
             .await
             .map_err(|e| FirstPacket::Refused(ws::violation(&e).map_or("client_error", ws::Violation::label)))?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(FirstPacket::Refused("closed_before_connect"));
         }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
 }
+
+/// The most [`read_first_packet`] reads at once.
+const READ_CHUNK: usize = 2048;
 
 /// Whether `ip` is in a non-empty list of networks.
 fn source_allowed_nonempty(networks: &[Cidr], ip: std::net::IpAddr) -> bool {

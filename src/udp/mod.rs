@@ -1,0 +1,862 @@
+//! The UDP path: `protocol: coap` listeners relaying CoAP (5683) and DTLS-protected CoAP (5684, passed through,
+//! never decrypted) between devices and a pool of CoAP / LwM2M servers. `docs/coap.md` is the operator's view.
+//!
+//! ```text
+//! device ──datagram──> listener socket ──check──> flow table ──connected socket──> server
+//!   ^                  (size cap, sources,        (one flow per device address:     |
+//!   |                   rate per flow, CoAP /      placement key -> rendezvous hash, |
+//!   └──────────────── DTLS header checks)          idle expiry, LRU eviction)       |
+//!          reply: sent from the listener socket <── the flow's reply task <─────────┘
+//! ```
+//!
+//! One task per listener receives every datagram and owns the flow table (no locks on the path). A flow is one
+//! device address (IP and port) with its own connected socket to its server, so the server's datagrams come back
+//! on that socket and go to the device from the listener's address without a lookup; one reply task per flow
+//! reads it (the tasks and sockets are bounded by `max_flows`). Server-initiated datagrams (LwM2M observe
+//! notifications and server requests) take the same way while the flow lives. After the flow ends, its socket is
+//! closed: what the server sends to that address is answered by ICMP port unreachable and lost, until the device
+//! sends again (LwM2M servers wait for the device's next Update, or retry).
+//!
+//! # Placement
+//!
+//! A new flow is placed by the backend's rendezvous hash ([`Balancer::candidates`]) on the first key present:
+//! 1. the DTLS Connection ID of the record ([`dtls`]; the listener's `dtls_cid_length` tells its length). A CID
+//!    is chosen by the server during the handshake, which the front door placed by the device's address; so the
+//!    listener remembers which server each CID was seen going to (`dtls_cid_timeout`, `max_dtls_cids`) and sends
+//!    a known CID there. A CID never seen by this instance goes by the hash of the CID;
+//! 2. the LwM2M endpoint name (`ep=`) of a plain-CoAP Register or Bootstrap-Request ([`coap`]), hashed as is, so an
+//!    endpoint name lands where an MQTT client id of the same text would, when the server names match;
+//! 3. the device's address and port.
+//!
+//! A flow keeps its server while it lives, except when that server is down at the device's next datagram (it is
+//! placed anew) and when a Register of the device belongs on another server (the flow moves, so the registration
+//! is always on the endpoint's server).
+//!
+//! # Limits and bad input
+//!
+//! Every drop is counted in `mqttlb_udp_dropped_datagrams_total` by reason ([`crate::metrics::udp::drop_reason`]).
+//! A Confirmable CoAP message with a readable header but a broken body is rejected with a Reset (RFC 7252 §4.2);
+//! anything else malformed is dropped silently (as RFC 7252 asks for unknown versions). Memory is bounded by
+//! `max_flows`, `max_dtls_cids`, and one receive buffer per listener and per worker thread.
+//!
+//! # Reload
+//!
+//! A coap listener continues (same socket, same flows) when a reload keeps its name and address; it then takes the
+//! new backend, limits and keys for its next datagrams. Flows whose server left the pool (or moved to another
+//! address) end; the others keep their server. A new `max_flows` applies as flows are added. The socket's address is
+//! not reloaded: a listener whose address changed is a new listener, and the old one's flows end with it.
+
+pub mod coap;
+pub mod dtls;
+pub mod table;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::balancer::backend::{ActiveGuard, Server};
+use crate::balancer::Balancer;
+use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol};
+use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
+use crate::metrics::Metrics;
+use table::{ExpiringMap, LastSeen};
+
+/// The key a new flow is placed by, best first (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementKey<'a> {
+    DtlsCid(&'a [u8]),
+    Endpoint(&'a [u8]),
+    Source(SocketAddr),
+}
+
+impl PlacementKey<'_> {
+    /// The bytes given to the rendezvous hash: `dtls-cid:` and the raw CID; the endpoint name as is; the device's
+    /// `IP:port` as text (an IPv4-mapped IPv6 address as the IPv4 address, IPv6 in brackets).
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            PlacementKey::DtlsCid(cid) => [&b"dtls-cid:"[..], cid].concat(),
+            PlacementKey::Endpoint(ep) => ep.to_vec(),
+            PlacementKey::Source(addr) => {
+                SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string().into_bytes()
+            }
+        }
+    }
+}
+
+/// What a coap listener's datagram path reads; swapped whole on reload.
+pub struct UdpContext {
+    pub name: String,
+    pub settings: CoapListenerConfig,
+    pub allowed_sources: Vec<Cidr>,
+    pub balancer: Arc<Balancer>,
+    pub metrics: UdpListenerMetrics,
+    /// Different after each reload: the datagram task then re-checks its flows' servers.
+    pub generation: u64,
+}
+
+/// The settings of a coap listener under a configuration.
+pub fn context(l: &ListenerConfig, balancer: Arc<Balancer>, metrics: &Metrics, generation: u64) -> UdpContext {
+    UdpContext {
+        name: l.name.clone(),
+        settings: l.coap.clone().unwrap_or_default(),
+        allowed_sources: l.allowed_sources.clone(),
+        balancer,
+        metrics: metrics.udp.listener(&l.name),
+        generation,
+    }
+}
+
+/// Binds a coap listener's socket.
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The running listeners of a server, and reloads.
+
+/// A bound coap listener, not yet running.
+pub struct BoundUdp {
+    pub config: ListenerConfig,
+    pub socket: UdpSocket,
+}
+
+struct RunningUdp {
+    config: ListenerConfig,
+    ctx: Arc<ArcSwap<UdpContext>>,
+    addr: Option<SocketAddr>,
+    stop: CancellationToken,
+}
+
+/// The coap listeners of a running server.
+#[derive(Default)]
+pub struct UdpListeners {
+    running: Vec<RunningUdp>,
+    generation: u64,
+}
+
+/// Sockets bound for the new coap listeners of a reload, before anything is changed.
+pub struct PreparedUdp {
+    /// Per listener of the new configuration: the running listener it continues, or its new socket.
+    plan: Vec<(ListenerConfig, Result<usize, UdpSocket>)>,
+}
+
+impl UdpListeners {
+    /// Starts a bound listener; its task ends when `stop` is cancelled.
+    pub fn start(
+        &mut self,
+        bound: BoundUdp,
+        balancer: Arc<Balancer>,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let ctx = Arc::new(ArcSwap::from_pointee(context(&bound.config, balancer, metrics, self.generation)));
+        let socket = Arc::new(bound.socket);
+        let addr = socket.local_addr().ok();
+        info!(listener = %bound.config.name, addr = ?addr, protocol = "coap", "listening (UDP)");
+        tracker.spawn(serve(socket, Arc::clone(&ctx), stop.clone()));
+        self.running.push(RunningUdp { config: bound.config, ctx, addr, stop });
+    }
+
+    /// Every running listener's bound address by name.
+    pub fn addrs(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.running.iter().filter_map(|r| Some((r.config.name.as_str(), r.addr?)))
+    }
+
+    /// Reload, first step: matches the new configuration's coap listeners to the running ones (same name and
+    /// address, or the same non-zero address) and binds the sockets of the others. Nothing changes yet.
+    pub fn prepare(&self, new: &Config) -> Result<PreparedUdp, String> {
+        let mut taken = vec![false; self.running.len()];
+        let mut plan = Vec::new();
+        for l in new.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Coap) {
+            let free = |i: usize| !taken.get(i).copied().unwrap_or(true);
+            let same_bind = |r: &RunningUdp| r.config.bind == l.bind;
+            let found = self
+                .running
+                .iter()
+                .enumerate()
+                .position(|(i, r)| free(i) && same_bind(r) && r.config.name == l.name)
+                .or_else(|| {
+                    self.running.iter().enumerate().position(|(i, r)| free(i) && same_bind(r) && l.bind.port() != 0)
+                });
+            match found {
+                Some(i) => {
+                    if let Some(t) = taken.get_mut(i) {
+                        *t = true;
+                    }
+                    plan.push((l.clone(), Ok(i)));
+                }
+                None => plan.push((l.clone(), Err(()))),
+            }
+        }
+        let mut bound = Vec::with_capacity(plan.len());
+        for (l, found) in plan {
+            match found {
+                Ok(i) => bound.push((l, Ok(i))),
+                Err(()) => {
+                    let socket = bind(l.bind).map_err(|e| {
+                        let holder = self.running.iter().find(|r| r.config.bind == l.bind && l.bind.port() != 0);
+                        match holder {
+                            Some(r) => format!(
+                                "listener {}: {} is held by listener {} being removed in the same reload: reload twice",
+                                l.name, l.bind, r.config.name
+                            ),
+                            None => format!("listener {}: cannot bind {} (UDP): {e}", l.name, l.bind),
+                        }
+                    })?;
+                    bound.push((l, Err(socket)));
+                }
+            }
+        }
+        Ok(PreparedUdp { plan: bound })
+    }
+
+    /// Reload, second step: the continuing listeners take their new settings, the removed ones stop, the new ones
+    /// start. Returns the names added and removed.
+    pub fn apply(
+        &mut self,
+        prepared: PreparedUdp,
+        balancers: &HashMap<String, Arc<Balancer>>,
+        new: &Config,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> (Vec<String>, Vec<String>) {
+        self.generation += 1;
+        let mut old: Vec<Option<RunningUdp>> = std::mem::take(&mut self.running).into_iter().map(Some).collect();
+        let mut added = Vec::new();
+        for (l, found) in prepared.plan {
+            let Some(balancer) = new.backends.get(l.backend).and_then(|b| balancers.get(&b.name)) else { continue };
+            match found {
+                Ok(i) => {
+                    if let Some(mut r) = old.get_mut(i).and_then(Option::take) {
+                        r.ctx.store(Arc::new(context(&l, Arc::clone(balancer), metrics, self.generation)));
+                        r.config = l;
+                        self.running.push(r);
+                    }
+                }
+                Err(socket) => {
+                    added.push(l.name.clone());
+                    let bound = BoundUdp { config: l, socket };
+                    self.start(bound, Arc::clone(balancer), metrics, tracker, shutdown.child_token());
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for r in old.into_iter().flatten() {
+            r.stop.cancel();
+            removed.push(r.config.name);
+        }
+        (added, removed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The datagram path.
+
+/// Milliseconds since the listener started (never 0 for a real reading).
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    fn instant(&self, ms: u64) -> Instant {
+        self.0 + Duration::from_millis(ms.saturating_sub(1))
+    }
+}
+
+/// What a flow shares with its reply task.
+struct FlowShared {
+    last_seen: AtomicU64,
+    /// The reply task ended on an error: the flow is replaced at the device's next datagram.
+    broken: AtomicBool,
+}
+
+impl FlowShared {
+    fn touch(&self, now: u64) {
+        self.last_seen.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Token bucket of a flow (`max_datagram_rate_per_flow`).
+struct Bucket {
+    tokens: f64,
+    updated: u64,
+}
+
+impl Bucket {
+    fn take(&mut self, now: u64, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        let elapsed = now.saturating_sub(self.updated) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One device address and its connected socket to its server.
+struct Flow {
+    upstream: Arc<UdpSocket>,
+    server: Arc<Server>,
+    _active: ActiveGuard,
+    shared: Arc<FlowShared>,
+    replies: tokio::task::AbortHandle,
+    bucket: Bucket,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.replies.abort();
+    }
+}
+
+impl LastSeen for Flow {
+    fn last_seen(&self) -> u64 {
+        self.shared.last_seen.load(Ordering::Relaxed)
+    }
+}
+
+/// A CID and the server it was seen going to.
+struct CidEntry {
+    server: String,
+    last_seen: u64,
+}
+
+impl LastSeen for CidEntry {
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+}
+
+/// What the front door read in a datagram.
+#[derive(Debug, Default)]
+struct Seen<'a> {
+    cid: Option<&'a [u8]>,
+    endpoint: Option<&'a [u8]>,
+}
+
+/// Tells DTLS from CoAP and checks the header; errs with the drop reason.
+fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<Seen<'_>, &'static str> {
+    let first = *data.first().ok_or(drop_reason::MALFORMED_COAP)?;
+    if dtls::is_dtls(first) {
+        let record = dtls::first_record(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
+        Ok(Seen { cid: record.cid, endpoint: None })
+    } else {
+        let message = coap::parse(data).map_err(|_| drop_reason::MALFORMED_COAP)?;
+        Ok(Seen { cid: None, endpoint: message.register_endpoint() })
+    }
+}
+
+/// Server addresses as socket addresses. IP literals need nothing; a host name is resolved in the background
+/// (the datagram task never waits for DNS) and refreshed every 30 s; until its first answer, that server is
+/// skipped for new flows.
+#[derive(Default, Clone)]
+struct Resolver {
+    cache: Arc<Mutex<HashMap<String, Resolved>>>,
+}
+
+struct Resolved {
+    addr: Option<SocketAddr>,
+    at: Instant,
+    pending: bool,
+}
+
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+impl Resolver {
+    fn lookup(&self, address: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = address.parse() {
+            return Some(addr);
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let entry =
+            cache.entry(address.to_owned()).or_insert(Resolved { addr: None, at: Instant::now(), pending: false });
+        let stale = entry.addr.is_none() || entry.at.elapsed() >= RESOLVE_EVERY;
+        if stale && !entry.pending {
+            entry.pending = true;
+            let (cache, address) = (Arc::clone(&self.cache), address.to_owned());
+            tokio::spawn(async move {
+                let found = tokio::net::lookup_host(&address).await.ok().and_then(|mut a| a.next());
+                if found.is_none() {
+                    warn!(server = %address, "cannot resolve a CoAP server's address");
+                }
+                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(e) = cache.get_mut(&address) {
+                    e.addr = found.or(e.addr);
+                    e.at = Instant::now();
+                    e.pending = false;
+                }
+            });
+        }
+        entry.addr
+    }
+}
+
+thread_local! {
+    /// The reply tasks' receive buffer: one per worker thread, not one per flow.
+    static REPLY_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
+}
+
+/// The state the datagram task owns.
+struct Listener {
+    socket: Arc<UdpSocket>,
+    clock: Clock,
+    flows: ExpiringMap<SocketAddr, Flow>,
+    flows_per_ip: HashMap<IpAddr, usize>,
+    cids: ExpiringMap<Vec<u8>, CidEntry>,
+    generation: u64,
+    resolver: Resolver,
+}
+
+/// Receives the listener's datagrams until `stop` is cancelled (see the module docs).
+pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken) {
+    let mut l = Listener {
+        socket: Arc::clone(&socket),
+        clock: Clock(Instant::now()),
+        flows: ExpiringMap::default(),
+        flows_per_ip: HashMap::new(),
+        cids: ExpiringMap::default(),
+        generation: ctx.load().generation,
+        resolver: Resolver::default(),
+    };
+    let mut buf = vec![0u8; 65_536];
+    let mut wake = l.next_wake(&ctx.load());
+    let sleep = tokio::time::sleep_until(wake.into());
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = &mut sleep => l.expire(&ctx.load()),
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, src)) => l.on_datagram(&ctx.load_full(), buf.get(..n).unwrap_or_default(), src).await,
+                Err(e) => {
+                    // Nothing on an unconnected socket is worth stopping for; do not spin on a persistent error.
+                    debug!(error = %e, "UDP receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+        let next = l.next_wake(&ctx.load());
+        if next != wake {
+            wake = next;
+            sleep.as_mut().reset(wake.into());
+        }
+    }
+    let ctx = ctx.load();
+    for (_, flow) in l.flows.extract_if(|_, _| false) {
+        drop(flow);
+        ctx.metrics.flows_active.dec();
+    }
+    ctx.metrics.dtls_cids.set(0);
+}
+
+impl Listener {
+    async fn on_datagram(&mut self, ctx: &UdpContext, data: &[u8], src: SocketAddr) {
+        if ctx.generation != self.generation {
+            self.on_reload(ctx);
+        }
+        let (m, s) = (&ctx.metrics, &ctx.settings);
+        if data.len() > s.max_datagram_size {
+            return m.drop(drop_reason::TOO_LARGE);
+        }
+        if !source_allowed(&ctx.allowed_sources, src.ip()) {
+            return m.drop(drop_reason::SOURCE_NOT_ALLOWED);
+        }
+        let now = self.clock.now_ms();
+        // A flood on a known flow costs a lookup per datagram, nothing more.
+        if let Some(flow) = self.flows.get_mut(&src) {
+            if !flow.bucket.take(now, s.max_datagram_rate_per_flow, s.datagram_rate_burst) {
+                return m.drop(drop_reason::RATE_LIMITED);
+            }
+        }
+        let seen = match inspect(data, s.dtls_cid_length) {
+            Ok(seen) => seen,
+            Err(reason) => {
+                m.drop(reason);
+                if reason == drop_reason::MALFORMED_COAP {
+                    if let Some(id) = coap::confirmable_message_id(data) {
+                        // As the server would (RFC 7252 §4.2): 4 bytes for at least 4, no amplification.
+                        let _ = self.socket.try_send_to(&coap::reset_message(id), src);
+                    }
+                }
+                return;
+            }
+        };
+        let stale = match self.flows.get(&src) {
+            None => None,
+            Some(flow) if flow.shared.broken.load(Ordering::Relaxed) || !flow.server.is_up() => {
+                Some(eviction_reason::SERVER_DOWN)
+            }
+            Some(flow) => match seen.endpoint {
+                Some(ep) => {
+                    let best = ctx.balancer.candidates(Some(&PlacementKey::Endpoint(ep).bytes()));
+                    best.first().is_some_and(|b| b.name != flow.server.name).then_some(eviction_reason::REPLACED)
+                }
+                None => None,
+            },
+        };
+        match stale {
+            Some(reason) => {
+                if let Some(flow) = self.flows.remove(&src) {
+                    self.forget(src, flow, reason, m);
+                }
+            }
+            None => {
+                if let Some(flow) = self.flows.get(&src) {
+                    forward(flow, data, m, now).await;
+                    let server = flow.server.name.clone();
+                    if let Some(cid) = seen.cid {
+                        self.learn(ctx, cid, &server, now);
+                    }
+                    return;
+                }
+            }
+        }
+        self.open(ctx, data, src, &seen, now).await;
+    }
+
+    /// A new flow for `src`, then the datagram on it.
+    async fn open(&mut self, ctx: &UdpContext, data: &[u8], src: SocketAddr, seen: &Seen<'_>, now: u64) {
+        let (m, s) = (&ctx.metrics, &ctx.settings);
+        let ip = src.ip().to_canonical();
+        if s.max_flows_per_ip > 0 && self.flows_per_ip.get(&ip).copied().unwrap_or(0) >= s.max_flows_per_ip {
+            return m.drop(drop_reason::MAX_FLOWS_PER_IP);
+        }
+        let Some((kind, server, addr)) = self.place(ctx, seen, src, now) else {
+            return m.drop(drop_reason::NO_SERVER);
+        };
+        while self.flows.len() >= s.max_flows.max(1) {
+            match self.flows.pop_least_recent() {
+                Some((addr, flow)) => self.forget(addr, flow, eviction_reason::FULL, m),
+                None => break,
+            }
+        }
+        let socket = match socket_to(addr) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn!(listener = %ctx.name, server = %addr, error = %e, "cannot open a UDP socket to the server");
+                return m.drop(drop_reason::NO_SERVER);
+            }
+        };
+        debug!(listener = %ctx.name, device = %src, server = %server.name, key = kind, "flow opened");
+        m.opened(kind);
+        m.flows_active.inc();
+        *self.flows_per_ip.entry(ip).or_insert(0) += 1;
+        // Sent before the socket joins the runtime, whose write readiness for it is unknown until the reactor's
+        // next turn.
+        let sent = socket.send(data);
+        let flow = match self.start_flow(ctx, src, server, socket, now) {
+            Ok(flow) => flow,
+            Err(e) => {
+                warn!(listener = %ctx.name, server = %addr, error = %e, "cannot register a UDP socket");
+                m.flows_active.dec();
+                self.release_ip(ip);
+                return m.drop(drop_reason::NO_SERVER);
+            }
+        };
+        account(&flow, sent, m, now);
+        let server = flow.server.name.clone();
+        self.flows.insert(src, flow);
+        if let Some(cid) = seen.cid {
+            self.learn(ctx, cid, &server, now);
+        }
+    }
+
+    /// The server of a new flow, with the placement key used and the server's socket address.
+    fn place(
+        &mut self,
+        ctx: &UdpContext,
+        seen: &Seen<'_>,
+        src: SocketAddr,
+        now: u64,
+    ) -> Option<(&'static str, Arc<Server>, SocketAddr)> {
+        let (mut kind, key, learned) = match (seen.cid, seen.endpoint) {
+            (Some(cid), _) => {
+                let learned = self.cids.get_mut(cid).map(|e| {
+                    e.last_seen = now;
+                    e.server.clone()
+                });
+                (placement_kind::DTLS_CID, PlacementKey::DtlsCid(cid), learned)
+            }
+            (None, Some(ep)) => (placement_kind::ENDPOINT, PlacementKey::Endpoint(ep), None),
+            (None, None) => (placement_kind::SOURCE, PlacementKey::Source(src), None),
+        };
+        let mut candidates = ctx.balancer.candidates(Some(&key.bytes()));
+        if let Some(pos) = learned.and_then(|name| candidates.iter().position(|s| s.name == name)) {
+            let server = candidates.remove(pos);
+            candidates.insert(0, server);
+            kind = placement_kind::DTLS_CID_LEARNED;
+        }
+        candidates.into_iter().find_map(|server| self.resolver.lookup(&server.address).map(|addr| (kind, server, addr)))
+    }
+
+    /// The flow around its connected socket, with its reply task started.
+    fn start_flow(
+        &self,
+        ctx: &UdpContext,
+        device: SocketAddr,
+        server: Arc<Server>,
+        socket: std::net::UdpSocket,
+        now: u64,
+    ) -> std::io::Result<Flow> {
+        let upstream = Arc::new(UdpSocket::from_std(socket)?);
+        let shared = Arc::new(FlowShared { last_seen: AtomicU64::new(now), broken: AtomicBool::new(false) });
+        let replies = tokio::spawn(relay_replies(
+            Arc::clone(&upstream),
+            Arc::clone(&self.socket),
+            device,
+            Arc::clone(&shared),
+            self.clock,
+            ctx.metrics.clone(),
+            server.metrics.received_bytes.clone(),
+        ))
+        .abort_handle();
+        let settings = &ctx.settings;
+        let bucket = Bucket { tokens: f64::from(settings.datagram_rate_burst.max(1)), updated: now };
+        Ok(Flow { upstream, _active: server.track(), server, shared, replies, bucket })
+    }
+
+    /// Remembers that `cid` goes to `server`. An entry whose server is still usable is not taken over by
+    /// another server (a stray or forged record with a known CID cannot move a device's sessions).
+    fn learn(&mut self, ctx: &UdpContext, cid: &[u8], server: &str, now: u64) {
+        if let Some(entry) = self.cids.get_mut(cid) {
+            if entry.server == server {
+                entry.last_seen = now;
+                return;
+            }
+            let pool = ctx.balancer.pool();
+            if pool.servers.iter().any(|s| s.name == entry.server && s.usable()) {
+                return;
+            }
+        }
+        while self.cids.len() >= ctx.settings.max_dtls_cids.max(1) && self.cids.get(cid).is_none() {
+            if self.cids.pop_least_recent().is_none() {
+                break;
+            }
+        }
+        self.cids.insert(cid.to_vec(), CidEntry { server: server.to_owned(), last_seen: now });
+        ctx.metrics.dtls_cids.set(i64::try_from(self.cids.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Accounts for a flow that was taken out of the table; dropping it closes its socket and reply task.
+    fn forget(&mut self, device: SocketAddr, flow: Flow, reason: &'static str, m: &UdpListenerMetrics) {
+        debug!(device = %device, server = %flow.server.name, reason, "flow ended");
+        self.release_ip(device.ip().to_canonical());
+        m.evict(reason);
+        m.flows_active.dec();
+        drop(flow);
+    }
+
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.flows_per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.flows_per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Ends idle flows and forgets idle CIDs.
+    fn expire(&mut self, ctx: &UdpContext) {
+        let now = self.clock.now_ms();
+        let idle = duration_ms(ctx.settings.flow_idle_timeout);
+        if let Some(cutoff) = now.checked_sub(idle) {
+            while let Some((device, flow)) = self.flows.pop_expired(cutoff) {
+                self.forget(device, flow, eviction_reason::IDLE, &ctx.metrics);
+            }
+        }
+        if let Some(cutoff) = now.checked_sub(duration_ms(ctx.settings.dtls_cid_timeout)) {
+            while self.cids.pop_expired(cutoff).is_some() {}
+            ctx.metrics.dtls_cids.set(i64::try_from(self.cids.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// When the next flow or CID may expire (at most a minute ahead, so a reload's new timeouts apply).
+    fn next_wake(&self, ctx: &UdpContext) -> Instant {
+        let flows = self.flows.oldest_stamp().map(|t| t.saturating_add(duration_ms(ctx.settings.flow_idle_timeout)));
+        let cids = self.cids.oldest_stamp().map(|t| t.saturating_add(duration_ms(ctx.settings.dtls_cid_timeout)));
+        let limit = self.clock.now_ms().saturating_add(60_000);
+        self.clock.instant(flows.into_iter().chain(cids).fold(limit, u64::min))
+    }
+
+    /// After a reload: flows whose server is still in the pool at the same address follow the new server object
+    /// (its health); the others end.
+    fn on_reload(&mut self, ctx: &UdpContext) {
+        self.generation = ctx.generation;
+        let pool = ctx.balancer.pool();
+        let gone = self.flows.extract_if(|_, flow| {
+            let successor =
+                pool.servers.iter().find(|s| s.name == flow.server.name && s.address == flow.server.address);
+            match successor {
+                Some(s) => {
+                    flow.server = Arc::clone(s);
+                    true
+                }
+                None => false,
+            }
+        });
+        for (device, flow) in gone {
+            self.forget(device, flow, eviction_reason::RELOAD, &ctx.metrics);
+        }
+    }
+}
+
+/// A non-blocking UDP socket connected to a server, from an ephemeral port.
+fn socket_to(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The longest the datagram task waits to send one datagram to a server.
+const SEND_WAIT: Duration = Duration::from_millis(5);
+
+/// Sends a device's datagram to its server. A socket whose write readiness the runtime has not seen yet (the
+/// first moments of a flow) or whose buffer is full gets a short wait ([`SEND_WAIT`]), no more: past it the
+/// datagram is dropped (counted) rather than stalling every other device.
+async fn forward(flow: &Flow, data: &[u8], m: &UdpListenerMetrics, now: u64) {
+    let sent = match flow.upstream.try_send(data) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tokio::time::timeout(SEND_WAIT, flow.upstream.send(data))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::WouldBlock.into()))
+        }
+        sent => sent,
+    };
+    account(flow, sent, m, now);
+}
+
+/// Counts a send to the server.
+fn account(flow: &Flow, sent: std::io::Result<usize>, m: &UdpListenerMetrics, now: u64) {
+    match sent {
+        Ok(n) => {
+            let n = n as u64;
+            m.datagrams_to_server.inc();
+            m.bytes_to_server.inc_by(n);
+            flow.server.metrics.sent_bytes.inc_by(n);
+            flow.shared.touch(now);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => m.drop(drop_reason::UNREACHABLE),
+        Err(_) => m.drop(drop_reason::SEND_FAILED),
+    }
+}
+
+/// A flow's reply task: the server's datagrams, sent to the device from the listener's socket.
+async fn relay_replies(
+    upstream: Arc<UdpSocket>,
+    listener: Arc<UdpSocket>,
+    device: SocketAddr,
+    shared: Arc<FlowShared>,
+    clock: Clock,
+    m: UdpListenerMetrics,
+    server_received: Counter,
+) {
+    loop {
+        if upstream.readable().await.is_err() {
+            break;
+        }
+        loop {
+            // Receive and send without an await in between, so the buffer can be the thread's.
+            let step = REPLY_BUFFER.with(|cell| {
+                let Ok(mut buf) = cell.try_borrow_mut() else {
+                    return Err(std::io::Error::other("reply buffer in use"));
+                };
+                let n = upstream.try_recv(&mut buf)?;
+                let data = buf.get(..n).unwrap_or_default();
+                Ok((n, listener.try_send_to(data, device)))
+            });
+            match step {
+                Ok((n, Ok(_))) => {
+                    let n = n as u64;
+                    m.datagrams_to_client.inc();
+                    m.bytes_to_client.inc_by(n);
+                    server_received.inc_by(n);
+                    shared.touch(clock.now_ms());
+                }
+                Ok((_, Err(_))) => m.drop(drop_reason::SEND_FAILED),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // The ICMP answer to an earlier datagram (the server's port is closed): the health checks judge.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => {
+                    debug!(device = %device, error = %e, "reply relay ended");
+                    shared.broken.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+    shared.broken.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keys() {
+        let v4: SocketAddr = "192.0.2.7:5683".parse().unwrap();
+        assert_eq!(PlacementKey::Source(v4).bytes(), b"192.0.2.7:5683");
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:5683".parse().unwrap();
+        assert_eq!(PlacementKey::Source(mapped).bytes(), b"192.0.2.7:5683");
+        let v6: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        assert_eq!(PlacementKey::Source(v6).bytes(), b"[2001:db8::1]:40000");
+        assert_eq!(PlacementKey::Endpoint(b"urn:imei:1").bytes(), b"urn:imei:1");
+        assert_eq!(PlacementKey::DtlsCid(&[0xAB, 0x00]).bytes(), b"dtls-cid:\xAB\x00");
+    }
+
+    #[test]
+    fn inspect_tells_dtls_from_coap() {
+        let get = [0x40, 0x01, 0x00, 0x01];
+        assert!(inspect(&get, None).is_ok());
+        assert_eq!(inspect(&[], None).err(), Some(drop_reason::MALFORMED_COAP));
+        assert_eq!(inspect(&[0x80, 0x01, 0x00, 0x01], None).err(), Some(drop_reason::MALFORMED_COAP));
+        assert_eq!(
+            inspect(&[23, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], None).err(),
+            Some(drop_reason::MALFORMED_DTLS)
+        );
+        let mut cid_record = vec![25, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 1, 9, 9, 0, 1, 0xAA];
+        assert_eq!(inspect(&cid_record, Some(2)).unwrap().cid, Some(&[9, 9][..]));
+        cid_record.push(0);
+        assert!(inspect(&cid_record, Some(2)).is_ok(), "bytes after the first record are the next records' business");
+    }
+
+    #[test]
+    fn bucket_refills() {
+        let mut b = Bucket { tokens: 2.0, updated: 0 };
+        assert!(b.take(0, 10, 2));
+        assert!(b.take(0, 10, 2));
+        assert!(!b.take(0, 10, 2));
+        assert!(b.take(100, 10, 2), "10/s: one token after 100 ms");
+        assert!(!b.take(100, 10, 2));
+        assert!(b.take(100, 0, 0), "no rate: no limit");
+    }
+}
