@@ -194,29 +194,18 @@ impl Direction {
             }
             let mut stack = [MaybeUninit::<u8>::uninit(); BUFFER_SIZE];
             let mut buf = ReadBuf::uninit(&mut stack);
-            // Take all the reader has now, up to a full buffer (a TLS reader gives one record per read): one write
-            // per batch of packets, not one per record.
-            let mut eof = false;
-            while buf.remaining() > 0 {
-                let before = buf.filled().len();
-                if Pin::new(&mut *reader).poll_read(cx, &mut buf)?.is_pending() {
-                    break;
-                }
-                if buf.filled().len() == before {
-                    eof = true;
-                    break;
-                }
-            }
-            let data = buf.filled();
-            if data.is_empty() && !eof {
+            if Pin::new(&mut *reader).poll_read(cx, &mut buf)?.is_pending() {
                 if self.need_flush {
                     ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                     self.need_flush = false;
                 }
                 return Poll::Pending;
             }
-            // Written first, then the EOF is passed on (next turn of the loop).
-            self.eof = eof;
+            let data = buf.filled();
+            if data.is_empty() {
+                self.eof = true;
+                continue;
+            }
             let mut taken = 0;
             while let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) {
                 match write(cx, writer, rest) {

@@ -1,0 +1,544 @@
+//! mqtt-lb-bench: puts mqtt-lb beside HAProxy and beside a direct broker connection, on loopback, in one run.
+//!
+//! It starts its own peers (Debian's mosquitto, HAProxy with a config equivalent to the WIS2 reference, the mqtt-lb
+//! release binary), generates the TLS certificate they share, drives MQTT load over TLS through each path
+//! (interleaved, the order rotated every round), samples CPU and memory from /proc, and writes `results.json` and
+//! `RESULTS.md`. See `bench/README.md`.
+//!
+//! # Layout
+//! - [`tls`]: the PKI and the generator's TLS client;
+//! - [`mqtt`]: the hand-written packets;
+//! - [`procs`]: the child processes, their configurations, /proc sampling;
+//! - [`load`]: the three loads (connection rate, throughput/latency, idle connections);
+//! - [`stats`] and [`report`]: percentiles, median/min/max, ratios, the JSON and the markdown.
+
+mod load;
+mod mqtt;
+mod procs;
+mod report;
+mod stats;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::load::Target;
+use crate::procs::{Broker, Probe, Proc};
+
+const USAGE: &str = "\
+usage: mqtt-lb-bench [options]
+
+Benchmarks mqtt-lb against HAProxy and a direct (TLS) broker connection on loopback; starts and stops its own
+mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
+
+  --quick                 short run (1 round, 1 s loads, 1,000 idle connections); writes into bench/target/quick
+  --rounds N              rounds, paths interleaved and rotated each round (default 3)
+  --conn-secs S           connection-rate load per path and round (default 5)
+  --tput-secs S           saturated throughput load per payload, path and round (default 4)
+  --paced-secs S          paced latency load per payload, path and round (default 3)
+  --paced-rate N          paced: messages/s per publisher (default 1000)
+  --warmup-secs S         unmeasured start of every throughput load (default 0.5)
+  --workers N             connection-rate workers (default 50)
+  --pairs N               publisher/subscriber pairs (default 4)
+  --window N              saturated: messages in flight per publisher (default 1000)
+  --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
+  --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
+  --phases LIST           comma-separated: conn,tput,idle (default all)
+  --mqtt-lb PATH          mqtt-lb binary (default: target/release/mqtt-lb of this repository)
+  --compare PATH          another mqtt-lb binary, measured as a fourth path, mqtt-lb-base (before/after)
+  --no-logs               no per-connection log lines (HAProxy without `log`, mqtt-lb at RUST_LOG=warn); default:
+                          both log one line per connection into a file, as the reference config does
+  --out DIR               where results.json and RESULTS.md go (default: bench/)
+  --full-verify           verify the server certificate chain and handshake signature in the generator
+  --keep                  keep the work directory (configs, logs) and print its path
+  --perf                  also count the proxy's system calls and context switches (perf stat) during each load
+  --quiet-wait S          before each load, wait while other work keeps the machine busy; at most S seconds in
+                          all (default 120; quick: 10)
+";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PathKind {
+    Direct,
+    Haproxy,
+    MqttLb,
+    /// A second mqtt-lb binary (`--compare`), for before/after figures in one run.
+    MqttLbBase,
+}
+
+impl PathKind {
+    pub const ALL: [PathKind; 3] = [PathKind::Direct, PathKind::Haproxy, PathKind::MqttLb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Haproxy => "haproxy",
+            PathKind::MqttLb => "mqtt-lb",
+            PathKind::MqttLbBase => "mqtt-lb-base",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PathKind> {
+        PathKind::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+pub struct Opts {
+    pub quick: bool,
+    pub rounds: usize,
+    pub conn_secs: f64,
+    pub tput_secs: f64,
+    pub paced_secs: f64,
+    pub paced_rate: u32,
+    pub warmup_secs: f64,
+    pub workers: usize,
+    pub pairs: usize,
+    pub window: u64,
+    pub idle_conns: Option<usize>,
+    pub paths: Vec<PathKind>,
+    pub phases: Vec<String>,
+    pub mqtt_lb: PathBuf,
+    pub compare: Option<PathBuf>,
+    pub logs: bool,
+    pub out: PathBuf,
+    pub full_verify: bool,
+    pub keep: bool,
+    pub quiet_wait: f64,
+    pub perf: bool,
+    pub args: Vec<String>,
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Opts {
+        quick: false,
+        rounds: 3,
+        conn_secs: 5.0,
+        tput_secs: 4.0,
+        paced_secs: 3.0,
+        paced_rate: 1000,
+        warmup_secs: 0.5,
+        workers: 50,
+        pairs: 4,
+        window: 1000,
+        idle_conns: None,
+        paths: PathKind::ALL.to_vec(),
+        phases: vec!["conn".into(), "tput".into(), "idle".into()],
+        mqtt_lb: manifest_dir().join("../target/release/mqtt-lb"),
+        compare: None,
+        logs: true,
+        out: manifest_dir(),
+        full_verify: false,
+        keep: false,
+        quiet_wait: 120.0,
+        perf: false,
+        args: args.clone(),
+    };
+    if args.iter().any(|a| a == "--quick") {
+        o.quick = true;
+        o.rounds = 1;
+        o.conn_secs = 1.0;
+        o.tput_secs = 1.0;
+        o.paced_secs = 1.0;
+        o.warmup_secs = 0.25;
+        o.idle_conns = Some(1000);
+        o.quiet_wait = 10.0;
+        o.out = manifest_dir().join("target/quick");
+    }
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        let num = |v: String| v.parse::<f64>().map_err(|_| format!("{a}: not a number: {v}"));
+        match a.as_str() {
+            "--quick" => {}
+            "--rounds" => o.rounds = num(val()?)?.max(1.0) as usize,
+            "--conn-secs" => o.conn_secs = num(val()?)?,
+            "--tput-secs" => o.tput_secs = num(val()?)?,
+            "--paced-secs" => o.paced_secs = num(val()?)?,
+            "--paced-rate" => o.paced_rate = num(val()?)?.max(1.0) as u32,
+            "--warmup-secs" => o.warmup_secs = num(val()?)?,
+            "--workers" => o.workers = num(val()?)?.max(1.0) as usize,
+            "--pairs" => o.pairs = num(val()?)?.max(1.0) as usize,
+            "--window" => o.window = num(val()?)?.max(1.0) as u64,
+            "--idle-conns" => o.idle_conns = Some(num(val()?)?.max(1.0) as usize),
+            "--paths" => {
+                o.paths = val()?
+                    .split(',')
+                    .map(|p| PathKind::parse(p.trim()).ok_or_else(|| format!("unknown path {p:?}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--phases" => {
+                o.phases = val()?.split(',').map(|p| p.trim().to_owned()).collect();
+                if let Some(bad) = o.phases.iter().find(|p| !["conn", "tput", "idle"].contains(&p.as_str())) {
+                    return Err(format!("unknown phase {bad:?}"));
+                }
+            }
+            "--mqtt-lb" => o.mqtt_lb = PathBuf::from(val()?),
+            "--compare" => o.compare = Some(PathBuf::from(val()?)),
+            "--no-logs" => o.logs = false,
+            "--out" => o.out = PathBuf::from(val()?),
+            "--full-verify" => o.full_verify = true,
+            "--keep" => o.keep = true,
+            "--perf" => o.perf = true,
+            "--quiet-wait" => o.quiet_wait = num(val()?)?.max(0.0),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if o.compare.is_some() && !o.paths.contains(&PathKind::MqttLbBase) {
+        o.paths.push(PathKind::MqttLbBase);
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}\n");
+            }
+            eprint!("{USAGE}");
+            return if e.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
+        }
+    };
+    let (soft, hard) = procs::raise_nofile();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The future runs on this (main) thread: children are spawned from it, so PR_SET_PDEATHSIG ties them to the
+    // life of the process, and their guards are dropped here on every exit path, Ctrl-C included.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(&opts, soft, hard) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(errors) => {
+            eprintln!("finished with {errors} errors (see results.json)");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path under test: where clients connect, and which processes serve it.
+struct Peer {
+    kind: PathKind,
+    target: Arc<Target>,
+    /// The proxy's process (none for the direct path).
+    proxy: Option<Proc>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+/// Work directory: configs, certificates, logs. Removed at the end unless `--keep`.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            log(format!("work directory kept: {}", self.path.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// What every path and load shares.
+struct Setup {
+    dir: PathBuf,
+    pki: tls::Pki,
+    client_tls: Arc<rustls::ClientConfig>,
+    mqtt_lb: PathBuf,
+    compare: Option<PathBuf>,
+    haproxy_maxconn: u64,
+    logs: bool,
+    idle_conns: usize,
+    quick: bool,
+    perf: bool,
+}
+
+async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
+    let started = Instant::now();
+    let canonical = |p: &Path| {
+        p.canonicalize().map_err(|e| format!("{}: {e} (build it with `cargo build --release`)", p.display()))
+    };
+    let mqtt_lb = canonical(&opts.mqtt_lb)?;
+    let compare = opts.compare.as_deref().map(canonical).transpose()?;
+    let work =
+        WorkDir { path: std::env::temp_dir().join(format!("mqtt-lb-bench-{}", std::process::id())), keep: opts.keep };
+    std::fs::create_dir_all(&work.path).map_err(|e| format!("{}: {e}", work.path.display()))?;
+
+    // Each proxied idle connection holds two descriptors in the proxy; keep some for everything else.
+    let idle_max = usize::try_from(hard.saturating_sub(1000) / 2).unwrap_or(9000);
+    let idle_conns = opts.idle_conns.unwrap_or(9000).min(idle_max);
+    log(format!("open files: soft {soft}, hard {hard}; idle connections: {idle_conns}"));
+    let pki = tls::Pki::generate(&work.path)?;
+    let client_tls = pki.client_config(opts.full_verify)?;
+    let setup = Setup {
+        dir: work.path.clone(),
+        pki,
+        client_tls,
+        mqtt_lb,
+        compare,
+        haproxy_maxconn: hard.saturating_sub(200) / 2,
+        logs: opts.logs,
+        idle_conns,
+        quick: opts.quick,
+        perf: opts.perf,
+    };
+    let epoch = Instant::now();
+    let mut meta =
+        report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
+
+    let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
+    let needs_main = opts.phases.iter().any(|p| p == "conn" || p == "tput");
+    let mut results = report::Results::new(opts, idle_conns);
+    let mut broker = None;
+    let mut peers: Vec<Peer> = Vec::new();
+    if needs_main {
+        let b = Broker::start(&setup.dir, "mosquitto", &setup.pki.cert, &setup.pki.key).await?;
+        for &kind in &opts.paths {
+            let (proxy, addr) = start_path(&setup, kind, &b, "main").await?;
+            let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &short(kind)));
+            let desc = target.describe().await.map_err(|e| format!("{}: {e}", kind.name()))?;
+            log(format!("{} on {addr}: {desc}", kind.name()));
+            meta.tls.insert(kind.name().to_owned(), json!(desc));
+            peers.push(Peer { kind, target, proxy });
+        }
+        broker = Some(b);
+    }
+
+    pause(&mut quiet_budget).await;
+    for round in 0..opts.rounds {
+        let order: Vec<usize> = (0..opts.paths.len()).map(|i| (i + round) % opts.paths.len()).collect();
+        let names: Vec<&str> = order.iter().filter_map(|&i| opts.paths.get(i)).map(|p| p.name()).collect();
+        log(format!("round {}/{}: order {}", round + 1, opts.rounds, names.join(", ")));
+        let mut r = report::Round::new(round + 1, &names);
+        if let Some(b) = &broker {
+            if opts.phases.iter().any(|p| p == "conn") {
+                for &i in &order {
+                    let Some(peer) = peers.get(i) else { continue };
+                    let run = probe(&setup, b, peer.proxy.as_ref()).start();
+                    let c = load::conn_rate(
+                        Arc::clone(&peer.target),
+                        opts.workers,
+                        Duration::from_secs_f64(opts.conn_secs),
+                    )
+                    .await;
+                    let cpu = run.finish();
+                    log(format!(
+                        "  conn  {:12} {:8.0} conn/s  errors {:?}",
+                        peer.kind.name(),
+                        c.completed as f64 / c.secs,
+                        c.errors
+                    ));
+                    r.conn(peer.kind, c, cpu);
+                    pause(&mut quiet_budget).await;
+                }
+            }
+            if opts.phases.iter().any(|p| p == "tput") {
+                for payload in [64usize, 1024] {
+                    for &i in &order {
+                        let Some(peer) = peers.get(i) else { continue };
+                        for pace in [None, Some(opts.paced_rate)] {
+                            let measure = if pace.is_some() { opts.paced_secs } else { opts.tput_secs };
+                            let params = load::TputParams {
+                                pairs: opts.pairs,
+                                payload,
+                                window: opts.window,
+                                pace,
+                                warmup: Duration::from_secs_f64(opts.warmup_secs),
+                                measure: Duration::from_secs_f64(measure),
+                            };
+                            let probe = probe(&setup, b, peer.proxy.as_ref());
+                            let mut t = load::throughput(Arc::clone(&peer.target), &params, epoch, &probe)
+                                .await
+                                .map_err(|e| format!("{}: {e}", peer.kind.name()))?;
+                            let cpu = std::mem::take(&mut t.cpu);
+                            log(format!(
+                                "  {} {:5} B {:12} {:9.0} msg/s  errors {:?}",
+                                if pace.is_some() { "paced" } else { "tput " },
+                                payload,
+                                peer.kind.name(),
+                                t.delivered as f64 / t.secs,
+                                t.errors
+                            ));
+                            r.tput(peer.kind, payload, pace.is_some(), t, cpu);
+                            pause(&mut quiet_budget).await;
+                        }
+                    }
+                }
+            }
+        }
+        if opts.phases.iter().any(|p| p == "idle") {
+            for &i in &order {
+                let Some(&kind) = opts.paths.get(i) else { continue };
+                pause(&mut quiet_budget).await;
+                let v = idle_memory(&setup, kind, round).await?;
+                log(format!(
+                    "  idle  {:12} {} KiB per connection ({} connections) errors {}",
+                    kind.name(),
+                    v["kib_per_conn"],
+                    v["connections"],
+                    v["errors"]
+                ));
+                r.idle(kind, v);
+            }
+        }
+        results.rounds.push(r);
+    }
+    drop(peers);
+    drop(broker);
+
+    meta.total_secs = started.elapsed().as_secs_f64();
+    meta.quiet_waited_secs = (opts.quiet_wait - quiet_budget.as_secs_f64()).max(0.0);
+    let (json, markdown, ratios, errors) = results.finish(&meta);
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let json_path = opts.out.join("results.json");
+    let md_path = opts.out.join("RESULTS.md");
+    let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, text + "\n").map_err(|e| format!("{}: {e}", json_path.display()))?;
+    std::fs::write(&md_path, markdown).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    println!("{ratios}");
+    log(format!("wrote {} and {} in {:.0} s", json_path.display(), md_path.display(), meta.total_secs));
+    Ok(errors)
+}
+
+fn short(kind: PathKind) -> String {
+    match kind {
+        PathKind::Direct => "d".into(),
+        PathKind::Haproxy => "h".into(),
+        PathKind::MqttLb => "m".into(),
+        PathKind::MqttLbBase => "n".into(),
+    }
+}
+
+/// Starts the proxy of a path (none for direct) in front of `broker`; returns it and the address clients use.
+async fn start_path(
+    setup: &Setup,
+    kind: PathKind,
+    broker: &Broker,
+    tag: &str,
+) -> Result<(Option<Proc>, std::net::SocketAddr), String> {
+    let (dir, pki) = (setup.dir.as_path(), &setup.pki);
+    let (bin, name) = match (kind, &setup.compare) {
+        (PathKind::Direct, _) => return Ok((None, broker.tls)),
+        (PathKind::Haproxy, _) => {
+            let (p, a) =
+                procs::start_haproxy(dir, tag, &pki.combined, broker.plain, setup.haproxy_maxconn, setup.logs).await?;
+            return Ok((Some(p), a));
+        }
+        (PathKind::MqttLb, _) => (setup.mqtt_lb.as_path(), "mqtt-lb"),
+        (PathKind::MqttLbBase, Some(base)) => (base.as_path(), "mqtt-lb-base"),
+        (PathKind::MqttLbBase, None) => return Err("path mqtt-lb-base needs --compare".into()),
+    };
+    let (p, a) = procs::start_mqtt_lb(bin, name, dir, tag, &pki.cert, &pki.key, broker.plain, setup.logs).await?;
+    Ok((Some(p), a))
+}
+
+/// What to sample during a load: the generator, mosquitto, the proxy; with `--perf`, the proxy's system calls.
+fn probe(setup: &Setup, broker: &Broker, proxy: Option<&Proc>) -> Probe {
+    let mut procs = vec![("bench".to_owned(), std::process::id()), ("mosquitto".to_owned(), broker.proc.pid)];
+    if let Some(p) = proxy {
+        procs.push(("proxy".to_owned(), p.pid));
+    }
+    let perf = if setup.perf { proxy.map(|p| (p.pid, setup.dir.clone())) } else { None };
+    Probe { procs, perf }
+}
+
+/// Between two loads: a breath, so that one's tail does not fall into the next one's figures; then, on a machine
+/// shared with other work, a wait (bounded by what is left of the run's `budget`) until the machine is quiet: less
+/// than a quarter of a core busy while our processes idle.
+async fn pause(budget: &mut Duration) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let mut logged = false;
+    while let Some(busy) = procs::machine_busy_pct(Duration::from_millis(250)).await {
+        if busy < 25.0 || start.elapsed() >= *budget {
+            break;
+        }
+        if !logged {
+            log(format!(
+                "  (machine busy {busy:.0}% of a core with other work: waiting up to {:.0} s)",
+                budget.as_secs_f64()
+            ));
+            logged = true;
+        }
+    }
+    *budget = budget.saturating_sub(start.elapsed());
+}
+
+/// RSS per idle TLS connection of one path's TLS end (the proxy; for direct, mosquitto itself), with a fresh broker
+/// and a fresh proxy, so that no earlier load's memory is in the figure.
+async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Value, String> {
+    let tag = format!("idle{}-{}", round + 1, kind.name());
+    let broker = Broker::start(&setup.dir, &format!("mosquitto-{tag}"), &setup.pki.cert, &setup.pki.key).await?;
+    let (proxy, addr) = start_path(setup, kind, &broker, &tag).await?;
+    let pid = proxy.as_ref().map_or(broker.proc.pid, |p| p.pid);
+    let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &format!("{}i", short(kind))));
+    // Warm up: code paths, thread-local caches, the first allocations of each worker thread.
+    let (warm, mut errors) = load::open_idle(Arc::clone(&target), 50, 10).await;
+    for (k, v) in load::close_idle(warm, 10).await {
+        *errors.entry(k).or_insert(0) += v;
+    }
+    let settle = Duration::from_millis(if setup.quick { 500 } else { 1500 });
+    tokio::time::sleep(settle).await;
+    let before = procs::rss_kib(pid).unwrap_or(0);
+    let broker_before = procs::rss_kib(broker.proc.pid).unwrap_or(0);
+    let t0 = Instant::now();
+    let (held, open_errors) = load::open_idle(Arc::clone(&target), setup.idle_conns, 50).await;
+    let open_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    let after = procs::rss_kib(pid).unwrap_or(0);
+    let broker_after = procs::rss_kib(broker.proc.pid).unwrap_or(0);
+    let count = held.len();
+    let close_errors = load::close_idle(held, 50).await;
+    tokio::time::sleep(settle).await;
+    let after_close = procs::rss_kib(pid).unwrap_or(0);
+    for (k, v) in open_errors.into_iter().chain(close_errors) {
+        *errors.entry(k).or_insert(0) += v;
+    }
+    let total_errors: u64 = errors.values().sum::<u64>() + setup.idle_conns.saturating_sub(count) as u64;
+    let per_conn = |a: u64, b: u64| {
+        if count > 0 {
+            (a.saturating_sub(b) as f64 / count as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    Ok(json!({
+        "connections": count,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_after_close_kib": after_close,
+        "kib_per_conn": per_conn(after, before),
+        "broker_kib_per_conn": per_conn(broker_after, broker_before),
+        "open_secs": (open_secs * 100.0).round() / 100.0,
+        "errors": total_errors,
+        "error_kinds": errors,
+    }))
+}

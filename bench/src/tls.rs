@@ -1,0 +1,131 @@
+//! The benchmark's PKI (rcgen, ECDSA P-256) and the generator's rustls client configuration (ring provider).
+//!
+//! One server certificate serves all three paths: mosquitto's TLS listener (`server.crt` + `server.key`), HAProxy
+//! (`haproxy.pem`: certificate and key in one file) and mqtt-lb (`server.crt` + `server.key`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate then key, for HAProxy's `ssl crt`.
+    pub combined: PathBuf,
+    ca_der: CertificateDer<'static>,
+    cert_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    /// A CA and a server certificate for `localhost` / 127.0.0.1, both ECDSA P-256, written into `dir`.
+    pub fn generate(dir: &Path) -> Result<Pki, String> {
+        let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err("CA key", &e))?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err("server key", &e))?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| err("CA", &e))?;
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "mqtt-lb bench CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| err("self-sign CA", &e))?;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .map_err(|e| err("server certificate", &e))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &ca).map_err(|e| err("sign server certificate", &e))?;
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            combined: dir.join("haproxy.pem"),
+            ca_der: ca.der().clone(),
+            cert_der: cert.der().clone(),
+        };
+        let write = |p: &Path, s: String| std::fs::write(p, s).map_err(|e| format!("write {}: {e}", p.display()));
+        write(&pki.ca, ca.pem())?;
+        write(&pki.cert, cert.pem())?;
+        write(&pki.key, key.serialize_pem())?;
+        write(&pki.combined, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+        Ok(pki)
+    }
+
+    /// The generator's client configuration. No session resumption: every connection is a full handshake, as for
+    /// a fleet of devices connecting. With `full_verify`, the chain and the handshake signature are verified
+    /// (webpki against the CA); otherwise the certificate is compared byte for byte with ours and the signature
+    /// check is skipped, which saves the generator two ECDSA verifications per handshake on a machine whose cores
+    /// the servers need. The servers' work is the same either way.
+    pub fn client_config(&self, full_verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let mut config = if full_verify {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).map_err(|e| format!("CA: {e}"))?;
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            let schemes = provider.signature_verification_algorithms.supported_schemes();
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned { cert: self.cert_der.clone(), schemes }))
+                .with_no_client_auth()
+        };
+        config.resumption = Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+/// The address the clients connect to, which the certificate names.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into())
+}
+
+/// Accepts exactly one certificate (ours) and skips the handshake signature check. For the loopback benchmark only.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    schemes: Vec<SignatureScheme>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the benchmark's certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
