@@ -10,4 +10,8 @@ export MQTT_LB_HELM
 export MQTT_LB_REQUIRE_TOOLS=1
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Licences, banned crates and sources of the dependency graph (deny.toml). Advisories are not checked: the RustSec
+# database is a GitHub repository, unreachable from CI (see deny.toml). Installing cargo-deny takes ~3 min once.
+command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
+cargo deny --offline --locked check licenses bans sources
 cargo test --all-targets --locked
