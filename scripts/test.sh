@@ -14,4 +14,9 @@ cargo clippy --all-targets --locked -- -D warnings
 # database is a GitHub repository, unreachable from CI (see deny.toml). Installing cargo-deny takes ~3 min once.
 command -v cargo-deny >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
 cargo deny --offline --locked check licenses bans sources
-cargo test --all-targets --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+# One closing line over every test binary (cargo prints one `test result` line per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
