@@ -24,7 +24,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -102,7 +101,7 @@ fn session_context(
     SessionContext {
         name: l.name.clone(),
         protocol: l.protocol,
-        tls: l.tls.as_ref().map(|t| TlsAcceptor::from(Arc::clone(&t.server_config))),
+        tls: l.tls.as_ref().map(|t| Arc::clone(&t.server_config)),
         ws: (l.protocol == ListenerProtocol::Websocket).then(|| UpgradePolicy {
             path: l.path.clone(),
             allowed_origins: l.allowed_origins.clone(),

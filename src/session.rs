@@ -17,7 +17,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{ActiveGuard, Server};
@@ -31,6 +30,7 @@ use crate::mqtt::{parse_connect, ConnectError, ProtocolVersion, RejectReason};
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
 use crate::transport::identity::PeerIdentity;
+use crate::transport::tls;
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub struct SessionContext {
     pub name: String,
     pub protocol: ListenerProtocol,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `websocket` listeners: what the upgrade accepts.
     pub ws: Option<UpgradePolicy>,
     /// When not empty, the only client addresses accepted (checked by the accept loop).
@@ -156,14 +156,15 @@ impl Session {
     /// The TLS handshake, under `limits.handshake_timeout`; failures counted by kind.
     async fn handshake(&mut self, tcp: TcpStream) -> Option<ClientStream> {
         let ctx = &self.ctx;
-        let Some(acceptor) = &ctx.tls else {
+        let Some(config) = &ctx.tls else {
             return Some(ClientStream::Plain(tcp));
         };
         let start = Instant::now();
-        let kind = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
+        let accepting = tls::accept(tcp, Arc::clone(config));
+        let kind = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
             Ok(Ok(tls)) => {
                 ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
-                let connection = tls.get_ref().1;
+                let connection = tls.connection();
                 self.identity =
                     connection.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::from_der(c));
                 self.tls_info = Some(proxy_protocol::TlsInfo {

@@ -10,12 +10,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 /// A client's byte stream once its transport is up.
 pub enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<tls::TlsStream>),
     /// MQTT over WebSocket, over one of the above.
     Ws(Box<ws::WsIo<ClientStream>>),
 }
