@@ -160,7 +160,9 @@ impl Session {
             return Some(ClientStream::Plain(tcp));
         };
         let start = Instant::now();
-        let accepting = tls::accept(tcp, Arc::clone(config));
+        // Boxed: the handshake's state (rustls's connection in the making) would otherwise size the session's task
+        // for the whole life of the connection.
+        let accepting = Box::pin(tls::accept(tcp, Arc::clone(config)));
         let kind = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
             Ok(Ok(tls)) => {
                 ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
