@@ -52,6 +52,8 @@ pub struct Config {
     pub limits: Limits,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// `workers`: threads that carry connections; None: one per CPU core.
+    pub workers: Option<usize>,
 }
 
 impl Config {
@@ -396,6 +398,10 @@ pub struct ServerConfig {
     /// `host:port`; a host name is resolved at each connect.
     pub address: String,
     pub weight: u32,
+    /// `coap` backends: the node id this server writes into the first byte of every DTLS Connection ID it issues
+    /// (Californium's `DTLS_CONNECTION_ID_NODE_ID`), so that a record's CID names its server on every instance.
+    /// Unique within the backend.
+    pub dtls_cid_node_id: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -484,6 +490,37 @@ struct FileConfig {
     shutdown: FileShutdown,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    workers: Workers,
+}
+
+/// `workers`: `auto` (one per CPU core) or a number of threads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Workers(Option<u64>);
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`auto` or a number of threads")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Workers, E> {
+                Ok(Workers(Some(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Workers, E> {
+                u64::try_from(v).map(|v| Workers(Some(v))).map_err(|_| E::custom("must be `auto` or at least 1"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+                match v {
+                    "auto" => Ok(Workers(None)),
+                    _ => Err(E::custom(format!("`{v}`: expected `auto` or a number of threads"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +651,9 @@ struct FileServer {
     address: String,
     #[serde(default = "default_weight")]
     weight: u32,
+    /// Wider than the byte it is, so that a value out of range gets a message saying the range.
+    #[serde(default)]
+    dtls_cid_node_id: Option<i64>,
 }
 
 fn default_weight() -> u32 {
@@ -1088,7 +1128,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             return Err(c.err(format!("{key}.proxy_protocol"), "a coap backend receives datagrams: no PROXY header"));
         }
         let mut server_names = HashSet::new();
-        let mut servers = Vec::with_capacity(b.servers.len());
+        let mut servers: Vec<ServerConfig> = Vec::with_capacity(b.servers.len());
         for (j, s) in b.servers.into_iter().enumerate() {
             let skey = format!("{key}.servers[{j}]");
             c.name(format!("{skey}.name"), &s.name, &mut server_names)?;
@@ -1096,7 +1136,34 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             if s.weight == 0 || s.weight > 1000 {
                 return Err(c.err(format!("{skey}.weight"), format!("weight {} is out of range 1 to 1000", s.weight)));
             }
-            servers.push(ServerConfig { name: s.name, address: s.address, weight: s.weight });
+            let node_key = || format!("{skey}.dtls_cid_node_id");
+            let node_id = match s.dtls_cid_node_id.map(u8::try_from) {
+                None => None,
+                Some(Ok(node)) => Some(node),
+                Some(Err(_)) => {
+                    return Err(c.err(node_key(), "must be 0 to 255: the first byte of the Connection IDs it issues"))
+                }
+            };
+            if let Some(node) = node_id {
+                if b.protocol != BackendProtocol::Coap {
+                    return Err(c.err(node_key(), "only a server of a backend with protocol: coap has this key"));
+                }
+                if let Some(other) = servers.iter().find(|o| o.dtls_cid_node_id == Some(node)) {
+                    return Err(c.err(
+                        node_key(),
+                        format!(
+                            "node id {node} is also server {:?}'s: each server of a backend needs its own",
+                            other.name
+                        ),
+                    ));
+                }
+            }
+            servers.push(ServerConfig {
+                name: s.name,
+                address: s.address,
+                weight: s.weight,
+                dtls_cid_node_id: node_id,
+            });
         }
         backends.push(BackendConfig {
             name: b.name,
@@ -1292,6 +1359,12 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         ));
     }
 
+    let workers = match file.workers.0 {
+        None => None,
+        Some(n @ 1..=1024) => usize::try_from(n).ok(),
+        Some(_) => return Err(c.err("workers", "must be `auto` or a number of threads from 1 to 1024")),
+    };
+
     Ok(Config {
         source: origin.to_path_buf(),
         listeners,
@@ -1300,6 +1373,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         limits,
         shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0, disconnect: file.shutdown.disconnect },
         log: LogConfig { client_id: file.log.client_id },
+        workers,
     })
 }
 
@@ -1322,6 +1396,20 @@ backends:
 admin: { bind: "127.0.0.1:0" }
 limits: { connect_timeout: 5s, max_connect_size: 1KiB }
 "#;
+
+    #[test]
+    fn workers_is_auto_or_a_thread_count() {
+        assert_eq!(parse(GOOD, Path::new("test.yaml")).unwrap().workers, None);
+        let c = parse(&format!("{GOOD}workers: auto\n"), Path::new("test.yaml")).unwrap();
+        assert_eq!(c.workers, None);
+        let c = parse(&format!("{GOOD}workers: 3\n"), Path::new("test.yaml")).unwrap();
+        assert_eq!(c.workers, Some(3));
+        for bad in ["0", "5000", "-1", "many"] {
+            let e = err_of(&format!("{GOOD}workers: {bad}\n")).to_string();
+            assert!(e.starts_with("test.yaml: workers: "), "{bad}: {e}");
+            assert!(e.contains("auto"), "{bad}: {e}");
+        }
+    }
 
     fn err_of(text: &str) -> ConfigError {
         match parse(text, Path::new("test.yaml")) {
@@ -1579,7 +1667,9 @@ backends:
     protocol: coap
     health: { check: dtls-hello }
     servers:
-      - { name: c1, address: "127.0.0.1:15684" }
+      - { name: c1, address: "127.0.0.1:15684", dtls_cid_node_id: 1 }
+      - { name: c2, address: "127.0.0.1:25684", dtls_cid_node_id: 2 }
+      - { name: c3, address: "127.0.0.1:35684" }
 "#;
 
     #[test]
@@ -1601,6 +1691,9 @@ backends:
         assert_eq!(c.backends[1].protocol, BackendProtocol::Coap);
         assert_eq!(c.backends[1].health.check, HealthCheckKind::CoapPing, "coap backends ping by default");
         assert_eq!(c.backends[2].health.check, HealthCheckKind::DtlsHello);
+        let node_ids: Vec<_> = c.backends[2].servers.iter().map(|s| s.dtls_cid_node_id).collect();
+        assert_eq!(node_ids, [Some(1), Some(2), None]);
+        assert_eq!(c.backends[1].servers[0].dtls_cid_node_id, None);
         // UDP 5683 and TCP 5683 are different sockets; two coap listeners on one address are not.
         let e = err_of(&COAP.replacen("\"127.0.0.1:5684\"", "\"127.0.0.1:5683\"", 1));
         assert_eq!(e.key, "listeners[2].bind", "{e}");
@@ -1653,6 +1746,14 @@ backends:
                 "protocol: udp\n    backend: coap_servers",
                 "listeners[1].protocol",
             ),
+            ("dtls_cid_node_id: 2", "dtls_cid_node_id: 1", "backends[2].servers[1].dtls_cid_node_id"),
+            ("dtls_cid_node_id: 2", "dtls_cid_node_id: 256", "backends[2].servers[1].dtls_cid_node_id"),
+            ("dtls_cid_node_id: 2", "dtls_cid_node_id: -1", "backends[2].servers[1].dtls_cid_node_id"),
+            (
+                "\"127.0.0.1:1883\" }",
+                "\"127.0.0.1:1883\", dtls_cid_node_id: 1 }",
+                "backends[0].servers[0].dtls_cid_node_id",
+            ),
         ];
         for (from, to, key) in cases {
             assert!(COAP.contains(from), "{from}");
@@ -1660,5 +1761,17 @@ backends:
             assert_eq!(e.key, *key, "{to}: {e}");
             assert!(e.to_string().starts_with("test.yaml: "), "{e}");
         }
+        let e = err_of(&COAP.replacen("dtls_cid_node_id: 2", "dtls_cid_node_id: 1", 1));
+        assert_eq!(
+            e.to_string(),
+            "test.yaml: backends[2].servers[1].dtls_cid_node_id: node id 1 is also server \"c1\"'s: each server of a \
+             backend needs its own"
+        );
+        let e = err_of(&COAP.replacen("dtls_cid_node_id: 2", "dtls_cid_node_id: 300", 1));
+        assert!(
+            e.to_string()
+                .ends_with("dtls_cid_node_id: must be 0 to 255: the first byte of the Connection IDs it issues"),
+            "{e}"
+        );
     }
 }

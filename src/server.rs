@@ -471,6 +471,9 @@ impl Running {
                 warn!("admin.bind changed: a restart is needed for the admin endpoint to move");
             }
         }
+        if new.workers != self.config.workers {
+            warn!("workers changed: a restart is needed for the number of threads to change");
+        }
         let servers: usize = new.backends.iter().map(|b| b.servers.len()).sum();
         let summary = format!(
             "{} listeners ({} added, {} removed), {} backends, {} servers",

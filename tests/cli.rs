@@ -140,7 +140,7 @@ fn check_names_the_file_and_key_of_each_kind_of_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_stops_with_exit_code_zero_on_sigterm() {
+async fn run_uses_the_configured_workers_and_stops_with_exit_code_zero_on_sigterm() {
     bounded(Duration::from_secs(30), "SIGTERM", async {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = TestPki::new(dir.path());
@@ -149,7 +149,8 @@ async fn run_stops_with_exit_code_zero_on_sigterm() {
         let yaml = yaml_for(&pki, &[&broker])
             .build()
             .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1)
-            .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"), 1);
+            .replacen("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"), 1)
+            + "workers: 3\n";
         let path = dir.path().join("lb.yaml");
         std::fs::write(&path, yaml).expect("write");
         let mut child = tokio::process::Command::new(BIN)
@@ -172,6 +173,13 @@ async fn run_stops_with_exit_code_zero_on_sigterm() {
         assert_eq!(which_broker(addr, Some(tls), "cli-client", Version::V4).await, "b1");
 
         let pid = child.id().expect("pid");
+        // `workers: 3` is the number of threads carrying connections.
+        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("threads of mqtt-lb")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim_end() == "mqtt-lb-worker")
+            .count();
+        assert_eq!(workers, 3, "worker threads");
         let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
         assert!(status.success());
         let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("wait");

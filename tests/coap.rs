@@ -6,9 +6,11 @@
 //! into it directly before the test (`coap-server -d` creates resources on PUT/POST); a Register (POST
 //! `/rd?ep=...`) through the front door leaves its payload in `/rd` of the server that got it, read back directly.
 //!
-//! libcoap 4.3.1 has no DTLS Connection ID (RFC 9146) with OpenSSL or GnuTLS, so the CID test alone uses fakes:
-//! plain UDP sockets standing in for servers, receiving DTLS 1.2 record headers built by the test. A real server
-//! cannot show which server received a record it cannot decrypt; the fakes record exactly that.
+//! libcoap 4.3.1 has no DTLS Connection ID (RFC 9146) with OpenSSL or GnuTLS, so the CID tests alone use fakes
+//! ([`Fakes`]): plain UDP sockets standing in for servers, receiving DTLS 1.2 record headers built by the test,
+//! with CIDs as the servers would issue them (random bytes; for the node-id test, Californium's multi-node layout:
+//! the server's node id, then random bytes). A real server cannot show which server received a record it cannot
+//! decrypt; the fakes record exactly that.
 //!
 //! Processes are started and killed (by PID) by the tests; waits are bounded and event-driven (a metric reaching a
 //! value, a datagram arriving). Without libcoap, the tests print "skipped" (they fail under
@@ -429,27 +431,14 @@ async fn dtls_psk_exchange_passes_through() {
 #[tokio::test]
 async fn dtls_connection_id_reaches_the_same_server_from_a_new_port() {
     common::init_tracing();
-    let names = ["f1", "f2", "f3"];
-    let (tx, mut arrivals) = mpsc::unbounded_channel::<Arrival>();
-    let mut fakes = Vec::new();
-    for name in names {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind a fake server"));
-        let (rx_socket, tx) = (Arc::clone(&socket), tx.clone());
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok((n, from)) = rx_socket.recv_from(&mut buf).await {
-                let _ = tx.send((name, from, buf[..n].to_vec()));
-            }
-        });
-        fakes.push((name, socket, task));
-    }
+    let mut fakes = Fakes::start(&["f1", "f2", "f3"]).await;
     let listeners = "  - name: coaps\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: fakes\n    \
                      flow_idle_timeout: 300ms\n    dtls_cid_length: 4\n";
-    let servers: Vec<(&str, String)> =
-        fakes.iter().map(|(n, s, _)| (*n, s.local_addr().expect("fake address").to_string())).collect();
+    let servers = fakes.servers();
     let proxy = TestProxy::start(&proxy_yaml(listeners, &backend_yaml("fakes", "{ check: none }", &servers))).await;
     let lb = proxy.addrs["coaps"];
-    let fake = |name: &str| Arc::clone(&fakes.iter().find(|(n, _, _)| *n == name).expect("a fake").1);
+    let mut arrivals = fakes.take_arrivals();
+    let fake = |name: &str| fakes.socket(name);
 
     // A handshake starts from port 1: no CID yet, placed by address.
     let c1 = device_socket(lb).await;
@@ -503,10 +492,113 @@ async fn dtls_connection_id_reaches_the_same_server_from_a_new_port() {
     }
     assert_eq!(opened(&proxy, "coaps", "dtls_cid").await, 1.0);
     assert_eq!(opened(&proxy, "coaps", "dtls_cid_learned").await, 3.0);
+    assert_eq!(opened(&proxy, "coaps", "dtls_cid_node_id").await, 0.0, "no server has a node id here");
     proxy.stop().await;
-    for (_, _, task) in fakes {
-        task.abort();
+}
+
+/// Californium's multi-node Connection IDs (RFC 9146 CIDs whose first byte is the issuing server's node id,
+/// `DTLS_CONNECTION_ID_NODE_ID`; here `dtls_cid_node_id`) reach their server through any mqtt-lb instance, with
+/// no state: two instances with the same configuration, one of which never saw the device, send the same CID from
+/// new ports to the server that issued it, though the CID's hash ranks another server first; after the flows
+/// expired too. A first byte that is no server's node id goes by the hash; when the node's server is down, so
+/// does its CID. Fakes stand in for servers (see the module docs).
+#[tokio::test]
+async fn dtls_cid_node_id_reaches_the_issuing_server_through_every_instance() {
+    common::init_tracing();
+    let mut fakes = Fakes::start(&["n1", "n2", "n3"]).await;
+    let node_ids = [("n1", Some(1u8)), ("n2", Some(2)), ("n3", None)];
+    let listeners = "  - name: coaps\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: nodes\n    \
+                     flow_idle_timeout: 300ms\n    dtls_cid_length: 6\n";
+    let mut backend = "  - name: nodes\n    protocol: coap\n    \
+                       health: { check: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }\n    servers:\n"
+        .to_owned();
+    for ((name, address), (_, node)) in fakes.servers().iter().zip(node_ids) {
+        let node = node.map(|n| format!(", dtls_cid_node_id: {n}")).unwrap_or_default();
+        backend.push_str(&format!("      - {{ name: {name}, address: \"{address}\"{node} }}\n"));
     }
+    let yaml = proxy_yaml(listeners, &backend);
+    let (one, two) = (TestProxy::start(&yaml).await, TestProxy::start(&yaml).await);
+    let (lb1, lb2) = (one.addrs["coaps"], two.addrs["coaps"]);
+    let mut arrivals = fakes.take_arrivals();
+    let by_hash = |cid: &[u8], down: &[&str]| place(&one.config, "nodes", PlacementKey::DtlsCid(cid), down);
+
+    // The handshake from a device whose address places it on n2, through the first instance.
+    let mut c1 = device_socket(lb1).await;
+    for _ in 0..200 {
+        if place(&one.config, "nodes", PlacementKey::Source(c1.local_addr().expect("addr")), &[]) == "n2" {
+            break;
+        }
+        c1 = device_socket(lb1).await;
+    }
+    c1.send(&dtls_record(22, 0, &[], &[0x01; 40])).await.expect("send ClientHello");
+    let (at, _, _) = next_arrival(&mut arrivals).await;
+    assert_eq!(at, "n2", "the handshake goes by the device's address");
+    // n2 issues a CID as Californium does with node id 2: the node id, then random bytes. These random bytes make
+    // the CID's hash rank another server first, so only the node id can find n2.
+    let cid: [u8; 6] = (0u32..)
+        .map(|i| {
+            let [a, b, c, d] = i.wrapping_mul(0x9E37_79B9).to_be_bytes();
+            [2, a, b, c, d, 0x5A]
+        })
+        .find(|c| by_hash(c, &[]) != "n2")
+        .expect("a CID hashing elsewhere");
+    c1.send(&dtls_record(25, 1, &cid, b"on-the-flow")).await.expect("send a CID record");
+    assert_eq!(next_arrival(&mut arrivals).await.0, "n2");
+
+    // NAT rebinding, and the device now reaches the other instance, which never saw it.
+    let c2 = device_socket(lb2).await;
+    let record = dtls_record(25, 1, &cid, b"rebound-at-two");
+    c2.send(&record).await.expect("send through the second instance");
+    let (at, from, got) = next_arrival(&mut arrivals).await;
+    assert_eq!((at, got), ("n2", record), "the node id's server, not the CID's hash ({})", by_hash(&cid, &[]));
+    fakes.socket("n2").send_to(b"answer", from).await.expect("n2 answers");
+    let (reply, reply_from) = recv_from_within(&c2, Duration::from_secs(3)).await.expect("the answer via two");
+    assert_eq!((reply.as_slice(), reply_from), (&b"answer"[..], lb2));
+    // And from yet another port through the first instance.
+    let c3 = device_socket(lb1).await;
+    c3.send(&dtls_record(25, 1, &cid, b"rebound-at-one")).await.expect("send from a third port");
+    assert_eq!(next_arrival(&mut arrivals).await.0, "n2");
+    for proxy in [&one, &two] {
+        assert_eq!(opened(proxy, "coaps", "dtls_cid_node_id").await, 1.0);
+        assert_eq!(opened(proxy, "coaps", "dtls_cid_learned").await, 0.0);
+        assert_eq!(opened(proxy, "coaps", "dtls_cid").await, 0.0);
+        let remembered = udp_metric(proxy, "coaps", "mqttlb_udp_dtls_cids", None).await;
+        assert_eq!(remembered, 0.0, "nothing to remember: the CID says where it goes");
+    }
+
+    // After the flows expired: still n2, on both.
+    wait_no_flows(&one, "coaps").await;
+    wait_no_flows(&two, "coaps").await;
+    for lb in [lb1, lb2] {
+        let c = device_socket(lb).await;
+        c.send(&dtls_record(25, 1, &cid, b"after-expiry")).await.expect("send after expiry");
+        assert_eq!(next_arrival(&mut arrivals).await.0, "n2", "after expiry via {lb}");
+    }
+
+    // A first byte that is no server's node id (n3 has none): the CID's hash, on both instances alike.
+    let other: [u8; 6] = [0x7F, 1, 2, 3, 4, 5];
+    for lb in [lb1, lb2] {
+        let c = device_socket(lb).await;
+        c.send(&dtls_record(25, 1, &other, b"no-node")).await.expect("send a CID without a node id");
+        assert_eq!(next_arrival(&mut arrivals).await.0, by_hash(&other, &[]), "via {lb}");
+    }
+    assert_eq!(opened(&two, "coaps", "dtls_cid").await, 1.0);
+
+    // n2 goes down (its health port closes): its sessions are gone with it, so its CIDs go by their hash over the
+    // servers left, as any CID would.
+    fakes.close_health_port("n2");
+    one.wait_server_up("n2", false, Duration::from_secs(5)).await;
+    two.wait_server_up("n2", false, Duration::from_secs(5)).await;
+    let fallback = by_hash(&cid, &["n2"]);
+    assert_ne!(fallback, "n2");
+    for lb in [lb1, lb2] {
+        let c = device_socket(lb).await;
+        c.send(&dtls_record(25, 1, &cid, b"server-down")).await.expect("send while n2 is down");
+        assert_eq!(next_arrival(&mut arrivals).await.0, fallback, "via {lb}");
+    }
+    assert_eq!(opened(&one, "coaps", "dtls_cid_node_id").await, 2.0, "1 before expiry, 1 after");
+    one.stop().await;
+    two.stop().await;
 }
 
 /// Killing a server moves its devices, and only them, to the next server of their ranking; the others keep their
@@ -724,6 +816,79 @@ async fn reload_keeps_the_socket_and_the_flows_of_remaining_servers() {
 // Raw datagrams.
 
 type Arrival = (&'static str, SocketAddr, Vec<u8>);
+
+/// UDP sockets on 127.0.0.1 standing in for DTLS servers (see the module docs), each with a TCP listener on the
+/// same port number for `check: tcp`. Every datagram they receive goes to one channel, in arrival order.
+struct Fakes {
+    fakes: Vec<(&'static str, Arc<UdpSocket>)>,
+    /// The tasks: one receiving each fake's datagrams, one accepting on each fake's TCP port.
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    arrivals: Option<mpsc::UnboundedReceiver<Arrival>>,
+}
+
+impl Fakes {
+    async fn start(names: &[&'static str]) -> Fakes {
+        let (tx, arrivals) = mpsc::unbounded_channel::<Arrival>();
+        let mut fakes = Fakes { fakes: Vec::new(), tasks: Vec::new(), arrivals: Some(arrivals) };
+        for &name in names {
+            // A TCP port whose UDP twin is free too.
+            let (tcp, socket) = 'bind: {
+                for _ in 0..100 {
+                    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a TCP port");
+                    let addr = tcp.local_addr().expect("its address");
+                    if let Ok(socket) = UdpSocket::bind(addr).await {
+                        break 'bind (tcp, Arc::new(socket));
+                    }
+                }
+                panic!("no port free for both TCP and UDP");
+            };
+            let (rx_socket, tx) = (Arc::clone(&socket), tx.clone());
+            let udp = tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = rx_socket.recv_from(&mut buf).await {
+                    let _ = tx.send((name, from, buf[..n].to_vec()));
+                }
+            });
+            let health = tokio::spawn(async move {
+                while let Ok((connection, _)) = tcp.accept().await {
+                    drop(connection);
+                }
+            });
+            fakes.tasks.extend([(name, udp), (name, health)]);
+            fakes.fakes.push((name, socket));
+        }
+        fakes
+    }
+
+    /// (name, address) of each fake, for a backend.
+    fn servers(&self) -> Vec<(&'static str, String)> {
+        self.fakes.iter().map(|(n, s)| (*n, s.local_addr().expect("fake address").to_string())).collect()
+    }
+
+    fn socket(&self, name: &str) -> Arc<UdpSocket> {
+        Arc::clone(&self.fakes.iter().find(|(n, _)| *n == name).expect("a fake").1)
+    }
+
+    /// The channel of arrivals (once).
+    fn take_arrivals(&mut self) -> mpsc::UnboundedReceiver<Arrival> {
+        self.arrivals.take().expect("arrivals taken once")
+    }
+
+    /// Closes the TCP listener of `name` (the health checks then fail); its UDP socket stays.
+    fn close_health_port(&mut self, name: &str) {
+        // The accept task is the second task of each fake; aborting it drops the listener.
+        let task = self.tasks.iter().filter(|(n, _)| *n == name).nth(1).expect("the fake's accept task");
+        task.1.abort();
+    }
+}
+
+impl Drop for Fakes {
+    fn drop(&mut self) {
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+    }
+}
 
 /// The next datagram a fake server received: (fake, from, bytes).
 async fn next_arrival(arrivals: &mut mpsc::UnboundedReceiver<Arrival>) -> Arrival {

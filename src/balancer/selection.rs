@@ -117,7 +117,12 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let c = ServerConfig { name: format!("s{i}"), address: "127.0.0.1:1".into(), weight: *w };
+                let c = ServerConfig {
+                    name: format!("s{i}"),
+                    address: "127.0.0.1:1".into(),
+                    weight: *w,
+                    dtls_cid_node_id: None,
+                };
                 Arc::new(Server::new(&c, m.server("b", &c.name)))
             })
             .collect()

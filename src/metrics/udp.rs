@@ -79,6 +79,9 @@ pub mod eviction_reason {
 
 /// `key` values of `mqttlb_udp_flows_opened_total`: the placement key of a new flow.
 pub mod placement_kind {
+    /// A DTLS Connection ID whose first byte is the `dtls_cid_node_id` of a usable server: that server (the same
+    /// on every instance, no state).
+    pub const DTLS_CID_NODE_ID: &str = "dtls_cid_node_id";
     /// A DTLS Connection ID seen before on a flow: the server that flow had.
     pub const DTLS_CID_LEARNED: &str = "dtls_cid_learned";
     /// A DTLS Connection ID never seen here: rendezvous hash of the CID.
@@ -87,7 +90,7 @@ pub mod placement_kind {
     pub const ENDPOINT: &str = "endpoint";
     /// The device's address and port: rendezvous hash of the address.
     pub const SOURCE: &str = "source";
-    pub const ALL: [&str; 4] = [DTLS_CID_LEARNED, DTLS_CID, ENDPOINT, SOURCE];
+    pub const ALL: [&str; 5] = [DTLS_CID_NODE_ID, DTLS_CID_LEARNED, DTLS_CID, ENDPOINT, SOURCE];
 }
 
 /// The UDP metric families.
@@ -124,7 +127,7 @@ impl UdpFamilies {
         r.register("udp_flows_active", "Device flows open now on a coap listener", self.flows_active.clone());
         r.register(
             "udp_flows_opened",
-            "Device flows opened, per placement key (dtls_cid_learned, dtls_cid, endpoint, source)",
+            "Device flows opened, per placement key (dtls_cid_node_id, dtls_cid_learned, dtls_cid, endpoint, source)",
             self.flows_opened.clone(),
         );
         r.register(
@@ -174,7 +177,7 @@ pub struct UdpListenerMetrics {
     pub bytes_to_client: Counter,
     dropped: [(&'static str, Counter); 9],
     evictions: [(&'static str, Counter); 5],
-    opened: [(&'static str, Counter); 4],
+    opened: [(&'static str, Counter); 5],
     pub flows_active: Gauge,
     pub dtls_cids: Gauge,
 }

@@ -15,6 +15,10 @@
 //! DTLS 1.3 (RFC 9147 §4) ciphertext records have a unified header whose first byte is `001CSLEE`; when `C` is
 //! set, the CID follows that byte, with the same agreed length. DTLS 1.3 handshakes start with DTLS 1.2-style
 //! plaintext records.
+//!
+//! A CID is opaque to everyone but its issuer, with one convention for clusters: Eclipse Californium (the DTLS
+//! stack of Leshan) issues, when given a node id (`DTLS_CONNECTION_ID_NODE_ID`, its `MultiNodeConnectionIdGenerator`),
+//! CIDs whose first byte is that node id and whose other bytes are random ([`cid_node_id`]).
 
 /// Content type of a DTLS 1.2 record carrying a Connection ID (RFC 9146).
 pub const TLS12_CID: u8 = 25;
@@ -102,6 +106,12 @@ fn unified(first: u8, rest: &[u8], cid_length: Option<u8>) -> Result<Record<'_>,
         }
     }
     Ok(Record { content_type: None, cid })
+}
+
+/// The node id a CID carries under Californium's multi-node convention: its first byte (0 to 255). Whether a
+/// server issues such CIDs is configuration (`dtls_cid_node_id` of the server), not something a CID can tell.
+pub fn cid_node_id(cid: &[u8]) -> Option<u8> {
+    cid.first().copied()
 }
 
 /// A DTLS 1.2 ClientHello for the `dtls-hello` health check: PSK and ECDHE-ECDSA suites of CoAP (RFC 7252 §9,
@@ -196,6 +206,20 @@ mod tests {
         assert!(first_record(&r, Some(40)).is_err());
         let hello = record(HANDSHAKE, &[], &[0x01; 60]);
         assert_eq!(first_record(&hello, Some(4)).unwrap(), Record { content_type: Some(22), cid: None });
+    }
+
+    #[test]
+    fn node_id_is_the_first_byte_of_the_cid() {
+        // As Californium's multi-node generator builds them: node id, then random bytes.
+        let cid = [0x07, 0x9A, 0x3C, 0x51, 0xE2, 0x00];
+        let r = record(TLS12_CID, &cid, &[0xAA; 16]);
+        let read = first_record(&r, Some(6)).unwrap().cid.unwrap();
+        assert_eq!(cid_node_id(read), Some(7));
+        assert_eq!(cid_node_id(&[0xFF]), Some(255));
+        assert_eq!(cid_node_id(&[]), None);
+        // A DTLS 1.3 record with a CID: the same bytes, the same node id.
+        let unified = [0x3D, 0x2A, 0x01, 0x00, 0x09, 0x00, 0x01, 0x55];
+        assert_eq!(first_record(&unified, Some(2)).unwrap().cid.and_then(cid_node_id), Some(0x2A));
     }
 
     #[test]

@@ -21,9 +21,12 @@
 //!
 //! A new flow is placed by the backend's rendezvous hash ([`Balancer::candidates`]) on the first key present:
 //! 1. the DTLS Connection ID of the record ([`dtls`]; the listener's `dtls_cid_length` tells its length). A CID
-//!    is chosen by the server during the handshake, which the front door placed by the device's address; so the
-//!    listener remembers which server each CID was seen going to (`dtls_cid_timeout`, `max_dtls_cids`) and sends
-//!    a known CID there. A CID never seen by this instance goes by the hash of the CID;
+//!    is chosen by the server during the handshake, which the front door placed by the device's address. Servers
+//!    that follow Californium's multi-node convention write their node id into the CID's first byte: when that
+//!    byte is the `dtls_cid_node_id` of a usable server of the pool, the record goes there, on every instance and
+//!    with no state. For other CIDs the listener remembers which server each CID was seen going to
+//!    (`dtls_cid_timeout`, `max_dtls_cids`) and sends a known CID there. A CID never seen by this instance (or
+//!    whose node's server is not usable) goes by the hash of the CID;
 //! 2. the LwM2M endpoint name (`ep=`) of a plain-CoAP Register or Bootstrap-Request ([`coap`]), hashed as is, so an
 //!    endpoint name lands where an MQTT client id of the same text would, when the server names match;
 //! 3. the device's address and port.
@@ -66,7 +69,7 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{ActiveGuard, Server};
 use crate::balancer::Balancer;
-use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol};
+use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol, ServerConfig};
 use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
 use crate::metrics::Metrics;
 use table::{ExpiringMap, LastSeen};
@@ -102,10 +105,32 @@ pub struct UdpContext {
     pub metrics: UdpListenerMetrics,
     /// Different after each reload: the datagram task then re-checks its flows' servers.
     pub generation: u64,
+    /// The servers of the backend by the node id they write into their DTLS Connection IDs (`dtls_cid_node_id`).
+    pub node_servers: NodeServers,
+}
+
+/// Which server issued a DTLS Connection ID, for the servers configured with a `dtls_cid_node_id`: the first byte
+/// of the CID names it (Californium's multi-node convention, see [`dtls::cid_node_id`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeServers {
+    by_node: HashMap<u8, String>,
+}
+
+impl NodeServers {
+    pub fn new(servers: &[ServerConfig]) -> NodeServers {
+        let by_node = servers.iter().filter_map(|s| Some((s.dtls_cid_node_id?, s.name.clone()))).collect();
+        NodeServers { by_node }
+    }
+
+    /// The name of the server whose node id `cid` carries, if one of the servers has that node id.
+    pub fn server_of(&self, cid: &[u8]) -> Option<&str> {
+        self.by_node.get(&dtls::cid_node_id(cid)?).map(String::as_str)
+    }
 }
 
 /// The settings of a coap listener under a configuration.
 pub fn context(l: &ListenerConfig, balancer: Arc<Balancer>, metrics: &Metrics, generation: u64) -> UdpContext {
+    let node_servers = NodeServers::new(&balancer.pool().config.servers);
     UdpContext {
         name: l.name.clone(),
         settings: l.coap.clone().unwrap_or_default(),
@@ -113,6 +138,7 @@ pub fn context(l: &ListenerConfig, balancer: Arc<Balancer>, metrics: &Metrics, g
         balancer,
         metrics: metrics.udp.listener(&l.name),
         generation,
+        node_servers,
     }
 }
 
@@ -433,15 +459,7 @@ struct Listener {
 
 /// Receives the listener's datagrams until `stop` is cancelled (see the module docs).
 pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken) {
-    let mut l = Listener {
-        socket: Arc::clone(&socket),
-        clock: Clock(Instant::now()),
-        flows: ExpiringMap::default(),
-        flows_per_ip: HashMap::new(),
-        cids: ExpiringMap::default(),
-        generation: ctx.load().generation,
-        resolver: Resolver::default(),
-    };
+    let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation);
     let mut buf = vec![0u8; 65_536];
     let mut wake = l.next_wake(&ctx.load());
     let sleep = tokio::time::sleep_until(wake.into());
@@ -474,6 +492,18 @@ pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: 
 }
 
 impl Listener {
+    fn new(socket: Arc<UdpSocket>, generation: u64) -> Listener {
+        Listener {
+            socket,
+            clock: Clock(Instant::now()),
+            flows: ExpiringMap::default(),
+            flows_per_ip: HashMap::new(),
+            cids: ExpiringMap::default(),
+            generation,
+            resolver: Resolver::default(),
+        }
+    }
+
     async fn on_datagram(&mut self, ctx: &UdpContext, data: &[u8], src: SocketAddr) {
         if ctx.generation != self.generation {
             self.on_reload(ctx);
@@ -593,22 +623,29 @@ impl Listener {
         src: SocketAddr,
         now: u64,
     ) -> Option<(&'static str, Arc<Server>, SocketAddr)> {
-        let (mut kind, key, learned) = match (seen.cid, seen.endpoint) {
+        let (mut kind, key, node, learned) = match (seen.cid, seen.endpoint) {
             (Some(cid), _) => {
                 let learned = self.cids.get_mut(cid).map(|e| {
                     e.last_seen = now;
                     e.server.clone()
                 });
-                (placement_kind::DTLS_CID, PlacementKey::DtlsCid(cid), learned)
+                (placement_kind::DTLS_CID, PlacementKey::DtlsCid(cid), ctx.node_servers.server_of(cid), learned)
             }
-            (None, Some(ep)) => (placement_kind::ENDPOINT, PlacementKey::Endpoint(ep), None),
-            (None, None) => (placement_kind::SOURCE, PlacementKey::Source(src), None),
+            (None, Some(ep)) => (placement_kind::ENDPOINT, PlacementKey::Endpoint(ep), None, None),
+            (None, None) => (placement_kind::SOURCE, PlacementKey::Source(src), None, None),
         };
         let mut candidates = ctx.balancer.candidates(Some(&key.bytes()));
-        if let Some(pos) = learned.and_then(|name| candidates.iter().position(|s| s.name == name)) {
+        // The server the CID's node id names, else the one this CID was seen going to, if usable; else the hash.
+        let preferred =
+            [(node, placement_kind::DTLS_CID_NODE_ID), (learned.as_deref(), placement_kind::DTLS_CID_LEARNED)];
+        let found = preferred.into_iter().find_map(|(name, k)| {
+            let name = name?;
+            Some((candidates.iter().position(|s| s.name == name)?, k))
+        });
+        if let Some((pos, k)) = found {
             let server = candidates.remove(pos);
             candidates.insert(0, server);
-            kind = placement_kind::DTLS_CID_LEARNED;
+            kind = k;
         }
         candidates.into_iter().find_map(|server| self.resolver.lookup(&server.address).map(|addr| (kind, server, addr)))
     }
@@ -640,8 +677,12 @@ impl Listener {
     }
 
     /// Remembers that `cid` goes to `server`. An entry whose server is still usable is not taken over by
-    /// another server (a stray or forged record with a known CID cannot move a device's sessions).
+    /// another server (a stray or forged record with a known CID cannot move a device's sessions). A CID carrying
+    /// a configured node id is not remembered: its first byte says where it goes.
     fn learn(&mut self, ctx: &UdpContext, cid: &[u8], server: &str, now: u64) {
+        if ctx.node_servers.server_of(cid).is_some() {
+            return;
+        }
         if let Some(entry) = self.cids.get_mut(cid) {
             if entry.server == server {
                 entry.last_seen = now;
@@ -847,6 +888,75 @@ mod tests {
         assert_eq!(inspect(&cid_record, Some(2)).unwrap().cid, Some(&[9, 9][..]));
         cid_record.push(0);
         assert!(inspect(&cid_record, Some(2)).is_ok(), "bytes after the first record are the next records' business");
+    }
+
+    /// Three servers on IP literals (no resolving): a and b issue CIDs with node ids 1 and 2, c without.
+    const NODES: &str = r#"
+listeners:
+  - { name: coaps, bind: "127.0.0.1:0", protocol: coap, backend: dtls, dtls_cid_length: 4 }
+backends:
+  - name: dtls
+    protocol: coap
+    health: { check: none }
+    servers:
+      - { name: a, address: "127.0.0.1:1", dtls_cid_node_id: 1 }
+      - { name: b, address: "127.0.0.1:2", dtls_cid_node_id: 2 }
+      - { name: c, address: "127.0.0.1:3" }
+"#;
+
+    #[test]
+    fn node_servers_read_the_first_byte_of_the_cid() {
+        let config = crate::config::parse(NODES, std::path::Path::new("t.yaml")).unwrap();
+        let nodes = NodeServers::new(&config.backends[0].servers);
+        assert_eq!(nodes.server_of(&[1, 0xAA, 0xBB, 0xCC]), Some("a"));
+        assert_eq!(nodes.server_of(&[2, 0, 0, 0]), Some("b"));
+        assert_eq!(nodes.server_of(&[3, 2, 1, 0]), None, "no server has node id 3 (c has none)");
+        assert_eq!(nodes.server_of(&[0xAA, 1, 2, 0]), None, "only the first byte counts");
+        assert_eq!(nodes.server_of(&[]), None);
+        assert_eq!(NodeServers::default().server_of(&[1, 2, 3, 4]), None);
+    }
+
+    #[tokio::test]
+    async fn a_cid_goes_to_its_node_then_to_its_learned_server_then_by_hash() {
+        let config = crate::config::parse(NODES, std::path::Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new();
+        let pool = crate::balancer::Pool::new(config.backends[0].clone(), &metrics);
+        let balancer = Arc::new(Balancer::new(pool));
+        let ctx = context(&config.listeners[0], Arc::clone(&balancer), &metrics, 0);
+        let mut l = Listener::new(Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()), 0);
+        let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let by_hash = |cid: &[u8]| balancer.candidates(Some(&PlacementKey::DtlsCid(cid).bytes()))[0].name.clone();
+        let place = |l: &mut Listener, cid: &[u8]| {
+            let seen = Seen { cid: Some(cid), endpoint: None };
+            l.place(&ctx, &seen, src, 1).map(|(kind, server, _)| (kind, server.name.clone())).unwrap()
+        };
+        // Node id 2, with random bytes after it that hash to another server: b all the same.
+        let node_b: Vec<u8> = (0u8..).map(|i| vec![2, i, 0x5A, 0xC3]).find(|c| by_hash(c) != "b").unwrap();
+        assert_eq!(place(&mut l, &node_b), (placement_kind::DTLS_CID_NODE_ID, "b".to_owned()));
+        // Nothing to remember for it, even a record seen going elsewhere.
+        l.learn(&ctx, &node_b, "a", 1);
+        assert!(l.cids.is_empty());
+        assert_eq!(place(&mut l, &node_b), (placement_kind::DTLS_CID_NODE_ID, "b".to_owned()));
+        // A stale entry (say from before a reload gave b its node id) does not beat the node id.
+        l.cids.insert(node_b.clone(), CidEntry { server: "c".to_owned(), last_seen: 1 });
+        assert_eq!(place(&mut l, &node_b).1, "b");
+        l.cids.remove(&node_b[..]);
+
+        // A first byte that is nobody's node id: the hash, then what this instance learned.
+        let plain: Vec<u8> = (0u8..).map(|i| vec![0xC0, i, 7, 7]).find(|c| by_hash(c) != "c").unwrap();
+        assert_eq!(place(&mut l, &plain), (placement_kind::DTLS_CID, by_hash(&plain)));
+        l.learn(&ctx, &plain, "c", 1);
+        assert_eq!(l.cids.len(), 1);
+        assert_eq!(place(&mut l, &plain), (placement_kind::DTLS_CID_LEARNED, "c".to_owned()));
+
+        // The node's server down: its sessions are gone with it; the CID goes by its hash over the others.
+        let b = balancer.pool().servers.iter().find(|s| s.name == "b").cloned().unwrap();
+        b.set_up(false);
+        let (kind, server) = place(&mut l, &node_b);
+        assert_eq!((kind, server.as_str()), (placement_kind::DTLS_CID, by_hash(&node_b).as_str()));
+        assert_ne!(server, "b");
+        b.set_up(true);
+        assert_eq!(place(&mut l, &node_b).1, "b", "back with its server when it is up again");
     }
 
     #[test]
