@@ -10,6 +10,8 @@
 //! - [`mqtt`]: the hand-written packets;
 //! - [`procs`]: the child processes, their configurations, /proc sampling;
 //! - [`load`]: the three loads (connection rate, throughput/latency, idle connections);
+//! - [`udp`]: the UDP section, CoAP requests to libcoap's coap-server directly, through mqtt-lb's `protocol: coap`
+//!   listener and (when installed) through nginx's UDP stream proxy;
 //! - [`stats`] and [`report`]: percentiles, median/min/max, ratios, the JSON and the markdown.
 
 mod load;
@@ -18,6 +20,7 @@ mod procs;
 mod report;
 mod stats;
 mod tls;
+mod udp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +31,7 @@ use serde_json::{json, Value};
 
 use crate::load::Target;
 use crate::procs::{Broker, Probe, Proc};
+use crate::udp::UdpPath;
 
 const USAGE: &str = "\
 usage: mqtt-lb-bench [options]
@@ -47,11 +51,20 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,tput,idle (default all)
+  --phases LIST           comma-separated: conn,tput,idle,udp (default all)
+  --only LIST             run only these phases (as --phases), writing into bench/target/only unless --out
+                          says otherwise: `--only udp` runs the UDP section alone
+  --udp-secs S            UDP section: each load per path and round (default 4; quick: 1)
+  --udp-senders N         UDP section, saturated: senders, one request in flight each (default 32)
+  --udp-paced-rate N      UDP section, paced: requests/s over 4 senders (default 1000)
+  --udp-paths LIST        comma-separated: direct,mqtt-lb,nginx (default: all; nginx only when installed with
+                          its stream module, Debian's libnginx-mod-stream)
   --mqtt-lb PATH          mqtt-lb binary (default: target/release/mqtt-lb of this repository)
   --compare PATH          another mqtt-lb binary, measured as a fourth path, mqtt-lb-base (before/after)
   --no-logs               no per-connection log lines (HAProxy without `log`, mqtt-lb at RUST_LOG=warn); default:
                           both log one line per connection into a file, as the reference config does
+  --threads N             threads of each proxy: HAProxy `nbthread`, mqtt-lb `workers`, nginx `worker_processes`
+                          (default 1: on 2 cores the broker and the generator need the other)
   --out DIR               where results.json and RESULTS.md go (default: bench/)
   --full-verify           verify the server certificate chain and handshake signature in the generator
   --keep                  keep the work directory (configs, logs) and print its path
@@ -103,11 +116,18 @@ pub struct Opts {
     pub mqtt_lb: PathBuf,
     pub compare: Option<PathBuf>,
     pub logs: bool,
+    /// Threads of each proxy: HAProxy's `nbthread`, mqtt-lb's `workers`, nginx's `worker_processes`.
+    pub threads: usize,
     pub out: PathBuf,
     pub full_verify: bool,
     pub keep: bool,
     pub quiet_wait: f64,
     pub perf: bool,
+    pub udp_secs: f64,
+    pub udp_senders: usize,
+    pub udp_paced_rate: u32,
+    /// Given with --udp-paths; otherwise every path, nginx when installed.
+    pub udp_paths: Option<Vec<UdpPath>>,
     pub args: Vec<String>,
 }
 
@@ -130,15 +150,20 @@ fn parse_args() -> Result<Opts, String> {
         window: 1000,
         idle_conns: None,
         paths: PathKind::ALL.to_vec(),
-        phases: vec!["conn".into(), "tput".into(), "idle".into()],
+        phases: vec!["conn".into(), "tput".into(), "idle".into(), "udp".into()],
         mqtt_lb: manifest_dir().join("../target/release/mqtt-lb"),
         compare: None,
         logs: true,
+        threads: 1,
         out: manifest_dir(),
         full_verify: false,
         keep: false,
         quiet_wait: 120.0,
         perf: false,
+        udp_secs: 4.0,
+        udp_senders: 32,
+        udp_paced_rate: 1000,
+        udp_paths: None,
         args: args.clone(),
     };
     if args.iter().any(|a| a == "--quick") {
@@ -150,8 +175,18 @@ fn parse_args() -> Result<Opts, String> {
         o.warmup_secs = 0.25;
         o.idle_conns = Some(1000);
         o.quiet_wait = 10.0;
+        o.udp_secs = 1.0;
         o.out = manifest_dir().join("target/quick");
     }
+    let mut out_given = false;
+    let parse_phases = |v: String| -> Result<Vec<String>, String> {
+        let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
+        match phases.iter().find(|p| !["conn", "tput", "idle", "udp"].contains(&p.as_str())) {
+            Some(bad) => Err(format!("unknown phase {bad:?}")),
+            None => Ok(phases),
+        }
+    };
+    let mut only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
@@ -174,16 +209,35 @@ fn parse_args() -> Result<Opts, String> {
                     .map(|p| PathKind::parse(p.trim()).ok_or_else(|| format!("unknown path {p:?}")))
                     .collect::<Result<_, _>>()?
             }
-            "--phases" => {
-                o.phases = val()?.split(',').map(|p| p.trim().to_owned()).collect();
-                if let Some(bad) = o.phases.iter().find(|p| !["conn", "tput", "idle"].contains(&p.as_str())) {
-                    return Err(format!("unknown phase {bad:?}"));
-                }
+            "--phases" => o.phases = parse_phases(val()?)?,
+            "--only" => {
+                o.phases = parse_phases(val()?)?;
+                only = true;
+            }
+            "--udp-secs" => o.udp_secs = num(val()?)?,
+            "--udp-senders" => o.udp_senders = num(val()?)?.max(1.0) as usize,
+            "--udp-paced-rate" => o.udp_paced_rate = num(val()?)?.max(1.0) as u32,
+            "--udp-paths" => {
+                let all = [UdpPath::Direct, UdpPath::MqttLb, UdpPath::Nginx];
+                o.udp_paths = Some(
+                    val()?
+                        .split(',')
+                        .map(|p| {
+                            all.into_iter()
+                                .find(|u| u.name() == p.trim())
+                                .ok_or_else(|| format!("unknown UDP path {p:?}"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
             }
             "--mqtt-lb" => o.mqtt_lb = PathBuf::from(val()?),
             "--compare" => o.compare = Some(PathBuf::from(val()?)),
             "--no-logs" => o.logs = false,
-            "--out" => o.out = PathBuf::from(val()?),
+            "--threads" => o.threads = (num(val()?)?.max(1.0) as usize).min(64),
+            "--out" => {
+                o.out = PathBuf::from(val()?);
+                out_given = true;
+            }
             "--full-verify" => o.full_verify = true,
             "--keep" => o.keep = true,
             "--perf" => o.perf = true,
@@ -194,6 +248,10 @@ fn parse_args() -> Result<Opts, String> {
     }
     if o.compare.is_some() && !o.paths.contains(&PathKind::MqttLbBase) {
         o.paths.push(PathKind::MqttLbBase);
+    }
+    // A partial run never replaces the committed results by default.
+    if only && !out_given && !o.quick {
+        o.out = manifest_dir().join("target/only");
     }
     Ok(o)
 }
@@ -276,6 +334,7 @@ struct Setup {
     compare: Option<PathBuf>,
     haproxy_maxconn: u64,
     logs: bool,
+    threads: usize,
     idle_conns: usize,
     quick: bool,
     perf: bool,
@@ -306,6 +365,7 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         compare,
         haproxy_maxconn: hard.saturating_sub(200) / 2,
         logs: opts.logs,
+        threads: opts.threads,
         idle_conns,
         quick: opts.quick,
         perf: opts.perf,
@@ -331,11 +391,30 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         }
         broker = Some(b);
     }
+    let udp_peers = if opts.phases.iter().any(|p| p == "udp") { Some(start_udp(&setup, opts).await?) } else { None };
+    if let Some(u) = &udp_peers {
+        results.udp_paths = u.peers.iter().map(|p| p.path).collect();
+        meta.versions["libcoap"] = json!(udp::libcoap_version());
+        if u.peers.iter().any(|p| p.path == UdpPath::Nginx) {
+            meta.versions["nginx"] = json!(report::first_line(&udp::nginx_binary().to_string_lossy(), &["-v"]));
+        }
+    }
 
     pause(&mut quiet_budget).await;
     for round in 0..opts.rounds {
         let order: Vec<usize> = (0..opts.paths.len()).map(|i| (i + round) % opts.paths.len()).collect();
-        let names: Vec<&str> = order.iter().filter_map(|&i| opts.paths.get(i)).map(|p| p.name()).collect();
+        let mut names: Vec<&str> = order.iter().filter_map(|&i| opts.paths.get(i)).map(|p| p.name()).collect();
+        if !opts.phases.iter().any(|p| p != "udp") {
+            names.clear();
+        }
+        if let Some(u) = &udp_peers {
+            let n = u.peers.len();
+            names.extend((0..n).filter_map(|k| u.peers.get((k + round) % n)).map(|p| match p.path {
+                UdpPath::Direct => "udp direct",
+                UdpPath::MqttLb => "udp mqtt-lb",
+                UdpPath::Nginx => "udp nginx",
+            }));
+        }
         log(format!("round {}/{}: order {}", round + 1, opts.rounds, names.join(", ")));
         let mut r = report::Round::new(round + 1, &names);
         if let Some(b) = &broker {
@@ -409,10 +488,43 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
                 r.idle(kind, v);
             }
         }
+        if let Some(u) = &udp_peers {
+            let n = u.peers.len();
+            for k in 0..n {
+                let Some(peer) = u.peers.get((k + round) % n) else { continue };
+                for pace in [None, Some(opts.udp_paced_rate)] {
+                    let params = udp::UdpParams {
+                        senders: if pace.is_some() { udp::PACED_SENDERS } else { opts.udp_senders },
+                        pace,
+                        warmup: Duration::from_secs_f64(opts.warmup_secs),
+                        measure: Duration::from_secs_f64(opts.udp_secs),
+                    };
+                    let mut procs =
+                        vec![("bench".to_owned(), std::process::id()), ("coap-server".to_owned(), u.server.proc.pid)];
+                    if let Some(p) = &peer.proxy {
+                        procs.push(("proxy".to_owned(), p.pid));
+                    }
+                    let perf = if setup.perf { peer.proxy.as_ref().map(|p| (p.pid, setup.dir.clone())) } else { None };
+                    let (load, cpu) = udp::requests(peer.addr, &params, &Probe { procs, perf })
+                        .await
+                        .map_err(|e| format!("{}: {e}", peer.path.name()))?;
+                    log(format!(
+                        "  {} {:12} {:9.0} req/s  errors {:?}",
+                        if pace.is_some() { "udp paced" } else { "udp      " },
+                        peer.path.name(),
+                        load.answered as f64 / load.secs,
+                        load.errors
+                    ));
+                    r.udp(peer.path, pace.is_some(), load, cpu);
+                    pause(&mut quiet_budget).await;
+                }
+            }
+        }
         results.rounds.push(r);
     }
     drop(peers);
     drop(broker);
+    drop(udp_peers);
 
     meta.total_secs = started.elapsed().as_secs_f64();
     meta.quiet_waited_secs = (opts.quiet_wait - quiet_budget.as_secs_f64()).max(0.0);
@@ -448,16 +560,77 @@ async fn start_path(
     let (bin, name) = match (kind, &setup.compare) {
         (PathKind::Direct, _) => return Ok((None, broker.tls)),
         (PathKind::Haproxy, _) => {
-            let (p, a) =
-                procs::start_haproxy(dir, tag, &pki.combined, broker.plain, setup.haproxy_maxconn, setup.logs).await?;
+            let (p, a) = procs::start_haproxy(
+                dir,
+                tag,
+                &pki.combined,
+                broker.plain,
+                setup.haproxy_maxconn,
+                setup.threads,
+                setup.logs,
+            )
+            .await?;
             return Ok((Some(p), a));
         }
         (PathKind::MqttLb, _) => (setup.mqtt_lb.as_path(), "mqtt-lb"),
         (PathKind::MqttLbBase, Some(base)) => (base.as_path(), "mqtt-lb-base"),
         (PathKind::MqttLbBase, None) => return Err("path mqtt-lb-base needs --compare".into()),
     };
-    let (p, a) = procs::start_mqtt_lb(bin, name, dir, tag, &pki.cert, &pki.key, broker.plain, setup.logs).await?;
+    let (p, a) =
+        procs::start_mqtt_lb(bin, name, dir, tag, &pki.cert, &pki.key, broker.plain, setup.threads, setup.logs).await?;
     Ok((Some(p), a))
+}
+
+/// One path of the UDP section: where the senders send, and the proxy's process (none for direct).
+struct UdpPeer {
+    path: UdpPath,
+    addr: std::net::SocketAddr,
+    proxy: Option<Proc>,
+}
+
+/// The UDP section's coap-server and the paths in front of it.
+struct UdpPeers {
+    server: udp::CoapServer,
+    peers: Vec<UdpPeer>,
+}
+
+/// Starts coap-server and the proxies of the UDP section's paths.
+async fn start_udp(setup: &Setup, opts: &Opts) -> Result<UdpPeers, String> {
+    let bin = udp::coap_server_binary();
+    if !bin.exists() {
+        return Err(format!("{} not found: install Debian's libcoap3-bin (bench/run.sh does)", bin.display()));
+    }
+    let server = udp::CoapServer::start(&setup.dir).await?;
+    log(format!("coap-server on {} (UDP)", server.addr));
+    let paths = match &opts.udp_paths {
+        Some(p) => p.clone(),
+        None if udp::nginx_available() => vec![UdpPath::Direct, UdpPath::MqttLb, UdpPath::Nginx],
+        None => {
+            log("nginx with its stream module is not installed: the UDP section has no nginx path");
+            vec![UdpPath::Direct, UdpPath::MqttLb]
+        }
+    };
+    let mut peers = Vec::new();
+    for path in paths {
+        let (proxy, addr) = match path {
+            UdpPath::Direct => (None, server.addr),
+            UdpPath::MqttLb => {
+                let (p, a) =
+                    udp::start_mqtt_lb(&setup.mqtt_lb, &setup.dir, server.addr, setup.threads, setup.logs).await?;
+                (Some(p), a)
+            }
+            UdpPath::Nginx => {
+                if !udp::nginx_available() {
+                    return Err("UDP path nginx: install Debian's nginx and libnginx-mod-stream".into());
+                }
+                let (p, a) = udp::start_nginx(&setup.dir, server.addr, setup.threads).await?;
+                (Some(p), a)
+            }
+        };
+        log(format!("udp {} on {addr}", path.name()));
+        peers.push(UdpPeer { path, addr, proxy });
+    }
+    Ok(UdpPeers { server, peers })
 }
 
 /// What to sample during a load: the generator, mosquitto, the proxy; with `--perf`, the proxy's system calls.

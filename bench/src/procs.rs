@@ -202,12 +202,20 @@ pub fn haproxy_binary() -> PathBuf {
 
 /// HAProxy's configuration: the WIS2 reference frontend/backend on loopback. With `logs`, one line per connection
 /// to stdout (`option tcplog`), as in the reference; mqtt-lb logs one line per connection at its default level.
-pub fn haproxy_config(bind: SocketAddr, pem: &Path, broker: SocketAddr, maxconn: u64, logs: bool) -> String {
+pub fn haproxy_config(
+    bind: SocketAddr,
+    pem: &Path,
+    broker: SocketAddr,
+    maxconn: u64,
+    threads: usize,
+    logs: bool,
+) -> String {
     let (global_log, log) =
         if logs { ("  log stdout format raw local0\n", "  log global\n  option tcplog\n") } else { ("", "") };
     format!(
         "global\n\
          \x20 maxconn {maxconn}\n\
+         \x20 nbthread {threads}\n\
          {global_log}\
          \n\
          defaults\n\
@@ -234,8 +242,35 @@ pub fn haproxy_config(bind: SocketAddr, pem: &Path, broker: SocketAddr, maxconn:
     )
 }
 
+/// Runs `mqtt-lb check` on `cfg`, then starts `mqtt-lb run` with it, its output into `log`; RUST_LOG=warn
+/// without per-connection logs.
+pub fn spawn_checked_mqtt_lb(bin: &Path, name: &str, cfg: &Path, log: &Path, logs: bool) -> Result<Proc, String> {
+    let check = Command::new(bin)
+        .arg("check")
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if !check.status.success() {
+        return Err(format!(
+            "mqtt-lb check rejects {}: {}{}",
+            cfg.display(),
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        ));
+    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("run").arg("--config").arg(cfg);
+    if logs {
+        cmd.env_remove("RUST_LOG");
+    } else {
+        cmd.env("RUST_LOG", "warn");
+    }
+    Proc::spawn(name, cmd, log)
+}
+
 /// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe).
-pub fn mqtt_lb_config(bind: SocketAddr, cert: &Path, key: &Path, broker: SocketAddr) -> String {
+pub fn mqtt_lb_config(bind: SocketAddr, cert: &Path, key: &Path, broker: SocketAddr, threads: usize) -> String {
     format!(
         "listeners:\n\
          \x20 - name: mqtts\n\
@@ -255,7 +290,8 @@ pub fn mqtt_lb_config(bind: SocketAddr, cert: &Path, key: &Path, broker: SocketA
          \x20 connect_timeout: 10s\n\
          \x20 max_connections: 100000\n\
          shutdown:\n\
-         \x20 drain_timeout: 1s\n",
+         \x20 drain_timeout: 1s\n\
+         workers: {threads}\n",
         cert = cert.display(),
         key = key.display()
     )
@@ -268,13 +304,14 @@ pub async fn start_haproxy(
     pem: &Path,
     broker: SocketAddr,
     maxconn: u64,
+    threads: usize,
     logs: bool,
 ) -> Result<(Proc, SocketAddr), String> {
     let mut last = String::new();
     for _ in 0..3 {
         let bind = loopback(free_port()?);
         let cfg = dir.join(format!("haproxy-{tag}.cfg"));
-        std::fs::write(&cfg, haproxy_config(bind, pem, broker, maxconn, logs))
+        std::fs::write(&cfg, haproxy_config(bind, pem, broker, maxconn, threads, logs))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let check = Command::new(haproxy_binary())
             .arg("-c")
@@ -311,36 +348,16 @@ pub async fn start_mqtt_lb(
     cert: &Path,
     key: &Path,
     broker: SocketAddr,
+    threads: usize,
     logs: bool,
 ) -> Result<(Proc, SocketAddr), String> {
     let mut last = String::new();
     for _ in 0..3 {
         let bind = loopback(free_port()?);
         let cfg = dir.join(format!("{name}-{tag}.yaml"));
-        std::fs::write(&cfg, mqtt_lb_config(bind, cert, key, broker))
+        std::fs::write(&cfg, mqtt_lb_config(bind, cert, key, broker, threads))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
-        let check = Command::new(bin)
-            .arg("check")
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        if !check.status.success() {
-            return Err(format!(
-                "mqtt-lb check rejects {}: {}{}",
-                cfg.display(),
-                String::from_utf8_lossy(&check.stdout),
-                String::from_utf8_lossy(&check.stderr)
-            ));
-        }
-        let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(&cfg);
-        if logs {
-            cmd.env_remove("RUST_LOG");
-        } else {
-            cmd.env("RUST_LOG", "warn");
-        }
-        let mut proc = Proc::spawn(name, cmd, &dir.join(format!("{name}-{tag}.log")))?;
+        let mut proc = spawn_checked_mqtt_lb(bin, name, &cfg, &dir.join(format!("{name}-{tag}.log")), logs)?;
         match proc.wait_accepting(bind).await {
             Ok(()) => return Ok((proc, bind)),
             Err(e) => last = e,
@@ -369,17 +386,31 @@ fn stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// CPU ticks of each thread of a process (by thread id).
+/// CPU ticks of each thread of a process and of its child processes (nginx's workers; the benchmark's own
+/// children are the processes it measures, so not for itself), by thread id.
 fn thread_ticks(pid: u32) -> BTreeMap<u32, u64> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for entry in dir.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if let Some(t) = std::fs::read_to_string(entry.path().join("stat")).ok().as_deref().and_then(stat_ticks) {
-            out.insert(tid, t);
+    let children = if pid == std::process::id() { Vec::new() } else { children(pid) };
+    for p in std::iter::once(pid).chain(children) {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for entry in dir.flatten() {
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if let Some(t) = std::fs::read_to_string(entry.path().join("stat")).ok().as_deref().and_then(stat_ticks) {
+                out.insert(tid, t);
+            }
         }
     }
     out
+}
+
+/// The PIDs of the processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let parent_of = |stat: &str| -> Option<u32> { stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok().as_deref().and_then(parent_of) == Some(pid))
+        .collect()
 }
 
 /// Busy and total ticks of the whole machine (first line of /proc/stat).

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::load::{ConnRate, Tput};
 use crate::stats::{ms, percentile, summarize};
+use crate::udp::{UdpLoad, UdpPath};
 use crate::{Opts, PathKind};
 
 /// What the run was and where it ran.
@@ -25,7 +26,7 @@ pub struct Meta {
     pub quiet_waited_secs: f64,
 }
 
-fn first_line(cmd: &str, args: &[&str]) -> String {
+pub fn first_line(cmd: &str, args: &[&str]) -> String {
     match Command::new(cmd).args(args).output() {
         Ok(o) => {
             let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
@@ -121,6 +122,12 @@ impl Meta {
                 "client_tls": if opts.full_verify { "full verification" } else { "pinned certificate, no signature check" },
                 "tls_resumption": false,
                 "per_connection_logs": opts.logs,
+                "proxy_threads": opts.threads,
+                "udp_secs": opts.udp_secs,
+                "udp_senders": opts.udp_senders,
+                "udp_paced_senders": crate::udp::PACED_SENDERS,
+                "udp_paced_rate": opts.udp_paced_rate,
+                "udp_answer_wait_ms": crate::udp::ANSWER_WAIT.as_millis() as u64,
             }),
             tls: Map::new(),
             total_secs: 0.0,
@@ -239,6 +246,47 @@ impl Round {
         );
     }
 
+    /// One load of the UDP section (`paced`: the fixed-rate one).
+    pub fn udp(&mut self, path: UdpPath, paced: bool, mut l: UdpLoad, cpu: Value) {
+        let phase = if paced { "udp_paced" } else { "udp" };
+        let name = path.name();
+        let rate = l.answered as f64 / l.secs;
+        let p50 = percentile(&mut l.rtt_us, 50.0);
+        let p99 = percentile(&mut l.rtt_us, 99.0);
+        let errors = error_count(&l.errors);
+        let mut value = |metric: String, v: Option<f64>| {
+            if let Some(v) = v {
+                self.values.push((metric, name, v));
+            }
+        };
+        value(format!("{phase}.rate"), Some(rate));
+        value(format!("{phase}.p50"), p50.map(f64::from));
+        value(format!("{phase}.p99"), p99.map(f64::from));
+        if !paced {
+            value(format!("{phase}.cpu_us"), proxy_cpu_us(&cpu, l.answered));
+            value(format!("{phase}.syscalls"), proxy_per_op(&cpu, "syscalls", l.answered));
+        }
+        value("udp.errors".to_owned(), Some(errors as f64));
+        value("errors".to_owned(), Some(errors as f64));
+        self.cpu.push((phase.to_owned(), name, cpu.clone()));
+        insert(
+            &mut self.json,
+            phase,
+            name,
+            json!({
+                "requests_per_s": rate.round(),
+                "answered_in_window": l.answered,
+                "secs": l.secs,
+                "rtt_p50_us": p50,
+                "rtt_p99_us": p99,
+                "sent": l.sent,
+                "errors": errors,
+                "error_kinds": l.errors,
+                "cpu": cpu,
+            }),
+        );
+    }
+
     pub fn idle(&mut self, path: PathKind, v: Value) {
         self.value("idle.kib", path, v["kib_per_conn"].as_f64());
         self.value("errors", path, v["errors"].as_f64());
@@ -253,6 +301,12 @@ fn phase_key(payload: usize, paced: bool) -> String {
 
 pub struct Results {
     pub rounds: Vec<Round>,
+    /// The paths of the UDP section that ran (none without the `udp` phase).
+    pub udp_paths: Vec<UdpPath>,
+    udp_senders: usize,
+    udp_paced_rate: u32,
+    /// Whether any of the MQTT loads (conn, tput, idle) ran: without them, only the UDP section is written.
+    mqtt_phases: bool,
     paths: Vec<PathKind>,
     idle_conns: usize,
     paced_rate: u32,
@@ -324,6 +378,10 @@ impl Results {
     pub fn new(opts: &Opts, idle_conns: usize) -> Results {
         Results {
             rounds: Vec::new(),
+            udp_paths: Vec::new(),
+            udp_senders: opts.udp_senders,
+            udp_paced_rate: opts.udp_paced_rate,
+            mqtt_phases: opts.phases.iter().any(|p| p != "udp"),
             paths: opts.paths.clone(),
             idle_conns,
             paced_rate: opts.paced_rate,
@@ -336,16 +394,16 @@ impl Results {
     fn collect(&self) -> BTreeMap<String, BTreeMap<&'static str, Vec<f64>>> {
         let mut out: BTreeMap<String, BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
         for r in &self.rounds {
-            let mut errors: BTreeMap<&'static str, f64> = BTreeMap::new();
+            let mut errors: BTreeMap<(&str, &'static str), f64> = BTreeMap::new();
             for (metric, path, v) in &r.values {
-                if metric == "errors" {
-                    *errors.entry(path).or_insert(0.0) += v;
+                if metric == "errors" || metric == "udp.errors" {
+                    *errors.entry((metric.as_str(), path)).or_insert(0.0) += v;
                 } else {
                     out.entry(metric.clone()).or_default().entry(path).or_default().push(*v);
                 }
             }
-            for (path, v) in errors {
-                out.entry("errors".into()).or_default().entry(path).or_default().push(v);
+            for ((metric, path), v) in errors {
+                out.entry(metric.to_owned()).or_default().entry(path).or_default().push(v);
             }
         }
         out
@@ -441,7 +499,11 @@ impl Results {
         );
 
         let cpu = self.cpu_summary();
-        let markdown = self.markdown(meta, &summary, &ratios, &targets, &cpu);
+        let udp = self.udp_summary(&summary);
+        let mut markdown = self.markdown(meta, &summary, &ratios, &targets, &cpu);
+        if !self.udp_paths.is_empty() {
+            markdown.push_str(&self.udp_markdown(meta, &summary, &udp, &cpu));
+        }
         let mut text = String::from("\nmqtt-lb ratios (medians):\n");
         for (metric, label) in rows(&self) {
             let (h, d) = (ratio(&metric, PathKind::Haproxy), ratio(&metric, PathKind::Direct));
@@ -459,8 +521,32 @@ impl Results {
                 text.push('\n');
             }
         }
+        if !self.udp_paths.is_empty() {
+            text.push_str("UDP section (CoAP):\n");
+            for (metric, label) in udp_rows(&self) {
+                if !summary.contains_key(&metric) {
+                    continue;
+                }
+                let r = &udp["ratios"][&metric];
+                let _ = writeln!(
+                    text,
+                    "  {label:66} mqtt-lb/direct {:>7}  mqtt-lb/nginx {:>7}",
+                    fmt_ratio(r["mqtt_lb_over_direct"].as_f64()),
+                    fmt_ratio(r["mqtt_lb_over_nginx"].as_f64())
+                );
+            }
+            for (key, label) in [("udp", "saturated"), ("udp_paced", "paced")] {
+                let added = &udp["added_latency_us"][key]["mqtt-lb"];
+                let _ = writeln!(
+                    text,
+                    "  round trip added by mqtt-lb over direct, {label}: p50 {} µs, p99 {} µs",
+                    added["p50"].as_f64().map_or("-".into(), |x| format!("{x:.0}")),
+                    added["p99"].as_f64().map_or("-".into(), |x| format!("{x:.0}"))
+                );
+            }
+        }
         text.push_str("targets:\n");
-        for t in &targets {
+        for t in targets.iter().filter(|t| self.mqtt_phases || t["met"].as_bool().is_some()) {
             let met = match t["met"].as_bool() {
                 Some(true) => "met",
                 Some(false) => "NOT MET",
@@ -486,10 +572,168 @@ impl Results {
             "ratios": ratios,
             "targets": targets,
             "cpu": cpu,
+            "udp": udp,
             "errors_total": total_errors,
             "rounds": self.rounds.iter().map(|r| Value::Object(r.json.clone())).collect::<Vec<_>>(),
         });
         (json, markdown, text, total_errors)
+    }
+
+    /// The UDP section's ratios (from the medians) and the round trip each proxy adds over direct (its median
+    /// minus direct's, µs).
+    fn udp_summary(&self, summary: &Map<String, Value>) -> Value {
+        if self.udp_paths.is_empty() {
+            return Value::Null;
+        }
+        let med = |metric: &str, path: UdpPath| -> Option<f64> {
+            summary.get(metric)?.get(path.name())?.get("median")?.as_f64()
+        };
+        let ratio = |metric: &str, a: UdpPath, b: UdpPath| -> Option<f64> {
+            let (a, b) = (med(metric, a)?, med(metric, b)?);
+            (b != 0.0).then(|| round3(a / b))
+        };
+        let mut ratios = Map::new();
+        for (metric, _) in udp_rows(self) {
+            ratios.insert(
+                metric.clone(),
+                json!({
+                    "mqtt_lb_over_direct": ratio(&metric, UdpPath::MqttLb, UdpPath::Direct),
+                    "mqtt_lb_over_nginx": ratio(&metric, UdpPath::MqttLb, UdpPath::Nginx),
+                    "nginx_over_direct": ratio(&metric, UdpPath::Nginx, UdpPath::Direct),
+                }),
+            );
+        }
+        let mut added = Map::new();
+        for phase in ["udp", "udp_paced"] {
+            let mut per = Map::new();
+            for path in [UdpPath::MqttLb, UdpPath::Nginx] {
+                let d = |q: &str| {
+                    let m = format!("{phase}.{q}");
+                    Some(med(&m, path)? - med(&m, UdpPath::Direct)?)
+                };
+                if self.udp_paths.contains(&path) {
+                    per.insert(path.name().to_owned(), json!({ "p50": d("p50"), "p99": d("p99") }));
+                }
+            }
+            added.insert(phase.to_owned(), Value::Object(per));
+        }
+        json!({
+            "paths": self.udp_paths.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            "ratios": ratios,
+            "added_latency_us": added,
+        })
+    }
+
+    /// The UDP section of `RESULTS.md`.
+    fn udp_markdown(&self, meta: &Meta, summary: &Map<String, Value>, udp: &Value, cpu: &Value) -> String {
+        let mut md = String::new();
+        let s = &meta.settings;
+        let nginx = self.udp_paths.contains(&UdpPath::Nginx);
+        let _ = writeln!(md, "\n## CoAP over UDP\n");
+        let _ = writeln!(
+            md,
+            "What the `protocol: coap` path costs a CoAP device. A real CoAP server, libcoap's `coap-server` ({}, built \
+             without DTLS), holds a 2-byte resource; senders, each a UDP socket of its own (one device, one flow in \
+             mqtt-lb), send Confirmable GETs and wait for the piggybacked 2.05 response before the next: one request in \
+             flight per sender, round trip measured per request. *Saturated*: {} senders back to back; *paced*: {} senders, \
+             {} requests/s in all, far below every path's capacity (the latency a request sees on an unloaded path). {} s \
+             per load after {} s of warm-up, paths interleaved and rotated every round; each figure the median of {} rounds \
+             [min – max]. *direct*: the senders talk to coap-server; *mqtt-lb*: a `protocol: coap` listener in front of it \
+             (one server, CoAP ping health check){}. Every answered request is two datagrams relayed by the proxy \
+             (request and response). \"added\" is the path's median round trip minus direct's. A request unanswered \
+             within {} ms counts as an error. The generator, coap-server and the proxy share the machine's {} cores: what \
+             a proxy uses is taken from the other two, which bounds the saturated rate through it (see the CPU table); \
+             proxy CPU per request depends least on that.\n",
+            meta.versions["libcoap"].as_str().unwrap_or("libcoap"),
+            self.udp_senders,
+            crate::udp::PACED_SENDERS,
+            self.udp_paced_rate,
+            s["udp_secs"],
+            s["warmup_secs"],
+            self.rounds.len(),
+            if nginx {
+                "; *nginx*: nginx's UDP stream proxy (`listen ... udp reuseport`, one worker per core, a session per device \
+                 address kept 5 minutes, as mqtt-lb keeps a flow)"
+            } else {
+                ""
+            },
+            s["udp_answer_wait_ms"],
+            meta.machine["nproc"],
+        );
+        let names: Vec<&str> = self.udp_paths.iter().map(|p| p.label()).collect();
+        let _ = writeln!(
+            md,
+            "| metric | {} | mqtt-lb / direct |{}",
+            names.join(" | "),
+            if nginx { " mqtt-lb / nginx |" } else { "" }
+        );
+        let _ = writeln!(md, "|---|{}---|{}", "---|".repeat(names.len()), if nginx { "---|" } else { "" });
+        let cell = |x: &Value, metric: &str| {
+            let (a, lo, hi) = (
+                x["median"].as_f64().unwrap_or(0.0),
+                x["min"].as_f64().unwrap_or(0.0),
+                x["max"].as_f64().unwrap_or(0.0),
+            );
+            if x["n"].as_u64() == Some(1) || lo == hi {
+                fmt_udp(a, metric)
+            } else {
+                format!("{} [{} – {}]", fmt_udp(a, metric), fmt_udp(lo, metric), fmt_udp(hi, metric))
+            }
+        };
+        for (metric, label) in udp_rows(self) {
+            let Some(per) = summary.get(&metric) else { continue };
+            let cells: Vec<String> =
+                self.udp_paths.iter().map(|p| per.get(p.name()).map_or("-".into(), |x| cell(x, &metric))).collect();
+            let r = &udp["ratios"][&metric];
+            let _ =
+                write!(md, "| {label} | {} | {} |", cells.join(" | "), fmt_ratio(r["mqtt_lb_over_direct"].as_f64()));
+            if nginx {
+                let _ = write!(md, " {} |", fmt_ratio(r["mqtt_lb_over_nginx"].as_f64()));
+            }
+            md.push('\n');
+            // The latency added over direct, after each latency row.
+            if let Some((phase, q)) = metric.split_once('.').filter(|(_, q)| *q == "p50" || *q == "p99") {
+                let added: Vec<String> = self
+                    .udp_paths
+                    .iter()
+                    .map(|p| match p {
+                        UdpPath::Direct => "-".to_owned(),
+                        _ => udp["added_latency_us"][phase][p.name()][q]
+                            .as_f64()
+                            .map_or("-".into(), |x| format!("{x:+.0}")),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | |{}",
+                    label.replace("round trip", "round trip added over direct"),
+                    added.join(" | "),
+                    if nginx { " |" } else { "" }
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\nCPU during the saturated load, percent of one core (median over rounds): generator, coap-server, the proxy and \
+             its busiest thread, the machine, and other work on the machine.\n\n\
+             | path | generator | coap-server | proxy | proxy busiest thread | machine | other |\n|---|---|---|---|---|---|---|"
+        );
+        for p in &self.udp_paths {
+            let Some(c) = cpu.get("udp").and_then(|x| x.get(p.name())) else { continue };
+            let pct = |k: &str| c.get(k).and_then(Value::as_f64).map_or("-".to_owned(), |x| format!("{x:.0}%"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.name(),
+                pct("bench"),
+                pct("coap-server"),
+                pct("proxy"),
+                pct("proxy busiest thread"),
+                pct("machine_busy_pct"),
+                pct("other_pct")
+            );
+        }
+        md
     }
 
     /// phase -> path -> process -> median CPU % (and of the busiest thread), plus the machine's other load.
@@ -564,12 +808,24 @@ impl Results {
             m["memory_gib"],
             m["kernel"].as_str().unwrap_or("")
         );
-        for (k, label) in
-            [("mqtt_lb", "mqtt-lb"), ("haproxy", "HAProxy"), ("mosquitto", "mosquitto"), ("rustc", "rustc")]
-        {
-            let _ = writeln!(md, "- {label}: {}", v[k].as_str().unwrap_or(""));
+        for (k, label) in [
+            ("mqtt_lb", "mqtt-lb"),
+            ("haproxy", "HAProxy"),
+            ("mosquitto", "mosquitto"),
+            ("libcoap", "libcoap"),
+            ("nginx", "nginx"),
+            ("rustc", "rustc"),
+        ] {
+            if let Some(version) = v[k].as_str() {
+                let _ = writeln!(md, "- {label}: {version}");
+            }
         }
         let _ = writeln!(md, "- command: `{}`", s["command"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            md,
+            "- threads per proxy: {} (HAProxy `nbthread`, mqtt-lb `workers`, nginx `worker_processes`; `--threads`)",
+            s["proxy_threads"]
+        );
         let tls: Vec<String> = meta.tls.iter().map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or(""))).collect();
         if !tls.is_empty() {
             let _ = writeln!(
@@ -577,6 +833,9 @@ impl Results {
                 "- TLS negotiated (full handshakes, no resumption, ECDSA P-256 certificate): {}",
                 tls.join("; ")
             );
+        }
+        if !self.mqtt_phases {
+            return md;
         }
         let _ = writeln!(
             md,
@@ -704,6 +963,34 @@ impl Results {
             }
         }
         md
+    }
+}
+
+/// Rows of the UDP table: metric key and label.
+fn udp_rows(r: &Results) -> Vec<(String, String)> {
+    let n = r.udp_senders;
+    let paced =
+        format!("paced ({}×{}/s)", crate::udp::PACED_SENDERS, r.udp_paced_rate as usize / crate::udp::PACED_SENDERS);
+    vec![
+        ("udp.rate".to_owned(), format!("CoAP GET, {n} senders: requests answered/s")),
+        ("udp.p50".to_owned(), format!("CoAP GET, {n} senders: round trip p50 (µs)")),
+        ("udp.p99".to_owned(), format!("CoAP GET, {n} senders: round trip p99 (µs)")),
+        ("udp.cpu_us".to_owned(), format!("CoAP GET, {n} senders: proxy CPU per request (µs)")),
+        ("udp.syscalls".to_owned(), format!("CoAP GET, {n} senders: proxy system calls per request")),
+        ("udp_paced.rate".to_owned(), format!("CoAP GET, {paced}: requests answered/s")),
+        ("udp_paced.p50".to_owned(), format!("CoAP GET, {paced}: round trip p50 (µs)")),
+        ("udp_paced.p99".to_owned(), format!("CoAP GET, {paced}: round trip p99 (µs)")),
+        ("udp.errors".to_owned(), "errors (lost or wrong answers, both loads, per round)".to_owned()),
+    ]
+}
+
+fn fmt_udp(x: f64, metric: &str) -> String {
+    if metric.ends_with(".cpu_us") {
+        format!("{x:.1}")
+    } else if metric.ends_with(".syscalls") {
+        format!("{x:.2}")
+    } else {
+        fmt_num(x, if metric.ends_with(".rate") { metric } else { "errors" })
     }
 }
 
