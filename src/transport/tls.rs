@@ -319,27 +319,26 @@ impl TlsStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads what the socket has into `incoming` (allocated only now, when bytes are there) and processes it.
-    /// Ready once something was read or EOF was seen.
+    /// Reads what the socket has into `incoming` (allocated only now, when bytes are there). Ready once something
+    /// was read or EOF was seen. A read that does not fill the buffer tells tokio the socket is drained, so the next
+    /// call waits for readiness instead of asking the kernel again.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            self.incoming.reserve(READ_SIZE);
-            match self.io.try_read_buf(&mut self.incoming) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(()));
+        ready!(self.io.poll_read_ready(cx))?;
+        self.incoming.reserve(READ_SIZE);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.incoming) {
+            Poll::Ready(Ok(n)) => {
+                self.eof = n == 0;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // Idle: keep no more than the partial record already received.
+                if self.incoming.is_empty() {
+                    self.incoming = Vec::new();
+                } else {
+                    self.incoming.shrink_to_fit();
                 }
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Idle: keep no more than the partial record already received.
-                    if self.incoming.is_empty() {
-                        self.incoming = Vec::new();
-                    } else {
-                        self.incoming.shrink_to_fit();
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
+                Poll::Pending
             }
         }
     }
