@@ -208,6 +208,10 @@ fn a_config_change_changes_the_checksum_that_rolls_the_pods() {
     let changed = render(&helm, &["--set", "limits.max_connections=5"]);
     assert!(config_yaml(&changed).contains("max_connections: 5"), "{}", config_yaml(&changed));
     assert_ne!(checksum(&base), checksum(&changed), "a config change must change checksum/config");
+    assert!(config_yaml(&base).contains("workers: auto"), "{}", config_yaml(&base));
+    let threads = render(&helm, &["--set", "workers=2"]);
+    assert!(config_yaml(&threads).contains("workers: 2"), "{}", config_yaml(&threads));
+    assert_ne!(checksum(&base), checksum(&threads), "workers is part of config.yaml");
     // A change outside config.yaml (replicas) does not restart the pods.
     let scaled = render(&helm, &["--set", "replicaCount=4"]);
     assert_eq!(checksum(&base), checksum(&scaled));

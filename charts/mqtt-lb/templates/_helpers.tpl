@@ -77,5 +77,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "limits" .Values.limits
   "shutdown" .Values.shutdown
   "log" .Values.log }}
+{{- if .Values.workers }}
+{{- $_ := set $config "workers" .Values.workers }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
