@@ -291,7 +291,7 @@ impl TlsStream {
 }
 
 impl TlsStream {
-    /// After a failed handshake: encodes the alert rustls queued for the peer, if any. One pass only: the alert is
+    /// After a failure (handshake or record): encodes the alert rustls queued for the peer, if any. One pass only: the alert is
     /// the one message a failure queues (everything queued before went out in the pass that failed), and a second
     /// pass would run the failed input through rustls again.
     fn queue_alert(&mut self) {
@@ -372,7 +372,12 @@ impl AsyncRead for TlsStream {
                 )));
             }
             ready!(this.poll_fill(cx))?;
-            this.process(Action::Read)?;
+            if let Err(e) = this.process(Action::Read) {
+                // A record that fails (bad MAC, bad framing): tell the peer with the alert rustls chose, best effort.
+                this.queue_alert();
+                let _ = this.poll_write_out(cx);
+                return Poll::Ready(Err(e));
+            }
             if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -541,6 +546,24 @@ mod tests {
             client.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty());
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_forged_record_fails_the_read_and_the_peer_gets_an_alert() {
+        let (mut client, mut server) = pair(&[&rustls::version::TLS13]).await;
+        // An application-data record the client's keys did not make, written under the client's TLS layer.
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend_from_slice(&[0x5a; 40]);
+        client.get_mut().0.write_all(&forged).await.unwrap();
+        let mut buf = [0; 16];
+        let err = server.read(&mut buf).await.unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert!(matches!(inner, Some(rustls::Error::DecryptError)), "{err:?}");
+        // The client hears why (bounded: without the alert it would wait for the server's next byte).
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf));
+        let err = read.await.expect("an alert within 5 s").unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert!(matches!(inner, Some(rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac))), "{err:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]
