@@ -88,6 +88,9 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
 /// its 5-byte header) fits, so a bulk sender is read one record or more per system call.
 const READ_SIZE: usize = 16 * 1024 + 256 + 5;
 
+/// Plaintext taken per write at most (four full records): what a peer that does not read can make this stream hold.
+const MAX_WRITE: usize = 64 * 1024;
+
 /// A TLS server connection over TCP, on rustls's unbuffered API so that this stream owns every buffer: the TLS
 /// input, the decrypted input and the encrypted output each exist only while they hold bytes. An idle connection
 /// holds no buffer at all, only rustls's connection state (keys and handshake state).
@@ -183,13 +186,14 @@ pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Res
         close_sent: false,
     };
     loop {
-        let processed = s.process(Action::Read);
-        if processed.is_err() {
+        if let Err(e) = s.process(Action::Read) {
+            // The alert rustls chose goes out, best effort; the handshake's error is what is reported.
             s.queue_alert();
+            let _ = std::future::poll_fn(|cx| s.poll_write_out(cx)).await;
+            return Err(e);
         }
-        // The handshake's own flights, and the alert of a failed handshake, go out before anything else.
+        // The handshake's own flights go out before anything else.
         std::future::poll_fn(|cx| s.poll_write_out(cx)).await?;
-        processed?;
         if !s.conn.is_handshaking() {
             return Ok(s);
         }
@@ -256,6 +260,7 @@ impl TlsStream {
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => Some(match action {
                     Action::Read => Ok(0),
                     Action::Write(data) => {
+                        let data = data.get(..MAX_WRITE).unwrap_or(data);
                         let overhead = data.len() / (16 * 1024) * 64 + 64;
                         append_with(&mut self.outgoing, data.len() + overhead, |room| {
                             traffic.encrypt(data, room).map_err(needed_for_encrypt)
@@ -291,9 +296,9 @@ impl TlsStream {
 }
 
 impl TlsStream {
-    /// After a failure (handshake or record): encodes the alert rustls queued for the peer, if any. One pass only: the alert is
-    /// the one message a failure queues (everything queued before went out in the pass that failed), and a second
-    /// pass would run the failed input through rustls again.
+    /// After a failure (handshake or record): encodes the alert rustls queued for the peer, if any. One pass only:
+    /// the alert is the one message a failure queues (everything queued before went out in the pass that failed), and
+    /// a second pass would run the failed input through rustls again.
     fn queue_alert(&mut self) {
         // The same buffer as before: rustls may hold positions of a partial handshake message in it.
         let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
@@ -564,6 +569,17 @@ mod tests {
         let err = read.await.expect("an alert within 5 s").unwrap_err();
         let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
         assert!(matches!(inner, Some(rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac))), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_write_takes_at_most_max_write_bytes() {
+        let (mut client, mut server) = pair(&[&rustls::version::TLS13]).await;
+        let n = server.write(&vec![7; 1 << 20]).await.unwrap();
+        assert_eq!(n, MAX_WRITE, "a write is bounded");
+        server.flush().await.unwrap();
+        let mut got = vec![0; n];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|b| *b == 7));
     }
 
     #[tokio::test(flavor = "current_thread")]
