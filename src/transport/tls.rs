@@ -1,5 +1,9 @@
 //! TLS termination with rustls (ring provider): TLS 1.2 and 1.3, a PEM certificate chain with an ECDSA, RSA or
 //! Ed25519 key, and optionally client certificates verified against a CA (`tls.client_ca`).
+//!
+//! Connections run on rustls's unbuffered API ([`TlsStream`]): this module owns the TLS input, decrypted input and
+//! encrypted output buffers and keeps each only while it holds bytes, so an idle client costs no buffer at all
+//! (rustls's buffered connection keeps a 4 KiB input buffer for the life of every connection).
 
 use std::path::Path;
 use std::sync::Arc;
