@@ -586,6 +586,53 @@ mod tests {
         assert!(got.iter().all(|b| *b == 7));
     }
 
+    /// A small deterministic generator (xorshift), so every run sends the same bytes.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn garbage_before_or_after_the_handshake_is_an_error_never_a_panic() {
+        let (server, _) = configs(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+        for seed in 0..150u64 {
+            // Before: bare noise, or noise behind a plausible handshake record header.
+            let mut bytes = noise(seed, 1 + (seed as usize * 37) % 3000);
+            if seed % 2 == 0 {
+                let len = (bytes.len() as u16).to_be_bytes();
+                bytes.splice(0..0, [22, 3, 1, len[0], len[1]]);
+            }
+            let (addr, accepting) = serve_one(Arc::clone(&server)).await;
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(&bytes).await.unwrap();
+            tcp.shutdown().await.unwrap();
+            let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), accepting).await;
+            let joined = outcome.expect("accept ends on its own");
+            assert!(joined.expect("no panic").is_err(), "seed {seed}: garbage accepted as a handshake");
+        }
+        for seed in 0..50u64 {
+            // After: noise under a completed handshake, as records or bare.
+            let (mut client, mut server) = pair(&[&rustls::version::TLS13]).await;
+            let mut bytes = noise(seed, 1 + (seed as usize * 53) % 2000);
+            if seed % 2 == 0 {
+                let len = (bytes.len() as u16).to_be_bytes();
+                bytes.splice(0..0, [23, 3, 3, len[0], len[1]]);
+            }
+            client.get_mut().0.write_all(&bytes).await.unwrap();
+            client.get_mut().0.shutdown().await.unwrap();
+            let mut buf = [0; 64];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut buf)).await;
+            assert!(read.expect("the read ends on its own").is_err(), "seed {seed}: noise read as data");
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_close_without_close_notify_is_an_unexpected_eof() {
         let (client, mut server) = pair(&[&rustls::version::TLS13]).await;
