@@ -333,8 +333,22 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let pki = TestPki::new(dir.path());
         let a = Mosquitto::start(dir.path(), "obs-a").await;
         let b = Mosquitto::start(dir.path(), "obs-b").await;
-        let proxy = TestProxy::start(&yaml_for(&pki, &[&a, &b]).build()).await;
+        // Beside the MQTT front door, a coap listener (its backend's server is a closed port: the CoAP dashboard
+        // needs series, which exist per listener from the start, and some traffic and drops).
+        let yaml = yaml_for(&pki, &[&a, &b]).build().replacen(
+            "backends:\n",
+            "  - { name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: coap_servers }\n\
+             backends:\n  - name: coap_servers\n    protocol: coap\n    health: { check: none }\n    servers:\n\
+             \x20     - { name: c1, address: \"127.0.0.1:9\" }\n",
+            1,
+        );
+        let proxy = TestProxy::start(&yaml).await;
         let tls = pki.client_config();
+        let device = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp socket");
+        for id in 0..5u16 {
+            device.send_to(&mqtt_lb::udp::coap::ping_message(id), proxy.addrs["coap"]).await.expect("send");
+        }
+        device.send_to(&[0x40; 4000], proxy.addrs["coap"]).await.expect("send an oversized datagram");
 
         // A client that stays connected, so open connections are not zero.
         let mut steady = MqttClient::connect(proxy.mqtts, Some(tls.clone()), "obs-steady", Version::V5)
@@ -366,7 +380,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let mut variables = Vec::new();
         let files = dashboard_files();
         let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        for want in ["mqtt-lb-overview.json", "mqtt-lb-backends.json"] {
+        for want in ["mqtt-lb-overview.json", "mqtt-lb-backends.json", "mqtt-lb-coap.json"] {
             assert!(names.iter().any(|n| n == want), "dashboards/{want} is missing: {names:?}");
         }
         for f in &files {
