@@ -271,13 +271,10 @@ impl TlsStream {
                         })
                         .map(|()| data.len())
                     }
-                    Action::Close => {
-                        self.close_sent = true;
-                        append_with(&mut self.outgoing, 64, |room| {
-                            traffic.queue_close_notify(room).map_err(needed_for_encrypt)
-                        })
-                        .map(|()| 0)
-                    }
+                    Action::Close => append_with(&mut self.outgoing, 64, |room| {
+                        traffic.queue_close_notify(room).map_err(needed_for_encrypt)
+                    })
+                    .map(|()| 0),
                 }),
                 Ok(ConnectionState::BlockedHandshake) => Some(match action {
                     Action::Read | Action::Close => Ok(0),
@@ -425,6 +422,7 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.close_sent {
             ready!(this.poll_write_out(cx))?;
+            // Marked first: a close that fails is not tried again.
             this.close_sent = true;
             this.process(Action::Close)?;
         }
