@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,8 +120,19 @@ fn session_context(
     }
 }
 
-async fn bind_listener(l: &ListenerConfig) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(l.bind).await.map_err(|source| ServerError::Bind { name: l.name.clone(), addr: l.bind, source })
+/// Connections the kernel may hold for a listener before they are accepted (its accept queue), as HAProxy sizes
+/// its `backlog` from maxconn: a reconnect storm after a failover must queue, not have its SYNs dropped and retried
+/// seconds later. The kernel caps it at `net.core.somaxconn` (4096 by default on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(l: &ListenerConfig) -> Result<TcpListener, ServerError> {
+    let bind = || {
+        let socket = if l.bind.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(l.bind)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| ServerError::Bind { name: l.name.clone(), addr: l.bind, source })
 }
 
 impl Server {
@@ -143,7 +154,7 @@ impl Server {
                 udp_listeners.push(BoundUdp { config: l.clone(), socket });
                 continue;
             }
-            let tcp = bind_listener(l).await?;
+            let tcp = bind_listener(l)?;
             let Some(balancer) = balancers.get(l.backend) else { continue };
             let ctx = session_context(l, &config, Arc::clone(balancer), &metrics, &shutdown);
             listeners.push(BoundListener { config: l.clone(), ctx: Arc::new(ArcSwap::from_pointee(ctx)), tcp });
@@ -373,7 +384,7 @@ impl Running {
                         self.listeners.iter().find(|r| r.config.bind == l.bind).map_or("?", |r| r.config.name.as_str())
                     ));
                 }
-                fresh.push(bind_listener(l).await.map_err(|e| e.to_string())?);
+                fresh.push(bind_listener(l).map_err(|e| e.to_string())?);
             }
         }
         let udp_plan = self.udp.prepare(&new)?;
