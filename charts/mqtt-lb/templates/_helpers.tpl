@@ -82,3 +82,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/* Non-empty when the cluster has the `sleep` lifecycle action (Kubernetes 1.30, PodLifecycleSleepAction on by
+default). The image is distroless, with no shell and no `sleep` binary, so older clusters get no preStop at all
+rather than an exec hook that fails. */}}
+{{- define "mqtt-lb.hasSleepAction" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
