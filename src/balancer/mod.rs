@@ -39,6 +39,13 @@ impl Pool {
         };
         Pool { config, servers, selection }
     }
+
+    /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
+        let mut servers: Vec<Arc<Server>> = self.servers.iter().filter(|s| s.usable()).cloned().collect();
+        self.selection.order(key, &mut servers);
+        servers
+    }
 }
 
 /// One backend: a swappable pool.
@@ -67,10 +74,7 @@ impl Balancer {
 
     /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
-        let pool = self.pool.load();
-        let mut servers: Vec<Arc<Server>> = pool.servers.iter().filter(|s| s.usable()).cloned().collect();
-        pool.selection.order(key, &mut servers);
-        servers
+        self.pool.load().candidates(key)
     }
 
     /// Whether at least one server can take new clients.

@@ -43,13 +43,19 @@
 //! 3.1.1; `UnsupportedVersion` only with an unknown level; a name/level
 //! mismatch (`BadProtocolName`) carries the level's version but is closed.
 
+pub mod boundary;
 pub mod connack;
 pub mod connect;
+pub mod disconnect;
+pub mod first_packet;
 pub mod frame;
+pub mod probe;
+pub mod version;
 
 // The `connack` function is not re-exported: `mqtt::connack` names the module.
 pub use connack::Refusal;
-pub use connect::{parse_connect, Connect, ConnectError, ProtocolVersion, RejectReason, Will};
+pub use connect::{parse_connect, Connect, ConnectError, RejectReason, Will};
 pub use frame::{
     check_fixed_header, decode_varint, encode_remaining_length, FixedHeader, FrameError, MAX_REMAINING_LENGTH,
 };
+pub use version::ProtocolVersion;
