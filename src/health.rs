@@ -23,6 +23,7 @@ use crate::mqtt::disconnect::DISCONNECT;
 use crate::mqtt::probe::{probe_answer, probe_connect_packet, ProbeAnswer, CONNACK_LEN};
 use crate::proxy_protocol;
 use crate::transport::ws;
+use crate::udp::coap::UdpProbeError;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,16 @@ pub enum ProbeError {
     WebSocket(String),
     #[error("CoAP ping: {0}")]
     Coap(String),
+}
+
+impl From<UdpProbeError> for ProbeError {
+    fn from(e: UdpProbeError) -> ProbeError {
+        match e {
+            UdpProbeError::Connect(e) => ProbeError::Connect(e),
+            UdpProbeError::Io(e) => ProbeError::Io(e),
+            UdpProbeError::Answer(what) => ProbeError::Coap(what),
+        }
+    }
 }
 
 /// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
@@ -155,8 +166,8 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
 pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
     let run = async {
         match health.check {
-            HealthCheckKind::CoapPing => return crate::udp::coap::ping(address).await,
-            HealthCheckKind::DtlsHello => return crate::udp::dtls::hello_probe(address).await,
+            HealthCheckKind::CoapPing => return Ok(crate::udp::coap::ping(address).await?),
+            HealthCheckKind::DtlsHello => return Ok(crate::udp::dtls::hello_probe(address).await?),
             _ => {}
         }
         let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
