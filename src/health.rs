@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::balancer::backend::{AdminState, Server};
+use crate::balancer::backend::{AdminState, BackendServer};
 use crate::config::{HealthCheckKind, HealthConfig, OnDown, ProxyProtocol};
 use crate::mqtt::disconnect::DISCONNECT;
 use crate::mqtt::probe::{probe_answer, probe_connect_packet, ProbeAnswer, CONNACK_LEN};
@@ -108,7 +108,7 @@ pub fn spawn(
     backend: &str,
     health: &HealthConfig,
     on_down: OnDown,
-    servers: &[Arc<Server>],
+    servers: &[Arc<BackendServer>],
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) {
@@ -129,7 +129,7 @@ pub fn spawn(
     }
 }
 
-async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &Server) {
+async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &BackendServer) {
     let mut verdict = Verdict::resume(health.rise, health.fall, server.is_up());
     let mut ticks = tokio::time::interval(health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

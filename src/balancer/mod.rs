@@ -13,25 +13,28 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BackendConfig, Balance};
 use crate::metrics::Metrics;
-use backend::Server;
+use backend::BackendServer;
 use selection::{LeastConn, Rendezvous, RoundRobin, Selection};
 
 /// The servers of one backend and how they are chosen.
 pub struct Pool {
     pub config: BackendConfig,
-    pub servers: Vec<Arc<Server>>,
+    pub servers: Vec<Arc<BackendServer>>,
     selection: Box<dyn Selection>,
 }
 
 impl Pool {
     pub fn new(config: BackendConfig, metrics: &Metrics) -> Pool {
-        let servers =
-            config.servers.iter().map(|s| Arc::new(Server::new(s, metrics.server(&config.name, &s.name)))).collect();
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| Arc::new(BackendServer::new(s, metrics.server(&config.name, &s.name))))
+            .collect();
         Pool::with_servers(config, servers)
     }
 
     /// A pool of given servers (a reload passes servers that carry their state over).
-    pub fn with_servers(config: BackendConfig, servers: Vec<Arc<Server>>) -> Pool {
+    pub fn with_servers(config: BackendConfig, servers: Vec<Arc<BackendServer>>) -> Pool {
         let selection: Box<dyn Selection> = match config.balance {
             Balance::ClientId => Box::<Rendezvous>::default(),
             Balance::RoundRobin => Box::<RoundRobin>::default(),
@@ -41,8 +44,8 @@ impl Pool {
     }
 
     /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
-    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
-        let mut servers: Vec<Arc<Server>> = self.servers.iter().filter(|s| s.usable()).cloned().collect();
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
+        let mut servers: Vec<Arc<BackendServer>> = self.servers.iter().filter(|s| s.usable()).cloned().collect();
         self.selection.order(key, &mut servers);
         servers
     }
@@ -73,7 +76,7 @@ impl Balancer {
     }
 
     /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
-    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
         self.pool.load().candidates(key)
     }
 

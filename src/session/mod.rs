@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, Span};
 
-use crate::balancer::backend::{ActiveGuard, Server};
+use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
@@ -258,7 +258,7 @@ impl Session {
         &self,
         key: Option<&[u8]>,
         version: Option<ProtocolVersion>,
-    ) -> Result<(Arc<Pool>, Vec<Arc<Server>>), Reject> {
+    ) -> Result<(Arc<Pool>, Vec<Arc<BackendServer>>), Reject> {
         let pool = self.ctx.balancer.pool();
         let candidates = pool.candidates(key);
         if candidates.is_empty() {
@@ -271,7 +271,7 @@ impl Session {
     async fn upstream(
         &self,
         pool: &Pool,
-        candidates: &[Arc<Server>],
+        candidates: &[Arc<BackendServer>],
         first_bytes: &[u8],
     ) -> Option<(ServerStream, ActiveGuard)> {
         let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };

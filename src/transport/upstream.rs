@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::ws;
 use super::ServerStream;
-use crate::balancer::backend::{ActiveGuard, Server};
+use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::config::{BackendConfig, BackendProtocol};
 use crate::proxy_protocol::{self, TlsInfo};
 
@@ -53,7 +53,7 @@ impl Failure {
 /// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). None when every one failed.
 pub async fn open(
     backend: &BackendConfig,
-    candidates: &[Arc<Server>],
+    candidates: &[Arc<BackendServer>],
     client: &ClientAddresses<'_>,
     max_ws_frame_size: usize,
     first_bytes: &[u8],
@@ -73,7 +73,7 @@ pub async fn open(
 
 async fn open_one(
     backend: &BackendConfig,
-    server: &Arc<Server>,
+    server: &Arc<BackendServer>,
     client: &ClientAddresses<'_>,
     max_ws_frame_size: usize,
     first_bytes: &[u8],
