@@ -149,7 +149,8 @@ impl<S> Drop for ClientSide<'_, S> {
     fn drop(&mut self) {
         let (reason, error) = self.outcome.take().unwrap_or((CloseReason::Shutdown, None));
         let line = &self.line;
-        // No parent span: the line names the connection itself, as documented, whatever the log format.
+        // The line names the connection itself, as documented; as a root event, text logs do not repeat the
+        // connection's span before it (JSON logs still show the current span beside it).
         info!(
             parent: None,
             listener = line.listener,
