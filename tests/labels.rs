@@ -1,11 +1,15 @@
-//! The `reason` labels of `mqttlb_connections_rejected_total` that operators read about (README, docs, Grafana
-//! dashboards, alert rules and their promtool tests, the Helm chart) are labels mqtt-lb can count: the set
-//! [`Reject::labels`] enumerates. The README's list of reasons is that set exactly.
+//! The `reason` labels that operators read about (README, docs, Grafana dashboards, alert rules and their promtool
+//! tests, the Helm chart, deploy files) are labels mqtt-lb can count: for `mqttlb_connections_rejected_total` the
+//! set [`Reject::labels`] enumerates, for the other counters with a `reason` their own enumerations. The README's
+//! list of refusal reasons and docs/coap.md's lists of UDP reasons are those sets exactly.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use mqtt_lb::metrics::udp::{drop_reason, eviction_reason};
+use mqtt_lb::mqtt::RejectReason;
 use mqtt_lb::session::reject::Reject;
+use mqtt_lb::transport::ws::Violation;
 
 const METRIC: &str = "mqttlb_connections_rejected_total";
 
@@ -37,12 +41,23 @@ fn is_label(word: &str) -> bool {
     !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// The reasons that selectors of the rejected counter name: `reason="x"`, `reason!="x"`, `reason=~"a|b"` (JSON's
+/// Every counter with a `reason` label, and the reasons it can have.
+fn reason_sets() -> Vec<(&'static str, BTreeSet<&'static str>)> {
+    vec![
+        (METRIC, Reject::labels()),
+        ("mqttlb_connect_validation_failures_total", RejectReason::ALL.map(RejectReason::label).into()),
+        ("mqttlb_websocket_frame_errors_total", Violation::ALL.map(Violation::label).into()),
+        ("mqttlb_udp_dropped_datagrams_total", drop_reason::ALL.into()),
+        ("mqttlb_udp_flow_evictions_total", eviction_reason::ALL.into()),
+    ]
+}
+
+/// The reasons that selectors of counter `metric` name: `reason="x"`, `reason!="x"`, `reason=~"a|b"` (JSON's
 /// escaped quotes too). Regular-expression alternatives that are not plain labels are left out.
-fn selector_reasons(text: &str) -> Vec<String> {
+fn selector_reasons(text: &str, metric: &str) -> Vec<String> {
     let text = text.replace("\\\"", "\"");
     let mut found = Vec::new();
-    let opening = format!("{METRIC}{{");
+    let opening = format!("{metric}{{");
     for (at, _) in text.match_indices(&opening) {
         let rest = &text[at + opening.len()..];
         let selector = &rest[..rest.find('}').unwrap_or(rest.len())];
@@ -55,9 +70,9 @@ fn selector_reasons(text: &str) -> Vec<String> {
 }
 
 /// The snake_case words of prose that lists reasons: "mqttlb_connections_rejected_total by reason: a, b, ...".
-fn prose_reasons(text: &str) -> Vec<String> {
+fn prose_reasons(text: &str, metric: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let lead = format!("{METRIC} by reason:");
+    let lead = format!("{metric} by reason:");
     for (at, _) in text.match_indices(&lead) {
         let rest = &text[at + lead.len()..];
         let sentence = &rest[..rest.find('.').unwrap_or(rest.len())];
@@ -92,9 +107,28 @@ fn the_readme_lists_every_reason_and_no_other() {
     assert!(missing.is_empty(), "the README does not list these reasons: {missing:?}");
 }
 
+/// The backticked words of the table row of `metric` in docs/coap.md.
+fn coap_doc_reasons(metric: &str) -> BTreeSet<String> {
+    let doc = read(&root().join("docs/coap.md"));
+    let row = doc.lines().find(|l| l.starts_with(&format!("| `{metric}`"))).expect("a row for the metric");
+    row.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| is_label(w) && *w != "reason" && *w != metric)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_coap_doc_lists_every_udp_reason_and_no_other() {
+    for (metric, known) in reason_sets().into_iter().filter(|(m, _)| m.starts_with("mqttlb_udp_")) {
+        let known: BTreeSet<String> = known.into_iter().map(str::to_owned).collect();
+        assert_eq!(coap_doc_reasons(metric), known, "docs/coap.md, {metric}");
+    }
+}
+
 #[test]
 fn docs_dashboards_and_alerts_name_only_existing_reasons() {
-    let known = Reject::labels();
     let root = root();
     let mut checked = Vec::new();
     let mut sources = vec![root.join("README.md")];
@@ -104,17 +138,16 @@ fn docs_dashboards_and_alerts_name_only_existing_reasons() {
     sources.extend(files(&root.join("deploy"), &[".yaml", ".yml", ".json", ".md"]));
     for path in &sources {
         let text = read(path);
-        for reason in selector_reasons(&text).into_iter().chain(prose_reasons(&text)) {
-            assert!(
-                known.contains(reason.as_str()),
-                "{} names reason {reason:?}, which mqtt-lb never counts",
-                path.display()
-            );
-            checked.push(reason);
+        for (metric, known) in reason_sets() {
+            for reason in selector_reasons(&text, metric).into_iter().chain(prose_reasons(&text, metric)) {
+                let shown = path.display();
+                assert!(known.contains(reason.as_str()), "{shown} names {metric} reason {reason:?}, never counted");
+                checked.push(reason);
+            }
         }
     }
-    // The alert rules' description and their promtool test name reasons: the scan must have found them.
-    for expected in ["tls_handshake", "bad_client_id", "ws_bad_path", "no_server_available"] {
+    // The alert rules' description and their promtool tests name reasons: the scan must have found them.
+    for expected in ["tls_handshake", "bad_client_id", "ws_bad_path", "no_server_available", "full", "idle"] {
         assert!(checked.iter().any(|r| r == expected), "{expected} not found in {checked:?}");
     }
 }
@@ -123,9 +156,9 @@ fn docs_dashboards_and_alerts_name_only_existing_reasons() {
 fn the_scanners_find_reasons_in_every_form_they_are_written() {
     let json =
         r#""expr": "rate(mqttlb_connections_rejected_total{listener=\"a\", reason=~\"tls_handshake|ws_.*\"}[5m])""#;
-    assert_eq!(selector_reasons(json), ["tls_handshake"]);
+    assert_eq!(selector_reasons(json, METRIC), ["tls_handshake"]);
     let yaml = r#"mqttlb_connections_rejected_total{job="x",reason="no_such_reason"}"#;
-    assert_eq!(selector_reasons(yaml), ["no_such_reason"]);
+    assert_eq!(selector_reasons(yaml, METRIC), ["no_such_reason"]);
     let prose = "Look at mqttlb_connections_rejected_total by reason: tls_handshake (certs), limits, connect_timeout.";
-    assert_eq!(prose_reasons(prose), ["tls_handshake", "connect_timeout"]);
+    assert_eq!(prose_reasons(prose, METRIC), ["tls_handshake", "connect_timeout"]);
 }
