@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::balancer::backend::{AdminState, Server};
+use crate::balancer::backend::{AdminState, BackendServer};
 use crate::config::{HealthCheckKind, HealthConfig, OnDown, ProxyProtocol};
-use crate::mqtt::frame::encode_remaining_length;
+use crate::mqtt::disconnect::DISCONNECT;
+use crate::mqtt::probe::{probe_answer, probe_connect_packet, ProbeAnswer, CONNACK_LEN};
 use crate::proxy_protocol;
 use crate::transport::ws;
+use crate::udp::coap::UdpProbeError;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,16 @@ pub enum ProbeError {
     WebSocket(String),
     #[error("CoAP ping: {0}")]
     Coap(String),
+}
+
+impl From<UdpProbeError> for ProbeError {
+    fn from(e: UdpProbeError) -> ProbeError {
+        match e {
+            UdpProbeError::Connect(e) => ProbeError::Connect(e),
+            UdpProbeError::Io(e) => ProbeError::Io(e),
+            UdpProbeError::Answer(what) => ProbeError::Coap(what),
+        }
+    }
 }
 
 /// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
@@ -96,7 +108,7 @@ pub fn spawn(
     backend: &str,
     health: &HealthConfig,
     on_down: OnDown,
-    servers: &[Arc<Server>],
+    servers: &[Arc<BackendServer>],
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) {
@@ -117,7 +129,7 @@ pub fn spawn(
     }
 }
 
-async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &Server) {
+async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &BackendServer) {
     let mut verdict = Verdict::resume(health.rise, health.fall, server.is_up());
     let mut ticks = tokio::time::interval(health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -154,8 +166,8 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
 pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
     let run = async {
         match health.check {
-            HealthCheckKind::CoapPing => return crate::udp::coap::ping(address).await,
-            HealthCheckKind::DtlsHello => return crate::udp::dtls::hello_probe(address).await,
+            HealthCheckKind::CoapPing => return Ok(crate::udp::coap::ping(address).await?),
+            HealthCheckKind::DtlsHello => return Ok(crate::udp::dtls::hello_probe(address).await?),
             _ => {}
         }
         let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
@@ -186,23 +198,17 @@ async fn mqtt_probe<S: AsyncRead + AsyncWrite + Unpin>(tcp: &mut S, health: &Hea
     let packet = probe_connect(health);
     tcp.write_all(&packet).await.map_err(ProbeError::Io)?;
     tcp.flush().await.map_err(ProbeError::Io)?;
-    let mut answer = [0u8; 4];
+    let mut answer = [0u8; CONNACK_LEN];
     tcp.read_exact(&mut answer).await.map_err(ProbeError::Io)?;
-    match answer {
-        [0x20, 0x02, _, 0x00] => {}
-        [0x20, 0x02, _, code] => return Err(ProbeError::Refused(code)),
-        other => return Err(ProbeError::BadAnswer(other.to_vec())),
+    match probe_answer(answer) {
+        ProbeAnswer::Accepted => {}
+        ProbeAnswer::Refused(code) => return Err(ProbeError::Refused(code)),
+        ProbeAnswer::NotConnack => return Err(ProbeError::BadAnswer(answer.to_vec())),
     }
-    tcp.write_all(&[0xE0, 0x00]).await.map_err(ProbeError::Io)?;
+    tcp.write_all(&DISCONNECT).await.map_err(ProbeError::Io)?;
     tcp.flush().await.map_err(ProbeError::Io)?;
     let _ = tcp.shutdown().await;
     Ok(())
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.get(..usize::from(len)).unwrap_or_default());
 }
 
 /// The probe's CONNECT packet. The client id is unique per probe so that two mqtt-lb instances never take over
@@ -210,29 +216,7 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 pub fn probe_connect(health: &HealthConfig) -> Vec<u8> {
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let client_id = format!("mqtt-lb-probe-{:x}", nonce ^ u128::from(std::process::id()) << 64);
-    let mut flags = 0x02u8; // clean session
-    let mut body = Vec::with_capacity(64);
-    put_str(&mut body, b"MQTT");
-    body.push(4);
-    if health.username.is_some() {
-        flags |= 0x80;
-    }
-    if health.password.is_some() {
-        flags |= 0x40;
-    }
-    body.push(flags);
-    body.extend_from_slice(&10u16.to_be_bytes());
-    put_str(&mut body, client_id.as_bytes());
-    if let Some(u) = &health.username {
-        put_str(&mut body, u.as_bytes());
-    }
-    if let Some(p) = &health.password {
-        put_str(&mut body, p.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    let _ = encode_remaining_length(body.len(), &mut packet);
-    packet.extend_from_slice(&body);
-    packet
+    probe_connect_packet(&client_id, health.username.as_deref(), health.password.as_deref())
 }
 
 #[cfg(test)]

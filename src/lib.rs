@@ -8,15 +8,21 @@
 //!
 //! A connection's path, in the order to read the code:
 //!
-//! 1. [`listener`]: accept loop, admission limits, one task per connection spawned before any handshake.
+//! 1. [`listener`]: accept loop, admission limits, one task per connection (in its own tracing span) spawned
+//!    before any handshake.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], client certificate names in
 //!    [`transport::identity`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
-//!    trusted balancers ([`proxy_protocol`]).
-//! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
-//!    refusals ([`mqtt::connack`]).
+//!    trusted balancers ([`proxy_protocol`]), and the connection to a server ([`transport::upstream`]: TCP connect,
+//!    PROXY header out, WebSocket client upgrade).
+//! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
+//!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
+//!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries
+//!    ([`mqtt::boundary`]) and the health probe's packets ([`mqtt::probe`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
 //!    ([`balancer::selection`]: weighted rendezvous hashing, round-robin, least connections).
-//! 5. [`session`]: one client from accept to close, tying the steps together.
+//! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
+//!    [`session::reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one
+//!    log line.
 //! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
 //!
 //! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),

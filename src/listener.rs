@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, Instrument};
 
 use crate::config::source_allowed;
 use crate::config::Limits;
 use crate::rate_limit::RateLimiter;
-use crate::session::{Session, SessionContext};
+use crate::session::reject::Reject;
+use crate::session::{connection_span, Session, SessionContext};
 use arc_swap::ArcSwap;
 
 /// Admission limits shared by every listener: connections overall and per source IP.
@@ -63,21 +64,21 @@ impl Admission {
     }
 
     /// Admits a connection from `ip`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AdmissionTicket, &'static str> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AdmissionTicket, Reject> {
         if let Some(rate) = &self.rate {
             if !rate.allow(ip, std::time::Instant::now()) {
-                return Err("rate_limited");
+                return Err(Reject::RateLimited);
             }
         }
         let permit = match &self.total {
             None => None,
-            Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| "max_connections")?),
+            Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| Reject::MaxConnections)?),
         };
         let ip = if self.per_ip_max > 0 {
             let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(ip).or_insert(0);
             if *n >= self.per_ip_max {
-                return Err("max_connections_per_ip");
+                return Err(Reject::MaxConnectionsPerIp);
             }
             *n += 1;
             Some((ip, Arc::clone(self)))
@@ -123,29 +124,32 @@ pub async fn accept_loop(
         // The settings of the moment (a reload swaps them; sessions keep the ones they started with).
         let ctx = current.load_full();
         ctx.listener_metrics.accepted.inc();
-        if !source_allowed(&ctx.allowed_sources, peer.ip()) {
-            debug!(listener = %ctx.name, %peer, "source address not allowed; closed at accept");
-            ctx.metrics.reject(&ctx.name, "source_not_allowed");
-            drop(stream);
-            continue;
-        }
-        let ticket = match admission.load().admit(peer.ip()) {
+        let span = connection_span(&ctx.name, peer);
+        let admitted = if source_allowed(&ctx.allowed_sources, peer.ip()) {
+            admission.load().admit(peer.ip())
+        } else {
+            Err(Reject::SourceNotAllowed)
+        };
+        let ticket = match admitted {
             Ok(t) => t,
-            Err(reason) => {
-                debug!(listener = %ctx.name, %peer, reason, "connection refused at accept");
-                ctx.metrics.reject(&ctx.name, reason);
+            Err(reject) => {
+                span.in_scope(|| debug!(reason = reject.label(), "connection refused at accept"));
+                reject.count(&ctx.metrics, &ctx.name);
                 drop(stream);
                 continue;
             }
         };
         let close = close.clone();
-        tracker.spawn(async move {
+        let session = async move {
+            // The admission ticket is held for as long as the session runs.
+            let _ticket = ticket;
             // Past the drain deadline `close` fires: dropping the session closes both of its sockets.
             tokio::select! {
-                () = Session::new(ctx, peer, ticket).run(stream) => {}
+                () = Session::new(ctx, peer).run(stream) => {}
                 () = close.cancelled() => {}
             }
-        });
+        };
+        tracker.spawn(session.instrument(span));
     }
     info!(listener = %name, "stopped accepting");
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminContext, AdminView};
-use crate::balancer::backend::Server as BackendServer;
+use crate::balancer::backend::BackendServer;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{self, Config, ListenerConfig, ListenerProtocol, RequireIdentity};
 use crate::health;

@@ -726,6 +726,49 @@ fn log_yaml(pki: &TestPki, broker: &Mosquitto, listener_bind: &str, extra: &str)
     )
 }
 
+/// The lines of one connection are written in its span (listener, peer, then the client id once the CONNECT is
+/// valid) instead of repeating those fields; the `connection closed` line keeps its own fields (self-contained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_lines_are_written_in_its_span() {
+    bounded(Duration::from_secs(30), "connection span", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "span-a").await;
+        let tls = pki.client_config();
+        let yaml = log_yaml(&pki, &broker, "127.0.0.1:0", "");
+        let bin = Binary::start(dir.path(), "span", &yaml, "info,mqtt_lb=debug");
+        let addr = bin.listener_addr().await;
+        assert!(wait_accepting(addr, Duration::from_secs(5)).await);
+
+        let c = MqttClient::connect(addr, Some(tls.clone()), "span-client", Version::V4).await.expect("connect");
+        c.disconnect().await;
+        let ends = wait_ends(&bin, 1).await;
+        assert_eq!(ends[0]["fields"]["listener"], "mqtts", "{}", ends[0]);
+        let lines = bin.lines();
+        let relaying = lines.iter().find(|l| l["fields"]["message"] == "relaying").expect("a `relaying` line");
+        let span = &relaying["span"];
+        assert_eq!(span["name"], "connection", "{relaying}");
+        assert_eq!(span["listener"], "mqtts", "{relaying}");
+        assert_eq!(span["client_id"], "span-client", "{relaying}");
+        assert!(span["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{relaying}");
+        assert!(relaying["fields"].get("listener").is_none(), "{relaying}");
+
+        // A refused client: its one line names the reason and the side, in the span, without a client id.
+        let _ = tls_exchange(addr, tls.clone(), &malformed_connect(), Duration::from_secs(2)).await;
+        let refused = eventually(Duration::from_secs(5), || async {
+            bin.lines()
+                .into_iter()
+                .find(|l| l["fields"]["message"] == "client refused" && l["fields"]["reason"] == "bad_protocol_name")
+        })
+        .await
+        .expect("a `client refused` line");
+        assert_eq!(refused["fields"]["side"], "client", "{refused}");
+        assert_eq!(refused["span"]["listener"], "mqtts", "{refused}");
+        assert!(refused["span"].get("client_id").is_none(), "{refused}");
+    })
+    .await;
+}
+
 async fn wait_ends(bin: &Binary, n: usize) -> Vec<Value> {
     eventually(Duration::from_secs(5), || async {
         let e = bin.ends();

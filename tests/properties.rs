@@ -271,7 +271,7 @@ fn read_sizes() -> impl Strategy<Value = Vec<usize>> {
     proptest::collection::vec(1usize..64, 1..16)
 }
 
-/// The CONNECT reader's rule (as `session::read_first_packet`): after each read, look at the fixed header; stop once
+/// The CONNECT reader's rule (as `mqtt::first_packet::read_first_packet`): after each read, look at the fixed header; stop once
 /// the buffer holds the whole packet. Returns the packet, or None if the stream ended first.
 fn first_packet(stream: &[u8], sizes: &[usize]) -> Option<(Vec<u8>, usize)> {
     let mut buf = Vec::new();

@@ -339,7 +339,8 @@ pub fn websocket(data: &[u8]) {
     let read = block_on(async {
         let mut ws = match ws::accept(io, &policy).await {
             Ok(ws) => ws,
-            Err(reason) => {
+            Err(failure) => {
+                let reason = failure.label();
                 assert!(reason.starts_with("ws_") || reason == "client_error", "reason {reason}");
                 return 0;
             }

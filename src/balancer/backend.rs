@@ -46,24 +46,24 @@ impl AdminState {
 
 /// A server that clients can be relayed to.
 #[derive(Debug)]
-pub struct Server {
+pub struct BackendServer {
     pub name: String,
     pub address: String,
     pub weight: u32,
     pub metrics: ServerMetrics,
     up: AtomicBool,
     state: AtomicU8,
-    /// Shared with the successors at the same address (see [`Server::successor`]).
+    /// Shared with the successors at the same address (see [`BackendServer::successor`]).
     active: Arc<AtomicUsize>,
     /// Woken when the relays to this server must end (`on_down: close`); shared like `active`.
     close_relays: Arc<tokio::sync::Notify>,
 }
 
-impl Server {
-    pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> Server {
+impl BackendServer {
+    pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> BackendServer {
         metrics.up.set(1);
         metrics.state.set(AdminState::Ready.as_str());
-        Server {
+        BackendServer {
             name: config.name.clone(),
             address: config.address.clone(),
             weight: config.weight,
@@ -100,12 +100,12 @@ impl Server {
         self.is_up() && self.state() == AdminState::Ready
     }
 
-    /// Ends every relay to this server that is waiting on [`Server::relays_closed`].
+    /// Ends every relay to this server that is waiting on [`BackendServer::relays_closed`].
     pub fn close_relays(&self) {
         self.close_relays.notify_waiters();
     }
 
-    /// Resolves when [`Server::close_relays`] is called (create it before the relay starts).
+    /// Resolves when [`BackendServer::close_relays`] is called (create it before the relay starts).
     pub fn relays_closed(&self) -> tokio::sync::futures::Notified<'_> {
         self.close_relays.notified()
     }
@@ -113,8 +113,8 @@ impl Server {
     /// A server of a new configuration that takes over this one's health and administrative state (reload).
     /// At the same address, the relays already open stay this server's: counted in its connections (/servers,
     /// least-conn) and closed with it (`on_down: close`).
-    pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> Server {
-        let mut next = Server::new(config, metrics);
+    pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> BackendServer {
+        let mut next = BackendServer::new(config, metrics);
         next.set_up(self.is_up());
         next.set_state(self.state());
         if next.address == self.address {
@@ -141,11 +141,11 @@ impl Server {
 /// Holds one count in a server's active connections.
 #[derive(Debug)]
 pub struct ActiveGuard {
-    server: Arc<Server>,
+    server: Arc<BackendServer>,
 }
 
 impl ActiveGuard {
-    pub fn server(&self) -> &Arc<Server> {
+    pub fn server(&self) -> &Arc<BackendServer> {
         &self.server
     }
 }

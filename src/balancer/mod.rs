@@ -13,31 +13,41 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BackendConfig, Balance};
 use crate::metrics::Metrics;
-use backend::Server;
+use backend::BackendServer;
 use selection::{LeastConn, Rendezvous, RoundRobin, Selection};
 
 /// The servers of one backend and how they are chosen.
 pub struct Pool {
     pub config: BackendConfig,
-    pub servers: Vec<Arc<Server>>,
+    pub servers: Vec<Arc<BackendServer>>,
     selection: Box<dyn Selection>,
 }
 
 impl Pool {
     pub fn new(config: BackendConfig, metrics: &Metrics) -> Pool {
-        let servers =
-            config.servers.iter().map(|s| Arc::new(Server::new(s, metrics.server(&config.name, &s.name)))).collect();
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| Arc::new(BackendServer::new(s, metrics.server(&config.name, &s.name))))
+            .collect();
         Pool::with_servers(config, servers)
     }
 
     /// A pool of given servers (a reload passes servers that carry their state over).
-    pub fn with_servers(config: BackendConfig, servers: Vec<Arc<Server>>) -> Pool {
+    pub fn with_servers(config: BackendConfig, servers: Vec<Arc<BackendServer>>) -> Pool {
         let selection: Box<dyn Selection> = match config.balance {
             Balance::ClientId => Box::<Rendezvous>::default(),
             Balance::RoundRobin => Box::<RoundRobin>::default(),
             Balance::LeastConn => Box::<LeastConn>::default(),
         };
         Pool { config, servers, selection }
+    }
+
+    /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
+        let mut servers: Vec<Arc<BackendServer>> = self.servers.iter().filter(|s| s.usable()).cloned().collect();
+        self.selection.order(key, &mut servers);
+        servers
     }
 }
 
@@ -66,11 +76,8 @@ impl Balancer {
     }
 
     /// Usable servers for a client with this key, best first. Empty when no server is up and ready.
-    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<Server>> {
-        let pool = self.pool.load();
-        let mut servers: Vec<Arc<Server>> = pool.servers.iter().filter(|s| s.usable()).cloned().collect();
-        pool.selection.order(key, &mut servers);
-        servers
+    pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
+        self.pool.load().candidates(key)
     }
 
     /// Whether at least one server can take new clients.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::hash::Hasher;
 use twox_hash::XxHash64;
 
-use super::backend::Server;
+use super::backend::BackendServer;
 
 /// The fixed seed of the placement hash. Never change it: instances of different versions must agree.
 pub const SEED: u64 = 0x6d71_7474_6c62_0001;
@@ -41,7 +41,7 @@ fn weighted_score(hash: u64, weight: u32) -> f64 {
 /// A way to order the candidate servers for one new client, best first.
 pub trait Selection: Send + Sync {
     /// Orders `servers` (already filtered to the usable ones) for a client with `key` (None: no client id).
-    fn order(&self, key: Option<&[u8]>, servers: &mut [Arc<Server>]);
+    fn order(&self, key: Option<&[u8]>, servers: &mut [Arc<BackendServer>]);
 }
 
 /// Weighted rendezvous hash on the key; clients without a key go to the least-loaded server.
@@ -51,7 +51,7 @@ pub struct Rendezvous {
 }
 
 impl Selection for Rendezvous {
-    fn order(&self, key: Option<&[u8]>, servers: &mut [Arc<Server>]) {
+    fn order(&self, key: Option<&[u8]>, servers: &mut [Arc<BackendServer>]) {
         let Some(key) = key else {
             return self.fallback.order(None, servers);
         };
@@ -59,7 +59,7 @@ impl Selection for Rendezvous {
         if equal_weights {
             servers.sort_by_cached_key(|s| (std::cmp::Reverse(placement_hash(&s.name, key)), s.name.clone()));
         } else {
-            let mut scored: Vec<(f64, Arc<Server>)> = servers
+            let mut scored: Vec<(f64, Arc<BackendServer>)> = servers
                 .iter()
                 .map(|s| (weighted_score(placement_hash(&s.name, key), s.weight), Arc::clone(s)))
                 .collect();
@@ -78,7 +78,7 @@ pub struct RoundRobin {
 }
 
 impl Selection for RoundRobin {
-    fn order(&self, _key: Option<&[u8]>, servers: &mut [Arc<Server>]) {
+    fn order(&self, _key: Option<&[u8]>, servers: &mut [Arc<BackendServer>]) {
         if servers.is_empty() {
             return;
         }
@@ -94,7 +94,7 @@ pub struct LeastConn {
 }
 
 impl Selection for LeastConn {
-    fn order(&self, _key: Option<&[u8]>, servers: &mut [Arc<Server>]) {
+    fn order(&self, _key: Option<&[u8]>, servers: &mut [Arc<BackendServer>]) {
         self.ties.order(None, servers);
         // Stable sort keeps the rotation among equals. Compare active/weight without division.
         servers.sort_by(|a, b| {
@@ -111,7 +111,7 @@ mod tests {
     use crate::config::ServerConfig;
     use crate::metrics::Metrics;
 
-    fn servers(weights: &[u32]) -> Vec<Arc<Server>> {
+    fn servers(weights: &[u32]) -> Vec<Arc<BackendServer>> {
         let m = Metrics::new();
         weights
             .iter()
@@ -123,12 +123,12 @@ mod tests {
                     weight: *w,
                     dtls_cid_node_id: None,
                 };
-                Arc::new(Server::new(&c, m.server("b", &c.name)))
+                Arc::new(BackendServer::new(&c, m.server("b", &c.name)))
             })
             .collect()
     }
 
-    fn first(sel: &dyn Selection, key: &str, pool: &[Arc<Server>]) -> String {
+    fn first(sel: &dyn Selection, key: &str, pool: &[Arc<BackendServer>]) -> String {
         let mut v = pool.to_vec();
         sel.order(Some(key.as_bytes()), &mut v);
         v[0].name.clone()

@@ -1,7 +1,7 @@
 //! Refusal CONNACK packets, written in the form the client's protocol
 //! version understands (MQTT 3.1.1 §3.2, MQTT 5 §3.2).
 
-use super::connect::ProtocolVersion;
+use super::version::ProtocolVersion;
 
 /// CONNACK packet type with its (reserved, zero) flags.
 const CONNACK_FIRST_BYTE: u8 = 0x20;

@@ -8,67 +8,14 @@
 
 use super::connack::{connack, Refusal};
 use super::frame::{check_fixed_header, FrameError, ReadError, Reader};
+pub use super::version::ProtocolVersion;
+use super::version::{NAME_MQISDP, NAME_MQTT};
 
 /// Packet type of CONNECT.
 const CONNECT: u8 = 1;
 
-/// Protocol Name of MQTT 3.1.1 and 5.
-const NAME_MQTT: &[u8] = b"MQTT";
-
-/// Protocol Name of MQTT 3.1.
-const NAME_MQISDP: &[u8] = b"MQIsdp";
-
 /// Longest client identifier MQTT 3.1 allows, in characters.
 const V31_MAX_CLIENT_ID_CHARS: usize = 23;
-
-/// The MQTT protocol version a client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProtocolVersion {
-    /// MQTT 3.1, protocol name "MQIsdp", level 3.
-    V31,
-    /// MQTT 3.1.1, protocol name "MQTT", level 4.
-    V311,
-    /// MQTT 5, protocol name "MQTT", level 5.
-    V5,
-}
-
-impl ProtocolVersion {
-    /// The Protocol Level byte of this version.
-    pub fn level(self) -> u8 {
-        match self {
-            ProtocolVersion::V31 => 3,
-            ProtocolVersion::V311 => 4,
-            ProtocolVersion::V5 => 5,
-        }
-    }
-
-    /// Human-readable version ("3.1", "3.1.1", "5"), e.g. for labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProtocolVersion::V31 => "3.1",
-            ProtocolVersion::V311 => "3.1.1",
-            ProtocolVersion::V5 => "5",
-        }
-    }
-
-    /// The version with Protocol Level `level`, if supported.
-    pub fn from_level(level: u8) -> Option<Self> {
-        match level {
-            3 => Some(ProtocolVersion::V31),
-            4 => Some(ProtocolVersion::V311),
-            5 => Some(ProtocolVersion::V5),
-            _ => None,
-        }
-    }
-
-    /// The Protocol Name that must accompany this level [MQTT-3.1.2-1].
-    fn protocol_name(self) -> &'static [u8] {
-        match self {
-            ProtocolVersion::V31 => NAME_MQISDP,
-            ProtocolVersion::V311 | ProtocolVersion::V5 => NAME_MQTT,
-        }
-    }
-}
 
 /// The Will Message a client registered (its payload is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,15 @@
 //!   ("MQIsdp", level 3), 3.1.1 ("MQTT", level 4) and 5 ("MQTT", level 5).
 //! - [`connack`](mod@connack): the refusal CONNACK for each version
 //!   ([`connack::connack`]).
+//! - [`first_packet`]: reading the first packet off the client's stream,
+//!   whole and under a size cap.
+//! - [`version`]: the protocol versions, shared by the validator and the
+//!   CONNACK writer.
+//!
+//! The other MQTT bytes mqtt-lb builds or recognises live here too:
+//! [`disconnect`] (the client's DISCONNECT, the shutdown notice),
+//! [`boundary`] (packet boundaries the relay stops at) and [`probe`] (the
+//! `mqtt` health check's CONNECT and the CONNACK it expects).
 //!
 //! The parsers never panic, never allocate more than the input size, and
 //! borrow from the input until the few strings kept in [`Connect`] are copied.
@@ -43,13 +52,19 @@
 //! 3.1.1; `UnsupportedVersion` only with an unknown level; a name/level
 //! mismatch (`BadProtocolName`) carries the level's version but is closed.
 
+pub mod boundary;
 pub mod connack;
 pub mod connect;
+pub mod disconnect;
+pub mod first_packet;
 pub mod frame;
+pub mod probe;
+pub mod version;
 
 // The `connack` function is not re-exported: `mqtt::connack` names the module.
 pub use connack::Refusal;
-pub use connect::{parse_connect, Connect, ConnectError, ProtocolVersion, RejectReason, Will};
+pub use connect::{parse_connect, Connect, ConnectError, RejectReason, Will};
 pub use frame::{
     check_fixed_header, decode_varint, encode_remaining_length, FixedHeader, FrameError, MAX_REMAINING_LENGTH,
 };
+pub use version::ProtocolVersion;

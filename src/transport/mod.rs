@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod tls;
+pub mod upstream;
 pub mod ws;
 
 use std::pin::Pin;

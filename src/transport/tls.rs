@@ -173,6 +173,20 @@ fn needed_for_encrypt(e: EncryptError) -> Option<usize> {
     }
 }
 
+/// Classifies a failed handshake for `mqttlb_tls_handshake_failures_total{kind}`.
+pub fn handshake_failure_kind(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return "eof";
+    }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => "client_certificate",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "protocol",
+        None => "io",
+    }
+}
+
 /// Accepts a TLS connection: runs the handshake to its end (client certificate checked, when asked for) and
 /// returns the stream. Sends the alert rustls chose when the handshake fails. The caller bounds it in time.
 pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<TlsStream> {

@@ -77,6 +77,9 @@ pub enum Violation {
 }
 
 impl Violation {
+    /// Every violation, for label enumeration.
+    pub const ALL: [Violation; 3] = [Violation::TextFrame, Violation::FrameTooLarge, Violation::Protocol];
+
     /// The `reason` label of the metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -124,23 +127,65 @@ pub struct UpgradePolicy {
     pub frames: WebSocketConfig,
 }
 
+/// Why a client's upgrade failed: the `reason` label of the rejected counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeFailure {
+    BadPath,
+    BadUpgrade,
+    Origin,
+    NoSubprotocol,
+    TooLarge,
+    Timeout,
+    ClosedBeforeUpgrade,
+    /// A read or write failed during the upgrade.
+    Io,
+}
+
+impl UpgradeFailure {
+    /// Every failure, for label enumeration.
+    pub const ALL: [UpgradeFailure; 8] = [
+        UpgradeFailure::BadPath,
+        UpgradeFailure::BadUpgrade,
+        UpgradeFailure::Origin,
+        UpgradeFailure::NoSubprotocol,
+        UpgradeFailure::TooLarge,
+        UpgradeFailure::Timeout,
+        UpgradeFailure::ClosedBeforeUpgrade,
+        UpgradeFailure::Io,
+    ];
+
+    /// The `reason` label of the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpgradeFailure::BadPath => "ws_bad_path",
+            UpgradeFailure::BadUpgrade => "ws_bad_upgrade",
+            UpgradeFailure::Origin => "ws_origin",
+            UpgradeFailure::NoSubprotocol => "ws_no_subprotocol",
+            UpgradeFailure::TooLarge => "ws_upgrade_too_large",
+            UpgradeFailure::Timeout => "ws_upgrade_timeout",
+            UpgradeFailure::ClosedBeforeUpgrade => "ws_closed_before_upgrade",
+            UpgradeFailure::Io => "client_error",
+        }
+    }
+}
+
 /// An upgrade request refused: the HTTP status to answer with and the metrics reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub struct UpgradeRefusal {
     pub status: u16,
-    pub reason: &'static str,
+    pub reason: UpgradeFailure,
     /// One line for the body of the answer.
     pub detail: &'static str,
 }
 
-const fn refuse(status: u16, reason: &'static str, detail: &'static str) -> Refusal {
-    Refusal { status, reason, detail }
+const fn refuse(status: u16, reason: UpgradeFailure, detail: &'static str) -> UpgradeRefusal {
+    UpgradeRefusal { status, reason, detail }
 }
 
-const TOO_LARGE: Refusal = refuse(431, "ws_upgrade_too_large", "the upgrade request is too large");
-const TIMEOUT: Refusal = refuse(408, "ws_upgrade_timeout", "the upgrade request took too long");
+const TOO_LARGE: UpgradeRefusal = refuse(431, UpgradeFailure::TooLarge, "the upgrade request is too large");
+const TIMEOUT: UpgradeRefusal = refuse(408, UpgradeFailure::Timeout, "the upgrade request took too long");
 
-impl Refusal {
+impl UpgradeRefusal {
     /// The HTTP answer (the connection is closed after it).
     pub fn response(&self) -> String {
         let phrase = match self.status {
@@ -202,54 +247,56 @@ fn key_is_valid(key: &str) -> bool {
 }
 
 /// Checks an upgrade request (the bytes of its head) against `policy`.
-pub fn check_request(head: &[u8], policy: &UpgradePolicy) -> Result<Accepted, Refusal> {
+pub fn check_request(head: &[u8], policy: &UpgradePolicy) -> Result<Accepted, UpgradeRefusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(refuse(400, "ws_bad_upgrade", "incomplete HTTP request")),
+        Ok(httparse::Status::Partial) => {
+            return Err(refuse(400, UpgradeFailure::BadUpgrade, "incomplete HTTP request"))
+        }
         Err(httparse::Error::TooManyHeaders) => return Err(TOO_LARGE),
-        Err(_) => return Err(refuse(400, "ws_bad_upgrade", "not an HTTP/1.1 request")),
+        Err(_) => return Err(refuse(400, UpgradeFailure::BadUpgrade, "not an HTTP/1.1 request")),
     }
     if request.method != Some("GET") {
-        return Err(refuse(400, "ws_bad_upgrade", "a WebSocket upgrade is a GET"));
+        return Err(refuse(400, UpgradeFailure::BadUpgrade, "a WebSocket upgrade is a GET"));
     }
     if request.version != Some(1) {
-        return Err(refuse(400, "ws_bad_upgrade", "a WebSocket upgrade needs HTTP/1.1"));
+        return Err(refuse(400, UpgradeFailure::BadUpgrade, "a WebSocket upgrade needs HTTP/1.1"));
     }
     let target = request.path.unwrap_or_default();
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     if path != policy.path {
-        return Err(refuse(404, "ws_bad_path", "no WebSocket endpoint here"));
+        return Err(refuse(404, UpgradeFailure::BadPath, "no WebSocket endpoint here"));
     }
     let headers = request.headers;
     if !header_tokens(headers, "upgrade").any(|t| t.eq_ignore_ascii_case("websocket")) {
-        return Err(refuse(400, "ws_bad_upgrade", "\"Upgrade: websocket\" is missing"));
+        return Err(refuse(400, UpgradeFailure::BadUpgrade, "\"Upgrade: websocket\" is missing"));
     }
     if !header_tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
-        return Err(refuse(400, "ws_bad_upgrade", "\"Connection: Upgrade\" is missing"));
+        return Err(refuse(400, UpgradeFailure::BadUpgrade, "\"Connection: Upgrade\" is missing"));
     }
     let mut versions = header_values(headers, "sec-websocket-version");
     match (versions.next(), versions.next()) {
         (Some("13"), None) => {}
-        (None, _) => return Err(refuse(400, "ws_bad_upgrade", "Sec-WebSocket-Version is missing")),
-        _ => return Err(refuse(426, "ws_bad_upgrade", "only WebSocket version 13 is supported")),
+        (None, _) => return Err(refuse(400, UpgradeFailure::BadUpgrade, "Sec-WebSocket-Version is missing")),
+        _ => return Err(refuse(426, UpgradeFailure::BadUpgrade, "only WebSocket version 13 is supported")),
     }
     let mut keys = header_values(headers, "sec-websocket-key");
     let key = match (keys.next(), keys.next()) {
         (Some(k), None) if key_is_valid(k) => k,
-        _ => return Err(refuse(400, "ws_bad_upgrade", "Sec-WebSocket-Key is missing or invalid")),
+        _ => return Err(refuse(400, UpgradeFailure::BadUpgrade, "Sec-WebSocket-Key is missing or invalid")),
     };
     if !policy.allowed_origins.is_empty() {
         if let Some(origin) = header_values(headers, "origin").next() {
             if !policy.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                return Err(refuse(403, "ws_origin", "origin not allowed"));
+                return Err(refuse(403, UpgradeFailure::Origin, "origin not allowed"));
             }
         }
     }
     let protocol = header_tokens(headers, "sec-websocket-protocol")
         .find(|t| SUBPROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(t)))
-        .ok_or(refuse(400, "ws_no_subprotocol", "Sec-WebSocket-Protocol must offer mqtt (or mqttv3.1)"))?;
+        .ok_or(refuse(400, UpgradeFailure::NoSubprotocol, "Sec-WebSocket-Protocol must offer mqtt (or mqttv3.1)"))?;
     Ok(Accepted {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol: protocol.to_owned(),
@@ -287,7 +334,7 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Vec<u8>, usize), 
 /// Sends an error answer and closes, each step bounded by [`ANSWER_TIMEOUT`]. The client's unread bytes are
 /// drained (at most [`LINGER_BYTES`]) until it closes too, so that our close does not turn into a reset that
 /// could destroy the answer before the client reads it.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, refusal: &Refusal) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, refusal: &UpgradeRefusal) {
     let _ = tokio::time::timeout(ANSWER_TIMEOUT, async {
         s.write_all(refusal.response().as_bytes()).await?;
         s.flush().await
@@ -310,17 +357,17 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, refusal: &Refusal)
 /// Most bytes read and dropped while waiting for a refused client to close.
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Upgrades a client connection per `policy`. On refusal the client has been answered and closed; the error is
-/// the metrics reason.
+/// Upgrades a client connection per `policy`. On refusal the client has been answered and closed; the error says
+/// why (the metrics reason).
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     policy: &UpgradePolicy,
-) -> Result<WsIo<S>, &'static str> {
+) -> Result<WsIo<S>, UpgradeFailure> {
     let deadline = Instant::now() + policy.timeout;
     let (mut buf, end) = match tokio::time::timeout_at(deadline, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Closed)) => return Err("ws_closed_before_upgrade"),
-        Ok(Err(HeadError::Io)) => return Err("client_error"),
+        Ok(Err(HeadError::Closed)) => return Err(UpgradeFailure::ClosedBeforeUpgrade),
+        Ok(Err(HeadError::Io)) => return Err(UpgradeFailure::Io),
         Ok(Err(HeadError::TooLarge)) => {
             answer(&mut stream, &TOO_LARGE).await;
             return Err(TOO_LARGE.reason);
@@ -344,7 +391,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
     match sent {
         Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err("client_error"),
+        Ok(Err(_)) => return Err(UpgradeFailure::Io),
         Err(_) => return Err(TIMEOUT.reason),
     }
     let early_frames = buf.split_off(end);
@@ -555,9 +602,9 @@ mod tests {
         let a = check_request(&good(&["Sec-WebSocket-Protocol: MQTT"]), &p).unwrap();
         assert_eq!(a.protocol, "MQTT", "echoed as written");
         let r = check_request(&good(&["Sec-WebSocket-Protocol: chat"]), &p).unwrap_err();
-        assert_eq!((r.status, r.reason), (400, "ws_no_subprotocol"));
+        assert_eq!((r.status, r.reason.label()), (400, "ws_no_subprotocol"));
         let r = check_request(&good(&[]), &p).unwrap_err();
-        assert_eq!((r.status, r.reason), (400, "ws_no_subprotocol"));
+        assert_eq!((r.status, r.reason.label()), (400, "ws_no_subprotocol"));
     }
 
     #[test]
@@ -593,7 +640,7 @@ mod tests {
         ];
         for (req, status, reason) in cases {
             let r = check_request(req, &p).unwrap_err();
-            assert_eq!((r.status, r.reason), (*status, *reason), "{}", String::from_utf8_lossy(req));
+            assert_eq!((r.status, r.reason.label()), (*status, *reason), "{}", String::from_utf8_lossy(req));
             assert!(r.response().starts_with(&format!("HTTP/1.1 {status} ")));
         }
         // A query string is not part of the path; an allowed origin passes in any case; no origin passes.
@@ -607,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_and_slow_requests_are_answered() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(async move { accept(server, &policy()).await.err() });
+        let task = tokio::spawn(async move { accept(server, &policy()).await.err().map(UpgradeFailure::label) });
         let mut big = b"GET /mqtt HTTP/1.1\r\n".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_UPGRADE_REQUEST));
         client.write_all(&big).await.unwrap();
@@ -619,7 +666,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let mut p = policy();
         p.timeout = Duration::from_millis(50);
-        let task = tokio::spawn(async move { accept(server, &p).await.err() });
+        let task = tokio::spawn(async move { accept(server, &p).await.err().map(UpgradeFailure::label) });
         client.write_all(b"GET /mqtt HTTP/1.1\r\n").await.unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();

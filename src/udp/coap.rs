@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 
 use tokio::net::UdpSocket;
 
-use crate::health::ProbeError;
-
 /// Message types (the `T` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageType {
@@ -240,37 +238,49 @@ fn probe_message_id() -> u16 {
     (nanos as u16) ^ NEXT.fetch_add(0x9E37, Ordering::Relaxed)
 }
 
+/// Why a UDP probe (CoAP ping, DTLS hello) failed; the health checks turn it into their own error.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpProbeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    /// An answer of the wrong kind.
+    #[error("{0}")]
+    Answer(String),
+}
+
 /// A UDP socket of a probe, connected to `address` (`host:port`, resolved here).
-pub(crate) async fn probe_socket(address: &str) -> Result<UdpSocket, ProbeError> {
+pub(crate) async fn probe_socket(address: &str) -> Result<UdpSocket, UdpProbeError> {
     let target: SocketAddr = match address.parse() {
         Ok(a) => a,
         Err(_) => tokio::net::lookup_host(address)
             .await
-            .map_err(ProbeError::Connect)?
+            .map_err(UdpProbeError::Connect)?
             .next()
-            .ok_or_else(|| ProbeError::Connect(std::io::Error::other("the name has no address")))?,
+            .ok_or_else(|| UdpProbeError::Connect(std::io::Error::other("the name has no address")))?,
     };
     let local: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let socket = UdpSocket::bind(local).await.map_err(ProbeError::Connect)?;
-    socket.connect(target).await.map_err(ProbeError::Connect)?;
+    let socket = UdpSocket::bind(local).await.map_err(UdpProbeError::Connect)?;
+    socket.connect(target).await.map_err(UdpProbeError::Connect)?;
     Ok(socket)
 }
 
 /// One CoAP ping of `address` (`host:port`): a Confirmable Empty message, answered by a Reset with the same
 /// message id. Other datagrams are ignored; the caller bounds the wait. An ICMP port unreachable shows as an
 /// I/O error (connection refused).
-pub async fn ping(address: &str) -> Result<(), ProbeError> {
+pub async fn ping(address: &str) -> Result<(), UdpProbeError> {
     let socket = probe_socket(address).await?;
     let id = probe_message_id();
-    socket.send(&ping_message(id)).await.map_err(ProbeError::Io)?;
+    socket.send(&ping_message(id)).await.map_err(UdpProbeError::Io)?;
     let mut buf = [0u8; 64];
     loop {
-        let n = socket.recv(&mut buf).await.map_err(ProbeError::Io)?;
+        let n = socket.recv(&mut buf).await.map_err(UdpProbeError::Io)?;
         let answer = buf.get(..n).unwrap_or_default();
         match parse(answer) {
             Ok(m) if m.message_id == id && m.kind == MessageType::Reset => return Ok(()),
             Ok(m) if m.message_id == id => {
-                return Err(ProbeError::Coap(format!("answered the ping with {:?}, not a Reset", m.kind)))
+                return Err(UdpProbeError::Answer(format!("answered the ping with {:?}, not a Reset", m.kind)))
             }
             _ => continue,
         }

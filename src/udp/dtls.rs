@@ -153,18 +153,18 @@ pub fn client_hello(random: [u8; 32]) -> Vec<u8> {
 
 /// The `dtls-hello` health check of `address` (`host:port`): a [`client_hello`], answered by any DTLS handshake
 /// or alert record. Other datagrams are ignored; the caller bounds the wait.
-pub async fn hello_probe(address: &str) -> Result<(), crate::health::ProbeError> {
-    use crate::health::ProbeError;
+pub async fn hello_probe(address: &str) -> Result<(), super::coap::UdpProbeError> {
+    use super::coap::UdpProbeError;
     let socket = super::coap::probe_socket(address).await?;
     let mut random = [0u8; 32];
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     for (i, chunk) in random.chunks_mut(16).enumerate() {
         chunk.copy_from_slice(&(nanos ^ (i as u128) << 64).to_le_bytes());
     }
-    socket.send(&client_hello(random)).await.map_err(ProbeError::Io)?;
+    socket.send(&client_hello(random)).await.map_err(UdpProbeError::Io)?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = socket.recv(&mut buf).await.map_err(ProbeError::Io)?;
+        let n = socket.recv(&mut buf).await.map_err(UdpProbeError::Io)?;
         let answer = buf.get(..n).unwrap_or_default();
         if let Ok(Record { content_type: Some(21 | HANDSHAKE), .. }) = first_record(answer, None) {
             return Ok(());

@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::balancer::backend::{ActiveGuard, Server};
+use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::Balancer;
 use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol, ServerConfig};
 use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
@@ -320,12 +320,12 @@ impl FlowShared {
 }
 
 /// Token bucket of a flow (`max_datagram_rate_per_flow`).
-struct Bucket {
+struct FlowRateBucket {
     tokens: f64,
     updated: u64,
 }
 
-impl Bucket {
+impl FlowRateBucket {
     fn take(&mut self, now: u64, rate: u32, burst: u32) -> bool {
         if rate == 0 {
             return true;
@@ -346,11 +346,11 @@ impl Bucket {
 /// One device address and its connected socket to its server.
 struct Flow {
     upstream: Arc<UdpSocket>,
-    server: Arc<Server>,
+    server: Arc<BackendServer>,
     _active: ActiveGuard,
     shared: Arc<FlowShared>,
     replies: tokio::task::AbortHandle,
-    bucket: Bucket,
+    bucket: FlowRateBucket,
 }
 
 impl Drop for Flow {
@@ -377,22 +377,22 @@ impl LastSeen for CidEntry {
     }
 }
 
-/// What the front door read in a datagram.
+/// The placement keys the front door read in a datagram: a DTLS Connection ID or an LwM2M endpoint name.
 #[derive(Debug, Default)]
-struct Seen<'a> {
+struct DatagramKeys<'a> {
     cid: Option<&'a [u8]>,
     endpoint: Option<&'a [u8]>,
 }
 
 /// Tells DTLS from CoAP and checks the header; errs with the drop reason.
-fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<Seen<'_>, &'static str> {
+fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<DatagramKeys<'_>, &'static str> {
     let first = *data.first().ok_or(drop_reason::MALFORMED_COAP)?;
     if dtls::is_dtls(first) {
         let record = dtls::first_record(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
-        Ok(Seen { cid: record.cid, endpoint: None })
+        Ok(DatagramKeys { cid: record.cid, endpoint: None })
     } else {
         let message = coap::parse(data).map_err(|_| drop_reason::MALFORMED_COAP)?;
-        Ok(Seen { cid: None, endpoint: message.register_endpoint() })
+        Ok(DatagramKeys { cid: None, endpoint: message.register_endpoint() })
     }
 }
 
@@ -569,7 +569,7 @@ impl Listener {
     }
 
     /// A new flow for `src`, then the datagram on it.
-    async fn open(&mut self, ctx: &UdpContext, data: &[u8], src: SocketAddr, seen: &Seen<'_>, now: u64) {
+    async fn open(&mut self, ctx: &UdpContext, data: &[u8], src: SocketAddr, seen: &DatagramKeys<'_>, now: u64) {
         let (m, s) = (&ctx.metrics, &ctx.settings);
         let ip = src.ip().to_canonical();
         if s.max_flows_per_ip > 0 && self.flows_per_ip.get(&ip).copied().unwrap_or(0) >= s.max_flows_per_ip {
@@ -619,10 +619,10 @@ impl Listener {
     fn place(
         &mut self,
         ctx: &UdpContext,
-        seen: &Seen<'_>,
+        seen: &DatagramKeys<'_>,
         src: SocketAddr,
         now: u64,
-    ) -> Option<(&'static str, Arc<Server>, SocketAddr)> {
+    ) -> Option<(&'static str, Arc<BackendServer>, SocketAddr)> {
         let (mut kind, key, node, learned) = match (seen.cid, seen.endpoint) {
             (Some(cid), _) => {
                 let learned = self.cids.get_mut(cid).map(|e| {
@@ -655,7 +655,7 @@ impl Listener {
         &self,
         ctx: &UdpContext,
         device: SocketAddr,
-        server: Arc<Server>,
+        server: Arc<BackendServer>,
         socket: std::net::UdpSocket,
         now: u64,
     ) -> std::io::Result<Flow> {
@@ -672,7 +672,7 @@ impl Listener {
         ))
         .abort_handle();
         let settings = &ctx.settings;
-        let bucket = Bucket { tokens: f64::from(settings.datagram_rate_burst.max(1)), updated: now };
+        let bucket = FlowRateBucket { tokens: f64::from(settings.datagram_rate_burst.max(1)), updated: now };
         Ok(Flow { upstream, _active: server.track(), server, shared, replies, bucket })
     }
 
@@ -927,7 +927,7 @@ backends:
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let by_hash = |cid: &[u8]| balancer.candidates(Some(&PlacementKey::DtlsCid(cid).bytes()))[0].name.clone();
         let place = |l: &mut Listener, cid: &[u8]| {
-            let seen = Seen { cid: Some(cid), endpoint: None };
+            let seen = DatagramKeys { cid: Some(cid), endpoint: None };
             l.place(&ctx, &seen, src, 1).map(|(kind, server, _)| (kind, server.name.clone())).unwrap()
         };
         // Node id 2, with random bytes after it that hash to another server: b all the same.
@@ -961,7 +961,7 @@ backends:
 
     #[test]
     fn bucket_refills() {
-        let mut b = Bucket { tokens: 2.0, updated: 0 };
+        let mut b = FlowRateBucket { tokens: 2.0, updated: 0 };
         assert!(b.take(0, 10, 2));
         assert!(b.take(0, 10, 2));
         assert!(!b.take(0, 10, 2));

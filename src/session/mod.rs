@@ -1,0 +1,319 @@
+//! One client connection, from accept to close, read in the order it happens:
+//! PROXY header in (from trusted proxies) -> transport (TLS handshake under a deadline; for `websocket` listeners
+//! the HTTP upgrade, under a deadline too) -> first packet (read under `connect_timeout` and `max_connect_size`,
+//! validated) -> placement (the backend's servers ranked for the client id, from one snapshot of the pool) ->
+//! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
+//! relay -> end ([`end`]: the close reason and the one log line).
+//!
+//! Each phase returns `Result<_, Reject>`; a refusal ([`reject`]) is counted, logged and answered in one place.
+//!
+//! A WebSocket client goes through the same CONNECT reader, validator and placement as an MQTTS client: only its
+//! transport differs ([`ClientStream::Ws`]), so a client id lands on the same server over either listener when
+//! both backends name their servers alike. The server side is TCP or, for `websocket` backends, a WebSocket
+//! client connection ([`ServerStream`]).
+
+pub mod end;
+pub mod reject;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, field, Span};
+
+use crate::balancer::backend::{ActiveGuard, BackendServer};
+use crate::balancer::{Balancer, Pool};
+use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
+use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
+use crate::mqtt::first_packet::read_first_packet;
+use crate::mqtt::{parse_connect, Connect, ProtocolVersion};
+use crate::proxy_protocol;
+use crate::relay::{relay, RelayEnd, ShutdownNotice};
+use crate::transport::identity::PeerIdentity;
+use crate::transport::tls;
+use crate::transport::upstream::{self, ClientAddresses};
+use crate::transport::ws::{self, UpgradePolicy};
+use crate::transport::{ClientStream, ServerStream};
+use end::{ClientSide, EndLine, FirstEof, ServerSide};
+use reject::{refuse, Reject};
+
+/// What every connection of one listener shares.
+pub struct SessionContext {
+    pub name: String,
+    pub protocol: ListenerProtocol,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `websocket` listeners: what the upgrade accepts.
+    pub ws: Option<UpgradePolicy>,
+    /// When not empty, the only client addresses accepted (checked by the accept loop).
+    pub allowed_sources: Vec<Cidr>,
+    pub balancer: Arc<Balancer>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub listener_metrics: ListenerMetrics,
+    /// `log.client_id`: whether the `connection closed` line (and the connection's span) names the client id.
+    pub log_client_id: bool,
+    /// Connections from these networks start with a PROXY protocol header naming the real client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `tls.require_identity`: the CONNECT field a client certificate must vouch for.
+    pub require_identity: RequireIdentity,
+    /// The server's shutdown token and the MQTT 5 DISCONNECT reason to send when it fires (`shutdown.disconnect`).
+    pub shutdown_notice: Option<(CancellationToken, u8)>,
+}
+
+/// The span every log line of one connection is written in: the listener and the TCP peer, then the client a
+/// trusted proxy names and the client id once they are known.
+pub fn connection_span(listener: &str, peer: SocketAddr) -> Span {
+    tracing::debug_span!("connection", listener, %peer, client = field::Empty, client_id = field::Empty)
+}
+
+pub struct Session {
+    ctx: Arc<SessionContext>,
+    /// The client's address: the TCP peer, or what a trusted proxy's PROXY header says.
+    peer: SocketAddr,
+    /// The address the client connected to (or what a trusted proxy's PROXY header says).
+    local: Option<SocketAddr>,
+    /// When the connection was accepted.
+    started: Instant,
+    /// The verified client certificate's names (mTLS) and the TLS version, once the handshake is done.
+    tls_info: Option<proxy_protocol::TlsInfo>,
+    identity: Option<PeerIdentity>,
+}
+
+/// Keeps the listener's active-connections gauge up while a session lives.
+struct ActiveListener<'a>(&'a ListenerMetrics);
+
+impl Drop for ActiveListener<'_> {
+    fn drop(&mut self) {
+        self.0.active.dec();
+    }
+}
+
+/// How long closing the client's stream may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Session {
+    pub fn new(ctx: Arc<SessionContext>, peer: SocketAddr) -> Session {
+        Session { ctx, peer, local: None, started: Instant::now(), tls_info: None, identity: None }
+    }
+
+    /// The whole path; run inside [`connection_span`].
+    pub async fn run(mut self, mut tcp: TcpStream) {
+        let ctx = Arc::clone(&self.ctx);
+        ctx.listener_metrics.active.inc();
+        let _active = ActiveListener(&ctx.listener_metrics);
+        let _ = tcp.set_nodelay(true);
+        self.local = tcp.local_addr().ok();
+        let transport = match self.proxy_header(&mut tcp).await {
+            Ok(()) => self.transport(tcp).await,
+            Err(reject) => Err(reject),
+        };
+        let mut stream = match transport {
+            Ok(stream) => stream,
+            Err(reject) => return refuse::<TcpStream>(&ctx.metrics, &ctx.name, reject, None).await,
+        };
+        let result = match ctx.protocol {
+            ListenerProtocol::Mqtt | ListenerProtocol::Websocket => self.mqtt(&mut stream).await,
+            ListenerProtocol::Tcp => self.passthrough(&mut stream).await,
+            // Never here: coap listeners are UDP sockets served by `crate::udp`.
+            ListenerProtocol::Coap => Ok(()),
+        };
+        if let Some(v) = stream.ws_violation() {
+            let labels = ReasonLabels { listener: ctx.name.clone(), reason: v.label() };
+            ctx.metrics.websocket_frame_errors.get_or_create(&labels).inc();
+        }
+        if let Err(reject) = result {
+            refuse(&ctx.metrics, &ctx.name, reject, Some(&mut stream)).await;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+        if let ClientStream::Ws(ws) = &mut stream {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.linger()).await;
+        }
+    }
+
+    /// From a trusted proxy: its PROXY header, under `limits.handshake_timeout`, names the real client.
+    async fn proxy_header(&mut self, tcp: &mut TcpStream) -> Result<(), Reject> {
+        let ctx = &self.ctx;
+        if ctx.trusted_proxies.is_empty() || !crate::config::source_allowed(&ctx.trusted_proxies, self.peer.ip()) {
+            return Ok(());
+        }
+        let received = proxy_protocol::read_header(tcp, ctx.limits.handshake_timeout).await.map_err(|e| {
+            debug!(error = %e, "PROXY header refused");
+            Reject::from(&e)
+        })?;
+        if let Some(source) = received.source {
+            Span::current().record("client", field::display(source));
+            debug!("PROXY header");
+            self.peer = source;
+            self.local = received.destination.or(self.local);
+        }
+        Ok(())
+    }
+
+    /// TLS (under `limits.handshake_timeout`) and, on `websocket` listeners, the upgrade.
+    async fn transport(&mut self, tcp: TcpStream) -> Result<ClientStream, Reject> {
+        let stream = self.handshake(tcp).await?;
+        match &self.ctx.ws {
+            None => Ok(stream),
+            // Boxed: inline, the upgrade's state (2.5 KB) would size every session's task, WebSocket or not.
+            Some(policy) => match Box::pin(ws::accept(stream, policy)).await {
+                Ok(ws) => Ok(ClientStream::Ws(Box::new(ws))),
+                Err(failure) => Err(Reject::WsUpgrade(failure)),
+            },
+        }
+    }
+
+    /// The TLS handshake, under `limits.handshake_timeout`.
+    async fn handshake(&mut self, tcp: TcpStream) -> Result<ClientStream, Reject> {
+        let ctx = &self.ctx;
+        let Some(config) = &ctx.tls else {
+            return Ok(ClientStream::Plain(tcp));
+        };
+        let start = Instant::now();
+        // Boxed: the handshake's state (rustls's connection in the making) would otherwise size the session's task
+        // for the whole life of the connection.
+        let accepting = Box::pin(tls::accept(tcp, Arc::clone(config)));
+        let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
+            Ok(Ok(tls)) => tls,
+            Err(_) => return Err(Reject::TlsHandshake { kind: "timeout" }),
+            Ok(Err(e)) => return Err(Reject::TlsHandshake { kind: tls::handshake_failure_kind(&e) }),
+        };
+        ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
+        let connection = tls.connection();
+        self.identity = connection.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::from_der(c));
+        self.tls_info = Some(proxy_protocol::TlsInfo {
+            version: connection.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS").to_owned(),
+            common_name: self.identity.as_ref().and_then(|i| i.common_names.first().cloned()),
+        });
+        Ok(ClientStream::Tls(Box::new(tls)))
+    }
+
+    /// An MQTT client: first packet, identity, placement, upstream, relay.
+    async fn mqtt(&self, stream: &mut ClientStream) -> Result<(), Reject> {
+        let (connect, buf) = self.first_packet(stream).await?;
+        let version = Some(connect.version);
+        self.check_identity(&connect)?;
+        if self.ctx.log_client_id {
+            Span::current().record("client_id", connect.client_id.as_str());
+        }
+        let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
+        let (pool, candidates) = self.placement(key, version)?;
+        let (server, guard) =
+            self.upstream(&pool, &candidates, &buf).await.ok_or(Reject::ServerConnectFailed(version))?;
+        debug!(server = %guard.server().name, "relaying");
+        let notice = match (&self.ctx.shutdown_notice, connect.version) {
+            (Some((token, reason)), ProtocolVersion::V5) => {
+                Some(ShutdownNotice::mqtt5_disconnect(token.clone(), *reason))
+            }
+            _ => None,
+        };
+        // The CONNECT bytes went to the server: free them rather than keep them for the life of the relay.
+        let sent_first = buf.len();
+        drop(buf);
+        self.relay(stream, server, guard, Some(&connect.client_id), sent_first, notice).await;
+        Ok(())
+    }
+
+    /// A raw TCP client: place it (by source address for `client-id` balance) and relay.
+    async fn passthrough(&self, stream: &mut ClientStream) -> Result<(), Reject> {
+        let ip = self.peer.ip().to_string();
+        let (pool, candidates) = self.placement(Some(ip.as_bytes()), None)?;
+        let (server, guard) = self.upstream(&pool, &candidates, &[]).await.ok_or(Reject::ServerConnectFailed(None))?;
+        self.relay(stream, server, guard, None, 0, None).await;
+        Ok(())
+    }
+
+    /// The first packet, read under `connect_timeout` and `max_connect_size`, and validated as a CONNECT. Returns
+    /// it with the bytes read (the packet and anything the client sent after it).
+    async fn first_packet(&self, stream: &mut ClientStream) -> Result<(Connect, Vec<u8>), Reject> {
+        let ctx = &self.ctx;
+        let start = Instant::now();
+        let limits = &ctx.limits;
+        let read = tokio::time::timeout(limits.connect_timeout, read_first_packet(stream, limits.max_connect_size));
+        let (buf, len) = read.await.map_err(|_| Reject::ConnectTimeout)??;
+        let connect = parse_connect(buf.get(..len).unwrap_or_default()).map_err(Reject::InvalidConnect)?;
+        ctx.listener_metrics.connect_read_seconds.observe(start.elapsed().as_secs_f64());
+        Ok((connect, buf))
+    }
+
+    /// `tls.require_identity`: the client certificate must vouch for the CONNECT's client id or user name.
+    fn check_identity(&self, connect: &Connect) -> Result<(), Reject> {
+        let claimed = match self.ctx.require_identity {
+            RequireIdentity::None => return Ok(()),
+            RequireIdentity::ClientId => connect.client_id.as_str(),
+            RequireIdentity::Username => connect.username.as_deref().unwrap_or_default(),
+        };
+        if self.identity.as_ref().is_some_and(|id| id.vouches_for(claimed)) {
+            return Ok(());
+        }
+        debug!(claimed, "the client certificate does not vouch for this identity");
+        Err(Reject::IdentityMismatch(connect.version))
+    }
+
+    /// One snapshot of the backend's pool and its usable servers for `key`, best first.
+    fn placement(
+        &self,
+        key: Option<&[u8]>,
+        version: Option<ProtocolVersion>,
+    ) -> Result<(Arc<Pool>, Vec<Arc<BackendServer>>), Reject> {
+        let pool = self.ctx.balancer.pool();
+        let candidates = pool.candidates(key);
+        if candidates.is_empty() {
+            return Err(Reject::NoServerAvailable(version));
+        }
+        Ok((pool, candidates))
+    }
+
+    /// Opens the first candidate that answers and sends it `first_bytes`.
+    async fn upstream(
+        &self,
+        pool: &Pool,
+        candidates: &[Arc<BackendServer>],
+        first_bytes: &[u8],
+    ) -> Option<(ServerStream, ActiveGuard)> {
+        let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };
+        upstream::open(&pool.config, candidates, &client, self.ctx.limits.max_ws_frame_size, first_bytes).await
+    }
+
+    /// Relays until the end, then logs the connection's one `connection closed` line (see [`end`]).
+    /// `sent_first` is the number of client bytes already sent to the server (the buffered CONNECT).
+    async fn relay(
+        &self,
+        stream: &mut ClientStream,
+        server: ServerStream,
+        guard: ActiveGuard,
+        client_id: Option<&str>,
+        sent_first: usize,
+        notice: Option<ShutdownNotice>,
+    ) {
+        let s = guard.server();
+        // Relays ended by the shutdown notice (a DISCONNECT 0x8B to the client) are logged as `shutdown`.
+        let notified = notice.as_ref().map(|n| n.token.clone());
+        let first_eof = FirstEof::default();
+        let line = EndLine {
+            listener: &self.ctx.name,
+            peer: self.peer,
+            client_id: client_id.filter(|_| self.ctx.log_client_id),
+            server: &s.name,
+            started: self.started,
+        };
+        let mut client = ClientSide::new(stream, &first_eof, sent_first, line);
+        let relayed = relay(
+            &mut client,
+            ServerSide::new(server, &first_eof),
+            s.metrics.sent_bytes.clone(),
+            s.metrics.received_bytes.clone(),
+            self.ctx.limits.idle_timeout,
+            notice,
+        );
+        // `on_down: close` ends the relay when health checks take the server down.
+        let end = tokio::select! {
+            end = relayed => end,
+            () = s.relays_closed() => RelayEnd::ServerDown,
+        };
+        client.finish(end, notified.as_ref().is_some_and(CancellationToken::is_cancelled));
+    }
+}

@@ -1,0 +1,115 @@
+//! Opening a client's connection to a server: TCP connect under the backend's `connect_timeout`, the PROXY header
+//! out, for `websocket` backends the WebSocket client upgrade, then the client's first bytes. Candidates are tried
+//! best first; a server that fails any step counts a connect error and the next one is tried.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::ws;
+use super::ServerStream;
+use crate::balancer::backend::{ActiveGuard, BackendServer};
+use crate::config::{BackendConfig, BackendProtocol};
+use crate::proxy_protocol::{self, TlsInfo};
+
+/// The client as the PROXY header describes it to the server.
+pub struct ClientAddresses<'a> {
+    /// The client's address (the TCP peer, or what a trusted proxy said).
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
+    pub tls: Option<&'a TlsInfo>,
+}
+
+/// Why one server could not be opened.
+enum Failure {
+    Connect(std::io::Error),
+    ConnectTimeout,
+    ProxyHeader(std::io::Error),
+    Upgrade(tokio_tungstenite::tungstenite::Error),
+    UpgradeTimeout,
+    FirstBytes(std::io::Error),
+}
+
+impl Failure {
+    /// What went wrong, and the error if there is one, for the log line.
+    fn describe(&self) -> (&'static str, Option<String>) {
+        match self {
+            Failure::Connect(e) => ("connect failed", Some(e.to_string())),
+            Failure::ConnectTimeout => ("connect timed out", None),
+            Failure::ProxyHeader(e) => ("server closed before the PROXY header", Some(e.to_string())),
+            Failure::Upgrade(e) => ("WebSocket upgrade failed", Some(e.to_string())),
+            Failure::UpgradeTimeout => ("WebSocket upgrade timed out", None),
+            Failure::FirstBytes(e) => ("server closed before the first bytes", Some(e.to_string())),
+        }
+    }
+}
+
+/// Opens the first of `candidates` that answers and sends it the PROXY header and `first_bytes` (for `websocket`
+/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). None when every one failed.
+pub async fn open(
+    backend: &BackendConfig,
+    candidates: &[Arc<BackendServer>],
+    client: &ClientAddresses<'_>,
+    max_ws_frame_size: usize,
+    first_bytes: &[u8],
+) -> Option<(ServerStream, ActiveGuard)> {
+    for server in candidates {
+        match open_one(backend, server, client, max_ws_frame_size, first_bytes).await {
+            Ok(opened) => return Some(opened),
+            Err(failure) => {
+                let (what, error) = failure.describe();
+                warn!(backend = %backend.name, server = %server.name, error = error.as_deref(), "{what}; trying the next server");
+                server.metrics.connect_errors.inc();
+            }
+        }
+    }
+    None
+}
+
+async fn open_one(
+    backend: &BackendConfig,
+    server: &Arc<BackendServer>,
+    client: &ClientAddresses<'_>,
+    max_ws_frame_size: usize,
+    first_bytes: &[u8],
+) -> Result<(ServerStream, ActiveGuard), Failure> {
+    let start = Instant::now();
+    let connected = tokio::time::timeout(backend.connect_timeout, TcpStream::connect(server.address.as_str())).await;
+    let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
+    server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
+    let _ = tcp.set_nodelay(true);
+    let guard = server.track();
+    let mut head = proxy_protocol::header_with_tls(
+        backend.proxy_protocol,
+        client.peer,
+        client.local.unwrap_or(client.peer),
+        client.tls,
+    );
+    let mut stream = if backend.protocol == BackendProtocol::Websocket {
+        tcp.write_all(&head).await.map_err(Failure::ProxyHeader)?;
+        head.clear();
+        let frames = ws::frame_config(max_ws_frame_size);
+        // Boxed: inline, this state (2.5 KB) would size every session's task, WebSocket or not.
+        let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path, frames));
+        let upgraded = tokio::time::timeout(backend.connect_timeout, upgrade).await;
+        ServerStream::Ws(Box::new(upgraded.map_err(|_| Failure::UpgradeTimeout)?.map_err(Failure::Upgrade)?))
+    } else {
+        ServerStream::Tcp(tcp)
+    };
+    head.extend_from_slice(first_bytes);
+    if !head.is_empty() {
+        write_flushed(&mut stream, &head).await.map_err(Failure::FirstBytes)?;
+        server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
+    }
+    Ok((stream, guard))
+}
+
+async fn write_flushed(stream: &mut ServerStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
