@@ -1534,3 +1534,41 @@ async fn a_server_new_to_the_pool_goes_down_on_its_first_failed_probe() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// /readyz says what keeps a backend's servers out.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_states_that_keep_servers_out() {
+    bounded(Duration::from_secs(30), "readyz states", async {
+        // Two servers that accept (a TCP probe is answered by the kernel), one nobody listens on.
+        let (up0, up1) = (
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        );
+        let addr = |l: &TcpListener| l.local_addr().expect("local addr");
+        let yaml = format!(
+            "listeners:\n  - {{ name: plain, bind: \"127.0.0.1:0\", protocol: mqtt, backend: brokers }}\n\
+             backends:\n  - name: brokers\n    health: {{ check: tcp, interval: 200ms, timeout: 300ms }}\n    \
+             servers:\n      - {{ name: a, address: \"{}\" }}\n      - {{ name: b, address: \"{}\" }}\n      \
+             - {{ name: c, address: \"127.0.0.1:{}\" }}\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ drain_timeout: 300ms }}\n",
+            addr(&up0),
+            addr(&up1),
+            free_port()
+        );
+        let proxy = TestProxy::start(&yaml).await;
+        proxy.wait_server_up("c", false, Duration::from_secs(5)).await;
+        assert_eq!(http_get(proxy.admin, "/readyz").await, (200, "ready\n".to_owned()));
+        set_state(proxy.admin, "brokers", "a", "maint").await;
+        set_state(proxy.admin, "brokers", "b", "drain").await;
+        let (status, body) = http_get(proxy.admin, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body, "not ready: brokers: 3 servers, none can take clients (1 maint, 1 drain, 1 down)\n");
+        set_state(proxy.admin, "brokers", "b", "maint").await;
+        let (_, body) = http_get(proxy.admin, "/readyz").await;
+        assert_eq!(body, "not ready: brokers: 3 servers, none can take clients (2 maint, 1 down)\n");
+        proxy.stop().await;
+    })
+    .await;
+}
