@@ -26,7 +26,7 @@ use crate::listener::AdmissionTicket;
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::connack::{connack, Refusal};
 use crate::mqtt::frame::{check_fixed_header, FrameError};
-use crate::mqtt::{parse_connect, ConnectError, ProtocolVersion, RejectReason};
+use crate::mqtt::{parse_connect_with, sniff_version, ConnectError, ConnectRules, ProtocolVersion, RejectReason};
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
 use crate::transport::identity::PeerIdentity;
@@ -196,8 +196,14 @@ impl Session {
         let parsed = match read.await {
             Err(_) => return Err(Refused::Reason("connect_timeout", None)),
             Ok(Err(FirstPacket::Refused(reason))) => return Err(Refused::Reason(reason, None)),
+            Ok(Err(FirstPacket::TooLarge(version))) => {
+                return Err(Refused::Reason("connect_too_large", version.map(|v| (v, Refusal::PacketTooLarge))))
+            }
             Ok(Err(FirstPacket::Invalid(e))) => Err(e),
-            Ok(Ok((buf, len))) => parse_connect(buf.get(..len).unwrap_or_default()).map(|c| (c, buf)),
+            Ok(Ok((buf, len))) => {
+                let rules = ConnectRules { strict_v31_client_id: limits.strict_v31_client_id };
+                parse_connect_with(buf.get(..len).unwrap_or_default(), rules).map(|c| (c, buf))
+            }
         };
         let (connect, buf) = match parsed {
             Ok(x) => x,
@@ -548,8 +554,10 @@ fn handshake_failure_kind(e: &std::io::Error) -> &'static str {
 enum FirstPacket {
     /// A validation failure seen before the packet was complete.
     Invalid(ConnectError),
-    /// Not a protocol defect: timeouts, size, closes (the `reason` label).
+    /// Not a protocol defect: timeouts, closes (the `reason` label).
     Refused(&'static str),
+    /// Larger than `max_connect_size` (`connect_too_large`), with the version when the bytes read so far name it.
+    TooLarge(Option<ProtocolVersion>),
 }
 
 fn invalid(reason: RejectReason, detail: &'static str) -> FirstPacket {
@@ -568,7 +576,7 @@ async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Resul
             }
         }
         match check_fixed_header(&buf) {
-            Ok(h) if h.total_len() > max => return Err(FirstPacket::Refused("connect_too_large")),
+            Ok(h) if h.total_len() > max => return Err(FirstPacket::TooLarge(sniff_version(&buf))),
             Ok(h) if buf.len() >= h.total_len() => return Ok((buf, h.total_len())),
             Ok(_) | Err(FrameError::Incomplete(_)) => {}
             Err(FrameError::MalformedRemainingLength) => {
@@ -576,7 +584,7 @@ async fn read_first_packet<S: AsyncRead + Unpin>(s: &mut S, max: usize) -> Resul
             }
         }
         if buf.len() > max {
-            return Err(FirstPacket::Refused("connect_too_large"));
+            return Err(FirstPacket::TooLarge(sniff_version(&buf)));
         }
         // Straight into `buf`: a chunk array held across this await would be part of every session's task (whose
         // size is that of its largest state) for the whole life of the connection.
