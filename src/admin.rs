@@ -2,7 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text format (OpenMetrics)
 //! - `GET /healthz`: 200 while the process runs
-//! - `GET /readyz`: 200 when every listener's backend has a server that can take clients, else 503
+//! - `GET /readyz`: 200 when every listener's backend has a server that can take clients, else 503 saying why
+//!   (`not ready: brokers: 3 servers, none can take clients (2 maint, 1 down)`)
 //! - `GET /servers`: JSON list of backends and servers (health, state, open connections)
 //! - `PUT /servers/{backend}/{server}/state` with body `ready`, `drain` or `maint`: set a server's state
 //! - `POST /reload`: reload the configuration file (as SIGHUP does); 200 or 422 with the error
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::balancer::backend::AdminState;
+use crate::balancer::backend::{AdminState, BackendServer};
 use crate::balancer::Balancer;
 use crate::metrics::Metrics;
 use crate::server::ReloadHandle;
@@ -129,14 +130,43 @@ fn readyz(state: &AdminView) -> Response<Full<Bytes>> {
         .listened
         .iter()
         .filter_map(|&i| state.balancers.get(i))
-        .filter(|b| !b.any_usable())
-        .map(|b| b.name())
+        .filter_map(|b| {
+            let pool = b.pool();
+            unready_backend(&pool.config.name, &pool.servers)
+        })
         .collect();
     if not_ready.is_empty() {
         text(StatusCode::OK, "text/plain", "ready\n".into())
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("no server up in: {}\n", not_ready.join(", ")))
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {}\n", not_ready.join("; ")))
     }
+}
+
+/// Why a backend can take no client, e.g. `brokers: 3 servers, none can take clients (2 maint, 1 down)`; None when
+/// one can. A server is counted by what keeps it out: its state (`maint`, `drain`) set by an operator, else its
+/// health (`down`).
+fn unready_backend(name: &str, servers: &[Arc<BackendServer>]) -> Option<String> {
+    if servers.iter().any(|s| s.usable()) {
+        return None;
+    }
+    let count = |wanted: &str| {
+        servers
+            .iter()
+            .filter(|s| match s.state() {
+                AdminState::Ready => wanted == "down",
+                state => wanted == state.as_str(),
+            })
+            .count()
+    };
+    let why: Vec<String> = ["maint", "drain", "down"]
+        .into_iter()
+        .map(|what| (count(what), what))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    let plural = if servers.len() == 1 { "" } else { "s" };
+    let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) };
+    Some(format!("{name}: {} server{plural}, none can take clients{why}", servers.len()))
 }
 
 fn servers_json(state: &AdminView) -> serde_json::Value {
@@ -188,4 +218,49 @@ fn set_state(state: &AdminView, backend: &str, server: &str, wanted: &str) -> Re
     s.set_state(new_state);
     info!(backend, server, state = new_state.as_str(), "server state set");
     json(StatusCode::OK, &serde_json::json!({ "backend": backend, "server": server, "state": new_state.as_str() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+
+    fn servers(states: &[(AdminState, bool)]) -> Vec<Arc<BackendServer>> {
+        let metrics = Metrics::new();
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, &(state, up))| {
+                let config = ServerConfig {
+                    name: format!("s{i}"),
+                    address: "127.0.0.1:1".into(),
+                    weight: 1,
+                    dtls_cid_node_id: None,
+                };
+                let s = BackendServer::new(&config, metrics.server("b", &config.name));
+                s.set_state(state);
+                s.set_up(up);
+                Arc::new(s)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unready_backend_says_what_keeps_each_server_out() {
+        use AdminState::{Drain, Maint, Ready};
+        assert_eq!(unready_backend("b", &servers(&[(Ready, true), (Maint, true)])), None);
+        assert_eq!(
+            unready_backend("brokers", &servers(&[(Maint, true), (Maint, true), (Ready, false)])).as_deref(),
+            Some("brokers: 3 servers, none can take clients (2 maint, 1 down)")
+        );
+        assert_eq!(
+            unready_backend("b", &servers(&[(Drain, true), (Maint, false), (Ready, false)])).as_deref(),
+            Some("b: 3 servers, none can take clients (1 maint, 1 drain, 1 down)")
+        );
+        assert_eq!(
+            unready_backend("b", &servers(&[(Ready, false)])).as_deref(),
+            Some("b: 1 server, none can take clients (1 down)")
+        );
+        assert_eq!(unready_backend("b", &[]).as_deref(), Some("b: 0 servers, none can take clients"));
+    }
 }

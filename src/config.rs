@@ -430,6 +430,9 @@ pub struct Limits {
     pub max_connection_rate_per_ip: u32,
     /// Bursts allowed above that rate (bucket size); defaults to the rate.
     pub connection_rate_burst: u32,
+    /// MQTT 3.1 client identifiers over 23 characters are refused (0x02), as the 3.1 text says; off by default, as
+    /// in brokers.
+    pub strict_v31_client_id: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -678,6 +681,7 @@ struct FileLimits {
     max_ws_frame_size: Option<SizeValue>,
     max_connection_rate_per_ip: u32,
     connection_rate_burst: Option<u32>,
+    strict_v31_client_id: bool,
 }
 
 impl Default for FileLimits {
@@ -692,6 +696,7 @@ impl Default for FileLimits {
             max_ws_frame_size: None,
             max_connection_rate_per_ip: 0,
             connection_rate_burst: None,
+            strict_v31_client_id: false,
         }
     }
 }
@@ -1338,6 +1343,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
         max_connection_rate_per_ip: l.max_connection_rate_per_ip,
         connection_rate_burst: l.connection_rate_burst.unwrap_or(l.max_connection_rate_per_ip),
+        strict_v31_client_id: l.strict_v31_client_id,
     };
     if l.connection_rate_burst.is_some() && limits.max_connection_rate_per_ip == 0 {
         return Err(c.err("limits.connection_rate_burst", "needs limits.max_connection_rate_per_ip"));

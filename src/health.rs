@@ -1,8 +1,10 @@
 //! Health probes: one task per server, beside the connection path.
 //!
-//! Each probe runs every `interval` under `timeout`. The verdict follows HAProxy's counter model: a server starts up
-//! with its health counter at `rise`, so the first failed probe takes it down; once down it needs `rise` successes in
-//! a row to come back, and once up `fall` failures in a row to go down. Servers in `maint` are not probed.
+//! Each probe runs every `interval` under `timeout`. The verdict follows HAProxy's counter model: a server new to the
+//! pool (at start-up, or added by a reload) starts up with its health counter at `rise`, so the first failed probe
+//! takes it down; once down it needs `rise` successes in a row to come back, and once up `fall` failures in a row to
+//! go down. A reload carries a server's proven verdict over (its probe task restarts from it). Servers in `maint`
+//! are not probed.
 //! `coap-ping` ([`crate::udp::coap::ping`]: an Empty Confirmable message answered by a Reset) and `dtls-hello`
 //! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; the other checks
 //! over TCP.
@@ -130,7 +132,7 @@ pub fn spawn(
 }
 
 async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &BackendServer) {
-    let mut verdict = Verdict::resume(health.rise, health.fall, server.is_up());
+    let mut verdict = initial_verdict(health, server);
     let mut ticks = tokio::time::interval(health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -148,6 +150,7 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
             }
         }
         let up = verdict.record(result.is_ok());
+        server.set_probed();
         if server.set_up(up) {
             if up {
                 info!(backend, server = %server.name, "server is UP");
@@ -159,6 +162,16 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
                 }
             }
         }
+    }
+}
+
+/// Where a probe task starts: a server never probed is up unproven (the first failure takes it down); one already
+/// judged (before a reload restarted its task) continues from its verdict.
+fn initial_verdict(health: &HealthConfig, server: &BackendServer) -> Verdict {
+    if server.probed() {
+        Verdict::resume(health.rise, health.fall, server.is_up())
+    } else {
+        Verdict::new(health.rise, health.fall)
     }
 }
 

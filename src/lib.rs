@@ -30,8 +30,9 @@
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
-//! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
-//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP), and
+//! loading and validation), [`metrics`] (every metric named once), [`logging`] (log filter and line formats),
+//! [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new
+//! connections per second per IP), and
 //! [`server`], which wires them and applies reloads.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
@@ -41,6 +42,7 @@ pub mod balancer;
 pub mod config;
 pub mod health;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod proxy_protocol;

@@ -3,56 +3,60 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "mqtt-lb", version, about = "MQTT-aware, TLS-terminating load balancer for MQTT broker clusters")]
+// Options before a command would be the implied `run`'s: refused rather than silently ignored by `check`.
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Configuration file (for the default `run` command).
-    #[arg(short, long, global = true, default_value = "config.yaml")]
+    /// Without a command: the options of `run`.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Configuration file to run.
+    #[arg(short, long, default_value = "config.yaml")]
     config: PathBuf,
-    /// Log format: text or json. The level comes from RUST_LOG (default: info).
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    /// Log format: text or json. The level comes from RUST_LOG (default: info; libraries: errors only).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Configuration file to validate.
+    #[arg(short, long, default_value = "config.yaml")]
+    config: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the load balancer (the default).
-    Run,
+    Run(RunArgs),
     /// Validate the configuration and exit: 0 if it is valid, 1 with the file, key and problem if not.
-    Check,
+    Check(CheckArgs),
     /// Print the version.
     Version,
 }
 
-fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Version => {
             println!("mqtt-lb {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check => match mqtt_lb::config::load(&cli.config) {
+        Command::Check(CheckArgs { config }) => match mqtt_lb::config::load(&config) {
             Ok(c) => {
                 println!(
                     "{}: configuration is valid ({} listeners, {} backends, {} servers)",
-                    cli.config.display(),
+                    config.display(),
                     c.listeners.len(),
                     c.backends.len(),
                     c.backends.iter().map(|b| b.servers.len()).sum::<usize>()
@@ -64,9 +68,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => {
-            init_logging(&cli.log_format);
-            run(cli.config)
+        Command::Run(RunArgs { config, log_format }) => {
+            mqtt_lb::logging::init(log_format == "json");
+            run(config)
         }
     }
 }

@@ -233,7 +233,7 @@ impl Server {
                 view: ArcSwap::from_pointee(running.admin_view(&config)),
                 reload,
             });
-            info!(addr = ?admin_listener.local_addr().ok(), "admin endpoint listening");
+            info!(addr = admin_listener.local_addr().ok().map(display), "admin endpoint listening");
             let (tracker, stop) = (running.background.clone(), running.stop_background.clone());
             running.background.spawn(admin::serve(admin_listener, Arc::clone(&ctx), tracker, stop));
             running.admin = Some(ctx);
@@ -327,7 +327,7 @@ impl Running {
 
     fn start_listener(&mut self, l: BoundListener) {
         let ctx = l.ctx.load();
-        info!(listener = %ctx.name, addr = ?l.tcp.local_addr().ok(), protocol = ctx.protocol.as_str(), tls = ctx.tls.is_some(), "listening");
+        info!(listener = %ctx.name, addr = l.tcp.local_addr().ok().map(display), protocol = ctx.protocol.as_str(), tls = ctx.tls.is_some(), "listening");
         drop(ctx);
         let stop = self.shutdown.child_token();
         self.accepts.spawn(accept_loop(

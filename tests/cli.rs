@@ -187,3 +187,24 @@ async fn run_uses_the_configured_workers_and_stops_with_exit_code_zero_on_sigter
     })
     .await;
 }
+
+/// `mqtt-lb <command> --help`: the options of that command, each described for it.
+fn help(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).arg("--help").output().expect("run mqtt-lb --help");
+    assert!(out.status.success(), "{args:?} --help: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn each_command_help_lists_only_its_own_options() {
+    let check = help(&["check"]);
+    assert!(check.contains("--config") && check.contains("Configuration file to validate"), "{check}");
+    assert!(!check.contains("--log-format") && !check.contains("run"), "check ignores the log format: {check}");
+    let run = help(&["run"]);
+    assert!(run.contains("Configuration file to run") && run.contains("--log-format"), "{run}");
+    let version = help(&["version"]);
+    assert!(!version.contains("--config") && !version.contains("--log-format"), "{version}");
+    // Options before a command belong to the implied `run`: refused, not silently ignored by `check`.
+    let out = Command::new(BIN).args(["--config", "/nonexistent.yaml", "check"]).output().expect("run mqtt-lb");
+    assert!(!out.status.success());
+}

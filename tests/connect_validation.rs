@@ -3,6 +3,7 @@
 //! nothing is closed at `connect_timeout`, one that declares or sends more than `max_connect_size` is closed early.
 
 mod common;
+mod tools;
 
 use std::time::Duration;
 
@@ -66,7 +67,17 @@ const V3_ID_REJECTED: &[u8] = &[0x20, 0x02, 0x00, 0x02];
 const V3_BAD_VERSION: &[u8] = &[0x20, 0x02, 0x00, 0x01];
 const V5_MALFORMED: &[u8] = &[0x20, 0x03, 0x00, 0x81, 0x00];
 const V5_PROTOCOL_ERROR: &[u8] = &[0x20, 0x03, 0x00, 0x82, 0x00];
+const V5_PACKET_TOO_LARGE: &[u8] = &[0x20, 0x03, 0x00, 0x95, 0x00];
+const V5_PAYLOAD_FORMAT_INVALID: &[u8] = &[0x20, 0x03, 0x00, 0x99, 0x00];
 const CLOSE: &[u8] = &[];
+
+/// The first bytes of a CONNECT that declares 64 KiB: fixed header, protocol name and level.
+fn too_large_start(name: &[u8], level: u8) -> Vec<u8> {
+    let mut p = vec![0x10, 0x80, 0x80, 0x04];
+    p.extend_from_slice(&s(name));
+    p.push(level);
+    p
+}
 
 struct Case {
     what: &'static str,
@@ -122,12 +133,6 @@ fn cases() -> Vec<Case> {
         c("client id with U+0000", v311(CLEAN, &[&s(b"a\0b")]), CLOSE, "bad_utf8"),
         c("user name not UTF-8", v311(CLEAN | 0x80, &[&id, &s(&[0xFF])]), CLOSE, "bad_utf8"),
         c("3.1.1 empty client id without clean session", v311(0x00, &[&s(b"")]), V3_ID_REJECTED, "bad_client_id"),
-        c(
-            "3.1 client id of 24 characters",
-            connect(b"MQIsdp", 3, CLEAN, &[&s(&[b'x'; 24])]),
-            V3_ID_REJECTED,
-            "bad_client_id",
-        ),
         c("3.1 empty client id", connect(b"MQIsdp", 3, CLEAN, &[&s(b"")]), V3_ID_REJECTED, "bad_client_id"),
         c("will topic with #", v311(CLEAN | 0x04, &[&id, &s(b"a/#"), &will_payload]), CLOSE, "bad_will_topic"),
         c(
@@ -177,7 +182,21 @@ fn cases() -> Vec<Case> {
             "trailing_bytes",
         ),
         c("v5 bytes left over inside the packet", v5(CLEAN, &[], &[&id, &[0x01]]), V5_MALFORMED, "trailing_bytes"),
+        c(
+            "v5 will payload not UTF-8 though its format indicator says so",
+            v5(CLEAN | 0x04, &[], &[&id, &[2, 0x01, 0x01], &will_topic, &s(&[0xC3, 0x28])]),
+            V5_PAYLOAD_FORMAT_INVALID,
+            "bad_will_payload",
+        ),
         c("declared size over max_connect_size", vec![0x10, 0xFF, 0xFF, 0x03], CLOSE, "connect_too_large"),
+        c("3.1.1 declared size over max_connect_size", too_large_start(b"MQTT", 4), CLOSE, "connect_too_large"),
+        c("3.1 declared size over max_connect_size", too_large_start(b"MQIsdp", 3), CLOSE, "connect_too_large"),
+        c(
+            "v5 declared size over max_connect_size",
+            too_large_start(b"MQTT", 5),
+            V5_PACKET_TOO_LARGE,
+            "connect_too_large",
+        ),
     ]
 }
 
@@ -274,10 +293,14 @@ async fn oversized_connect_is_closed_without_buffering_it() {
         let proxy = TestProxy::start(&yaml).await;
         let seen_before = broker.connections_seen();
 
-        // A CONNECT that honestly declares 8 KiB: refused as soon as the fixed header is read.
+        // A CONNECT that honestly declares 8 KiB: refused as soon as the fixed header is read; MQTT 5 has a code
+        // to say why (0x95 packet too large), 3.1.1 does not.
         let big = v311(CLEAN | 0x80, &[&s(b"id"), &s(&[b'u'; 8000])]);
         let answer = tls_exchange(proxy.mqtts, pki.client_config(), &big, Duration::from_secs(5)).await;
         assert_eq!(answer.as_deref(), Ok(&[][..]));
+        let big5 = v5(CLEAN | 0x80, &[], &[&s(b"id"), &s(&[b'u'; 8000])]);
+        let answer = tls_exchange(proxy.mqtts, pki.client_config(), &big5, Duration::from_secs(5)).await;
+        assert_eq!(answer.as_deref(), Ok(V5_PACKET_TOO_LARGE));
 
         // A client streaming endless bytes: the proxy stops reading and closes; the stream is cut, not buffered.
         let mut s = tls_connect(proxy.mqtts, pki.client_config()).await.expect("TLS connect");
@@ -311,6 +334,57 @@ async fn oversized_connect_is_closed_without_buffering_it() {
                 .await;
         assert!(refused >= 2.0, "both refusals counted: {refused}");
         assert_eq!(broker.connections_seen(), seen_before, "nothing reached the broker");
+        proxy.stop().await;
+    })
+    .await;
+}
+
+/// `mosquitto_pub -V mqttv31 -i <id>` through the proxy: (exit status success, stderr).
+async fn mosquitto_pub_v31(pki: &TestPki, port: u16, client_id: &str) -> (bool, String) {
+    let bin = tools::mosquitto_pub().expect("checked by the caller");
+    let out = tokio::process::Command::new(bin)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--cafile"])
+        .arg(&pki.ca)
+        .args(["-V", "mqttv31", "-i", client_id, "-t", "v31/long-id", "-m", "hello"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run mosquitto_pub");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt31_client_ids_over_23_characters_pass_unless_strict() {
+    if tools::mosquitto_pub().is_none() {
+        return;
+    }
+    bounded(Duration::from_secs(30), "3.1 long client ids", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "b1").await;
+        let long_id = "a-24-character-client-id";
+        assert_eq!(long_id.len(), 24);
+
+        // Default: accepted, as the broker behind accepts it.
+        let proxy = TestProxy::start(&yaml_for(&pki, &[&broker]).health("none", "1h", "1s", 1, 1).build()).await;
+        let (ok, stderr) = mosquitto_pub_v31(&pki, proxy.mqtts.port(), long_id).await;
+        assert!(ok, "mosquitto_pub -V mqttv31 -i {long_id}: {stderr}");
+        assert!(broker.client_ids_seen().iter().any(|id| id == long_id), "the broker saw it:\n{}", broker.log());
+        proxy.stop().await;
+
+        // limits.strict_v31_client_id: refused with 0x02 (identifier rejected), counted, never at the broker.
+        let yaml = yaml_for(&pki, &[&broker]).health("none", "1h", "1s", 1, 1).limits("strict_v31_client_id: true");
+        let proxy = TestProxy::start(&yaml.build()).await;
+        let seen = broker.connections_seen();
+        let (ok, stderr) = mosquitto_pub_v31(&pki, proxy.mqtts.port(), long_id).await;
+        assert!(!ok, "strict: refused");
+        assert!(stderr.contains("identifier rejected"), "the client is told why: {stderr}");
+        let series = "mqttlb_connections_rejected_total{listener=\"mqtts\",reason=\"bad_client_id\"}";
+        assert_eq!(metric(proxy.admin, series).await, 1.0);
+        let (ok, stderr) = mosquitto_pub_v31(&pki, proxy.mqtts.port(), "a-23-character-clientid").await;
+        assert!(ok, "23 characters pass when strict: {stderr}");
+        assert_eq!(broker.connections_seen(), seen + 1, "only the 23-character client reached the broker");
         proxy.stop().await;
     })
     .await;

@@ -288,8 +288,8 @@ fn v5_rejects_non_utf8_will_payload_declared_utf8() {
     let mut buf = BytesMut::new();
     connect.write(&will, &None, &mut buf).expect("rumqttc encodes");
     let e = parse_connect(&buf).expect_err("payload is not UTF-8");
-    assert_eq!(e.reason, RejectReason::BadWillProperties);
-    assert_eq!(e.connack(), Some(vec![0x20, 0x03, 0x00, 0x81, 0x00]));
+    assert_eq!(e.reason, RejectReason::BadWillPayload);
+    assert_eq!(e.connack(), Some(vec![0x20, 0x03, 0x00, 0x99, 0x00]), "0x99 payload format invalid");
 }
 
 /// The largest packet of each version: will, login and all properties.

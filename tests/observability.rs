@@ -661,13 +661,21 @@ struct Binary {
 
 impl Binary {
     fn start(dir: &Path, name: &str, yaml: &str, rust_log: &str) -> Binary {
+        Binary::start_with(dir, name, yaml, "json", Some(rust_log))
+    }
+
+    /// `format`: `--log-format`; `rust_log`: None runs at the default level (no `RUST_LOG`).
+    fn start_with(dir: &Path, name: &str, yaml: &str, format: &str, rust_log: Option<&str>) -> Binary {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, yaml).expect("write config");
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
-            .args(["--log-format", "json", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", rust_log)
+        let mut command = Command::new(BIN);
+        command.args(["--log-format", format, "--config"]).arg(&config);
+        match rust_log {
+            Some(level) => command.env("RUST_LOG", level),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create log"))
@@ -697,12 +705,18 @@ impl Binary {
                 if f["message"] != "listening" {
                     return None;
                 }
-                let a = f["addr"].as_str()?;
-                a.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
+                f["addr"].as_str()?.parse().ok()
             })
         })
         .await
         .unwrap_or_else(|| panic!("no `listening` line: {:?}", std::fs::read_to_string(&self.log)))
+    }
+}
+
+impl Binary {
+    /// The whole log so far.
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -890,6 +904,75 @@ async fn each_connection_end_is_logged_once_with_its_fields() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let lines = bin.lines();
         assert!(lines.iter().all(|l| l["level"] != "INFO"), "{lines:?}");
+    })
+    .await;
+}
+
+/// mosquitto_pub over TLS to `127.0.0.1:port`: OpenSSL sends the IP address as SNI, which rustls warns about.
+async fn publish_by_ip(mosquitto_pub: &Path, pki: &TestPki, port: u16, client_id: &str) {
+    let out = tokio::process::Command::new(mosquitto_pub)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--cafile"])
+        .arg(&pki.ca)
+        .args(["-V", "mqttv311", "-i", client_id, "-t", "log/by-ip", "-m", "x"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run mosquitto_pub");
+    assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits for the `n`th `connection closed` line of a log in either format.
+async fn wait_closed_lines(bin: &Binary, n: usize) {
+    let seen = eventually(Duration::from_secs(5), || async {
+        (bin.text().matches("connection closed").count() >= n).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "fewer than {n} `connection closed` lines: {}", bin.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_level_logs_carry_no_library_warnings_source_paths_or_debug_values() {
+    let Some(mosquitto_pub) = tools::mosquitto_pub() else { return };
+    bounded(Duration::from_secs(40), "default-level logs", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "log-ip").await;
+        for format in ["json", "text"] {
+            let port = free_port();
+            let yaml = log_yaml(&pki, &broker, &format!("127.0.0.1:{port}"), "");
+            let bin = Binary::start_with(dir.path(), &format!("default-{format}"), &yaml, format, None);
+            assert!(wait_accepting(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5)).await);
+            publish_by_ip(&mosquitto_pub, &pki, port, "by-ip").await;
+            wait_closed_lines(&bin, 1).await;
+            let all = bin.text();
+            assert!(!all.contains("rustls::") && !all.contains("Illegal SNI"), "{format}: {all}");
+            assert!(!all.contains("Some("), "{format}: values as an operator reads them: {all}");
+            assert!(all.lines().filter(|l| l.contains("WARN")).all(|l| l.contains("mqtt_lb")), "{format}: {all}");
+            if format == "json" {
+                let listening = bin.lines().into_iter().find(|l| l["fields"]["message"] == "listening");
+                let listening = listening.unwrap_or_else(|| panic!("no listening line: {all}"));
+                assert_eq!(listening["fields"]["addr"], format!("127.0.0.1:{port}"), "{listening}");
+            } else {
+                assert!(all.contains(&format!("addr=127.0.0.1:{port}")), "{all}");
+            }
+        }
+
+        // Named in RUST_LOG, the library's warning comes back: the client above did trigger it. In JSON, it names
+        // the library's module, not the build machine's source file.
+        let port = free_port();
+        let yaml = log_yaml(&pki, &broker, &format!("127.0.0.1:{port}"), "");
+        let bin = Binary::start_with(dir.path(), "rustls-warn", &yaml, "json", Some("info,rustls=warn"));
+        assert!(wait_accepting(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5)).await);
+        publish_by_ip(&mosquitto_pub, &pki, port, "by-ip-2").await;
+        wait_closed_lines(&bin, 1).await;
+        let lines = bin.lines();
+        let sni = lines.iter().find(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains("Illegal SNI")));
+        let sni = sni.unwrap_or_else(|| panic!("no rustls SNI warning with RUST_LOG=rustls=warn: {lines:?}"));
+        assert_eq!(sni["level"], "WARN", "{sni}");
+        assert!(sni["target"].as_str().is_some_and(|t| t.starts_with("rustls::")), "{sni}");
+        let text = bin.text();
+        assert!(!text.contains(".rs\"") && !text.contains("log.file") && !text.contains("/src/"), "{text}");
     })
     .await;
 }

@@ -1467,3 +1467,108 @@ async fn a_flood_from_one_address_is_rate_limited_while_another_connects() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// A server new to the pool goes down on its first failed probe.
+
+/// (`mqttlb_server_up`, `mqttlb_health_probe_failures_total`) of `brokers/server`, from one scrape.
+async fn health_of(admin: SocketAddr, server: &str) -> (f64, f64) {
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    let labels = format!("{{backend=\"brokers\",server=\"{server}\"}}");
+    let up = metric_in(&body, &format!("mqttlb_server_up{labels}")).unwrap_or(-1.0);
+    let failures = metric_in(&body, &format!("mqttlb_health_probe_failures_total{labels}")).unwrap_or(0.0);
+    (up, failures)
+}
+
+/// Waits until `server` is down and returns the failed probes counted by then: with one probe a second, a server
+/// that went down on its first failure shows 1.
+async fn failures_when_down(admin: SocketAddr, server: &str) -> f64 {
+    let down = eventually(Duration::from_secs(5), || async {
+        let (up, failures) = health_of(admin, server).await;
+        (up == 0.0).then_some(failures)
+    })
+    .await;
+    match down {
+        Some(failures) => failures,
+        None => panic!("{server} did not go down: (up, failures) = {:?}", health_of(admin, server).await),
+    }
+}
+
+fn new_server_yaml(live: &Mosquitto, dead: &[(&str, u16)]) -> String {
+    let mut y = format!(
+        "listeners:\n  - {{ name: plain, bind: \"127.0.0.1:0\", protocol: mqtt, backend: brokers }}\n\
+         backends:\n  - name: brokers\n    \
+         health: {{ check: tcp, interval: 1s, timeout: 300ms, rise: 2, fall: 3 }}\n    servers:\n      \
+         - {{ name: live, address: \"{}\" }}\n",
+        live.addr()
+    );
+    for (name, port) in dead {
+        y.push_str(&format!("      - {{ name: {name}, address: \"127.0.0.1:{port}\" }}\n"));
+    }
+    y.push_str("admin: { bind: \"127.0.0.1:0\" }\nshutdown: { drain_timeout: 300ms }\n");
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_new_to_the_pool_goes_down_on_its_first_failed_probe() {
+    bounded(Duration::from_secs(30), "new server health", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live = Mosquitto::start(dir.path(), "live").await;
+        // Nobody listens on these ports.
+        let (dead_at_start, dead_by_reload) = (free_port(), free_port());
+        let proxy =
+            FileProxy::start(dir.path().join("lb.yaml"), &new_server_yaml(&live, &[("at-start", dead_at_start)])).await;
+        assert_eq!(failures_when_down(proxy.admin, "at-start").await, 1.0, "at start-up");
+
+        proxy.write(&new_server_yaml(&live, &[("at-start", dead_at_start), ("by-reload", dead_by_reload)]));
+        let (status, body) = http(proxy.admin, "POST", "/reload", "").await;
+        assert_eq!(status, 200, "reload: {body}");
+        assert_eq!(failures_when_down(proxy.admin, "by-reload").await, 1.0, "added by a reload");
+        let view = servers(proxy.admin, "brokers").await;
+        let health: Vec<(&str, &str)> = view.iter().map(|s| (s.name.as_str(), s.health.as_str())).collect();
+        assert_eq!(health, [("live", "up"), ("at-start", "down"), ("by-reload", "down")]);
+        // A server the reload carried over keeps its proven verdict: `live` stays up, `at-start` stays down.
+        assert_eq!(health_of(proxy.admin, "live").await.0, 1.0);
+        proxy.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// /readyz says what keeps a backend's servers out.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_states_that_keep_servers_out() {
+    bounded(Duration::from_secs(30), "readyz states", async {
+        // Two servers that accept (a TCP probe is answered by the kernel), one nobody listens on.
+        let (up0, up1) = (
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        );
+        let addr = |l: &TcpListener| l.local_addr().expect("local addr");
+        let yaml = format!(
+            "listeners:\n  - {{ name: plain, bind: \"127.0.0.1:0\", protocol: mqtt, backend: brokers }}\n\
+             backends:\n  - name: brokers\n    health: {{ check: tcp, interval: 200ms, timeout: 300ms }}\n    \
+             servers:\n      - {{ name: a, address: \"{}\" }}\n      - {{ name: b, address: \"{}\" }}\n      \
+             - {{ name: c, address: \"127.0.0.1:{}\" }}\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ drain_timeout: 300ms }}\n",
+            addr(&up0),
+            addr(&up1),
+            free_port()
+        );
+        let proxy = TestProxy::start(&yaml).await;
+        proxy.wait_server_up("c", false, Duration::from_secs(5)).await;
+        assert_eq!(http_get(proxy.admin, "/readyz").await, (200, "ready\n".to_owned()));
+        set_state(proxy.admin, "brokers", "a", "maint").await;
+        set_state(proxy.admin, "brokers", "b", "drain").await;
+        let (status, body) = http_get(proxy.admin, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body, "not ready: brokers: 3 servers, none can take clients (1 maint, 1 drain, 1 down)\n");
+        set_state(proxy.admin, "brokers", "b", "maint").await;
+        let (_, body) = http_get(proxy.admin, "/readyz").await;
+        assert_eq!(body, "not ready: brokers: 3 servers, none can take clients (2 maint, 1 down)\n");
+        proxy.stop().await;
+    })
+    .await;
+}

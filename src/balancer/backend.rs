@@ -52,6 +52,8 @@ pub struct BackendServer {
     pub weight: u32,
     pub metrics: ServerMetrics,
     up: AtomicBool,
+    /// Whether a probe has judged this server (or the one it succeeds) yet: until then it is up unproven.
+    probed: AtomicBool,
     state: AtomicU8,
     /// Shared with the successors at the same address (see [`BackendServer::successor`]).
     active: Arc<AtomicUsize>,
@@ -70,6 +72,7 @@ impl BackendServer {
             metrics,
             // Servers start up, as in HAProxy: the first failed probe takes them down (see `health`).
             up: AtomicBool::new(true),
+            probed: AtomicBool::new(false),
             state: AtomicU8::new(AdminState::Ready as u8),
             active: Arc::new(AtomicUsize::new(0)),
             close_relays: Arc::new(tokio::sync::Notify::new()),
@@ -84,6 +87,16 @@ impl BackendServer {
     pub fn set_up(&self, up: bool) -> bool {
         self.metrics.up.set(i64::from(up));
         self.up.swap(up, Ordering::Relaxed) != up
+    }
+
+    /// Whether a probe has judged this server yet (see [`Server::set_probed`]).
+    pub fn probed(&self) -> bool {
+        self.probed.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a probe has judged this server: from now on its verdict is proven, kept across reloads.
+    pub fn set_probed(&self) {
+        self.probed.store(true, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> AdminState {
@@ -116,6 +129,7 @@ impl BackendServer {
     pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> BackendServer {
         let mut next = BackendServer::new(config, metrics);
         next.set_up(self.is_up());
+        next.probed.store(self.probed(), Ordering::Relaxed);
         next.set_state(self.state());
         if next.address == self.address {
             next.active = Arc::clone(&self.active);

@@ -29,13 +29,19 @@ pub enum Refusal {
     NotAuthorized,
     /// User name or password rejected.
     BadCredentials,
+    /// The CONNECT is larger than the server takes (v5 only has a code for it).
+    PacketTooLarge,
+    /// A payload is not in the format it declares (v5 only has a code for it).
+    PayloadFormatInvalid,
 }
 
 /// CONNACK bytes refusing a client of `version`; None where that version has no code for it.
 /// 3.1 / 3.1.1: [0x20, 0x02, 0x00, code] with 0x01 unacceptable version, 0x02 identifier rejected,
-///   0x03 server unavailable (also for Busy), 0x04 bad user name or password, 0x05 not authorized; Malformed/ProtocolError -> None.
+///   0x03 server unavailable (also for Busy), 0x04 bad user name or password, 0x05 not authorized;
+///   Malformed/ProtocolError/PacketTooLarge/PayloadFormatInvalid -> None.
 /// 5: [0x20, 0x03, 0x00, reason, 0x00] with 0x81 malformed, 0x82 protocol error, 0x84 unsupported version,
-///   0x85 client id not valid, 0x86 bad user name or password, 0x87 not authorized, 0x88 server unavailable, 0x89 server busy.
+///   0x85 client id not valid, 0x86 bad user name or password, 0x87 not authorized, 0x88 server unavailable, 0x89 server busy,
+///   0x95 packet too large, 0x99 payload format invalid.
 pub fn connack(version: ProtocolVersion, refusal: Refusal) -> Option<Vec<u8>> {
     match version {
         ProtocolVersion::V31 | ProtocolVersion::V311 => {
@@ -61,7 +67,7 @@ fn v3_return_code(refusal: Refusal) -> Option<u8> {
         Refusal::ServerUnavailable | Refusal::ServerBusy => Some(0x03),
         Refusal::BadCredentials => Some(0x04),
         Refusal::NotAuthorized => Some(0x05),
-        Refusal::Malformed | Refusal::ProtocolError => None,
+        Refusal::Malformed | Refusal::ProtocolError | Refusal::PacketTooLarge | Refusal::PayloadFormatInvalid => None,
     }
 }
 
@@ -76,6 +82,8 @@ fn v5_reason_code(refusal: Refusal) -> u8 {
         Refusal::NotAuthorized => 0x87,
         Refusal::ServerUnavailable => 0x88,
         Refusal::ServerBusy => 0x89,
+        Refusal::PacketTooLarge => 0x95,
+        Refusal::PayloadFormatInvalid => 0x99,
     }
 }
 
@@ -83,7 +91,7 @@ fn v5_reason_code(refusal: Refusal) -> u8 {
 mod tests {
     use super::*;
 
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 10] = [
         Refusal::UnsupportedVersion,
         Refusal::BadClientId,
         Refusal::Malformed,
@@ -92,6 +100,8 @@ mod tests {
         Refusal::ServerBusy,
         Refusal::NotAuthorized,
         Refusal::BadCredentials,
+        Refusal::PacketTooLarge,
+        Refusal::PayloadFormatInvalid,
     ];
 
     #[test]
@@ -105,6 +115,8 @@ mod tests {
             (Refusal::ServerBusy, Some(0x03)),
             (Refusal::NotAuthorized, Some(0x05)),
             (Refusal::BadCredentials, Some(0x04)),
+            (Refusal::PacketTooLarge, None),
+            (Refusal::PayloadFormatInvalid, None),
         ];
         for version in [ProtocolVersion::V31, ProtocolVersion::V311] {
             for (refusal, code) in expected {
@@ -125,6 +137,8 @@ mod tests {
             (Refusal::ServerBusy, 0x89),
             (Refusal::NotAuthorized, 0x87),
             (Refusal::BadCredentials, 0x86),
+            (Refusal::PacketTooLarge, 0x95),
+            (Refusal::PayloadFormatInvalid, 0x99),
         ];
         for (refusal, code) in expected {
             assert_eq!(connack(ProtocolVersion::V5, refusal), Some(vec![0x20, 0x03, 0x00, code, 0x00]), "{refusal:?}");

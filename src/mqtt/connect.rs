@@ -14,8 +14,17 @@ use super::version::{NAME_MQISDP, NAME_MQTT};
 /// Packet type of CONNECT.
 const CONNECT: u8 = 1;
 
-/// Longest client identifier MQTT 3.1 allows, in characters.
+/// Longest client identifier the MQTT 3.1 text allows, in characters: enforced only under
+/// [`ConnectRules::strict_v31_client_id`], as brokers (mosquitto, HAProxy's MQTT parser) accept longer ones.
 const V31_MAX_CLIENT_ID_CHARS: usize = 23;
+
+/// Choices in how strictly a CONNECT is validated (`limits:` in the configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectRules {
+    /// MQTT 3.1: refuse client identifiers over 23 characters, as the 3.1 text says. Off by default: brokers accept
+    /// identifiers up to the 65535-byte string limit, as in 3.1.1 and 5.
+    pub strict_v31_client_id: bool,
+}
 
 /// The Will Message a client registered (its payload is not kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +78,15 @@ pub enum RejectReason {
     BadCredentialFlags,
     /// Ill-formed UTF-8 or U+0000 in a UTF-8 string [MQTT-1.5.3-1] [MQTT-1.5.3-2].
     BadUtf8,
-    /// 3.1: not 1..=23 characters; 3.1.1: empty with Clean Session 0 [MQTT-3.1.3-8].
+    /// 3.1: empty (or over 23 characters under `strict_v31_client_id`); 3.1.1: empty with Clean Session 0
+    /// [MQTT-3.1.3-8].
     BadClientId,
     /// v5 CONNECT properties defective (v5 §3.1.2.11).
     BadProperties,
     /// v5 Will Properties defective (v5 §3.1.3.2).
     BadWillProperties,
+    /// v5: the Will Payload is not UTF-8 though its Payload Format Indicator says it is (v5 §3.1.3.2.3).
+    BadWillPayload,
     /// Will Topic empty or containing wildcards [MQTT-4.7.1-1] [MQTT-4.7.3-1].
     BadWillTopic,
     /// A field runs past the end of the packet.
@@ -85,7 +97,7 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, e.g. to pre-register metric label values.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::NotConnect,
         RejectReason::BadHeaderFlags,
         RejectReason::MalformedLength,
@@ -98,6 +110,7 @@ impl RejectReason {
         RejectReason::BadClientId,
         RejectReason::BadProperties,
         RejectReason::BadWillProperties,
+        RejectReason::BadWillPayload,
         RejectReason::BadWillTopic,
         RejectReason::Truncated,
         RejectReason::TrailingBytes,
@@ -118,6 +131,7 @@ impl RejectReason {
             RejectReason::BadClientId => "bad_client_id",
             RejectReason::BadProperties => "bad_properties",
             RejectReason::BadWillProperties => "bad_will_properties",
+            RejectReason::BadWillPayload => "bad_will_payload",
             RejectReason::BadWillTopic => "bad_will_topic",
             RejectReason::Truncated => "truncated",
             RejectReason::TrailingBytes => "trailing_bytes",
@@ -134,6 +148,7 @@ impl RejectReason {
             // MQTT 5 calls a set reserved flag and inconsistent will flags "Malformed Packet" [MQTT-3.1.2-3],
             // [MQTT-3.1.2-11..13].
             RejectReason::BadCredentialFlags | RejectReason::BadWillTopic => Some(Refusal::ProtocolError),
+            RejectReason::BadWillPayload => Some(Refusal::PayloadFormatInvalid),
             RejectReason::ReservedFlag
             | RejectReason::BadWillFlags
             | RejectReason::MalformedLength
@@ -208,12 +223,30 @@ impl<T> FieldContext<T> for Result<T, ReadError> {
     }
 }
 
-/// Validates exactly one complete CONNECT packet (fixed header included; `packet.len()` == header total_len).
+/// Validates exactly one complete CONNECT packet (fixed header included; `packet.len()` == header total_len), with
+/// the default [`ConnectRules`].
 pub fn parse_connect(packet: &[u8]) -> Result<Connect, ConnectError> {
+    parse_connect_with(packet, ConnectRules::default())
+}
+
+/// [`parse_connect`] under `rules`.
+pub fn parse_connect_with(packet: &[u8], rules: ConnectRules) -> Result<Connect, ConnectError> {
     let body = packet_body(packet).map_err(|f| f.with_version(None))?;
     let mut r = Reader::new(body);
     let version = protocol_version(&mut r)?;
-    connect_body(&mut r, version).map_err(|f| f.with_version(Some(version)))
+    connect_body(&mut r, version, rules).map_err(|f| f.with_version(Some(version)))
+}
+
+/// The protocol version of a CONNECT of which only the first `bytes` have arrived (fixed header, Protocol Name,
+/// Protocol Level), e.g. to answer one that is too large in its own version's terms; None when those bytes are
+/// missing or name no supported version.
+pub fn sniff_version(bytes: &[u8]) -> Option<ProtocolVersion> {
+    let header = check_fixed_header(bytes).ok()?;
+    if header.packet_type() != CONNECT {
+        return None;
+    }
+    let mut r = Reader::new(bytes.get(header.header_len..)?);
+    protocol_version(&mut r).ok()
 }
 
 /// Checks the fixed header and returns the bytes after it.
@@ -258,14 +291,14 @@ fn protocol_version(r: &mut Reader<'_>) -> Result<ProtocolVersion, ConnectError>
 }
 
 /// Everything after the Protocol Level, in wire order.
-fn connect_body(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Connect, Fault> {
+fn connect_body(r: &mut Reader<'_>, version: ProtocolVersion, rules: ConnectRules) -> Result<Connect, Fault> {
     let flags = ConnectFlags(r.u8().field("connect flags")?);
     flags.validate(version)?;
     let keep_alive = r.u16().field("keep alive")?;
     if version == ProtocolVersion::V5 {
         connect_properties(r)?;
     }
-    let client_id = client_identifier(r, version, flags.clean_start())?;
+    let client_id = client_identifier(r, version, flags.clean_start(), rules)?;
     let will = if flags.will() { Some(will(r, version, flags)?) } else { None };
     let username = if flags.username() { Some(r.utf8_string().field("user name")?) } else { None };
     if flags.password() {
@@ -368,14 +401,23 @@ impl ConnectFlags {
 
 /// Reads the Client Identifier and applies the version's rules to it.
 ///
-/// - 3.1: 1 to 23 characters (MQTT 3.1 §3.1, "Client Identifier").
+/// - 3.1: not empty; at most 23 characters (MQTT 3.1 §3.1, "Client Identifier") only under
+///   `rules.strict_v31_client_id`, as brokers accept longer ones.
 /// - 3.1.1: empty only with Clean Session 1 [MQTT-3.1.3-7] [MQTT-3.1.3-8].
 /// - 5: empty always allowed; the server assigns one [MQTT-3.1.3-6] (v5).
-fn client_identifier<'a>(r: &mut Reader<'a>, version: ProtocolVersion, clean_start: bool) -> Result<&'a str, Fault> {
+fn client_identifier<'a>(
+    r: &mut Reader<'a>,
+    version: ProtocolVersion,
+    clean_start: bool,
+    rules: ConnectRules,
+) -> Result<&'a str, Fault> {
     let id = r.utf8_string().field("client identifier")?;
     match version {
-        ProtocolVersion::V31 if !(1..=V31_MAX_CLIENT_ID_CHARS).contains(&id.chars().count()) => {
-            Err(fault(RejectReason::BadClientId, "3.1 client identifier must be 1 to 23 characters"))
+        ProtocolVersion::V31 if id.is_empty() => {
+            Err(fault(RejectReason::BadClientId, "3.1 client identifier must not be empty"))
+        }
+        ProtocolVersion::V31 if rules.strict_v31_client_id && id.chars().count() > V31_MAX_CLIENT_ID_CHARS => {
+            Err(fault(RejectReason::BadClientId, "3.1 client identifier over 23 characters (strict_v31_client_id)"))
         }
         ProtocolVersion::V311 if id.is_empty() && !clean_start => {
             Err(fault(RejectReason::BadClientId, "empty client identifier needs clean session"))
@@ -395,7 +437,7 @@ fn will(r: &mut Reader<'_>, version: ProtocolVersion, flags: ConnectFlags) -> Re
     check_will_topic(topic)?;
     let payload = r.binary().field("will payload")?;
     if payload_is_utf8 && std::str::from_utf8(payload).is_err() {
-        return Err(fault(RejectReason::BadWillProperties, "will payload is not UTF-8 as declared"));
+        return Err(fault(RejectReason::BadWillPayload, "will payload is not UTF-8 as declared"));
     }
     Ok(Will { topic: topic.to_owned(), qos: flags.will_qos(), retain: flags.will_retain() })
 }
@@ -1213,10 +1255,45 @@ mod tests {
     }
 
     #[test]
-    fn v31_rejects_24_character_client_id() {
+    fn v31_accepts_long_client_ids_unless_strict() {
+        let strict = ConnectRules { strict_v31_client_id: true };
+        for len in [24, 100, 65_535] {
+            let mut packet = TestPacket::new(V31);
+            packet.client_id = vec![b'a'; len];
+            assert_eq!(accept(&packet).client_id.len(), len, "as brokers do by default");
+            let e = parse_connect_with(&packet.encode(), strict).expect_err("strict: over 23 characters");
+            assert_eq!(e.reason, RejectReason::BadClientId);
+            assert_eq!(e.connack(), Some(vec![0x20, 0x02, 0x00, 0x02]));
+        }
         let mut packet = TestPacket::new(V31);
-        packet.client_id = vec![b'a'; 24];
-        assert_reason(&packet, RejectReason::BadClientId);
+        packet.client_id = "é".repeat(23).into_bytes();
+        assert!(parse_connect_with(&packet.encode(), strict).is_ok(), "23 characters (46 bytes) pass when strict");
+        // The strict limit is 3.1's only.
+        for version in [V311, V5] {
+            let mut packet = TestPacket::new(version);
+            packet.client_id = vec![b'a'; 24];
+            assert!(parse_connect_with(&packet.encode(), strict).is_ok(), "{version:?}");
+        }
+    }
+
+    #[test]
+    fn sniff_version_reads_the_first_bytes_of_a_connect() {
+        for version in VERSIONS {
+            let bytes = TestPacket::full(version).encode();
+            // Fixed header (2) + name (2 + 4 or 6) + level (1).
+            let needed = 2 + 2 + version.protocol_name().len() + 1;
+            assert_eq!(sniff_version(&bytes), Some(version));
+            assert_eq!(sniff_version(&bytes[..needed]), Some(version), "{version:?}");
+            assert_eq!(sniff_version(&bytes[..needed - 1]), None, "{version:?}: level missing");
+        }
+        // A header declaring far more than was sent still names its version.
+        let mut big = vec![0x10, 0xFF, 0xFF, 0x03, 0x00, 0x04];
+        big.extend_from_slice(b"MQTT\x05");
+        assert_eq!(sniff_version(&big), Some(V5));
+        big[9] = 6;
+        assert_eq!(sniff_version(&big), None, "unknown level");
+        assert_eq!(sniff_version(&[0x30, 0x02, 0x00, 0x00]), None, "not a CONNECT");
+        assert_eq!(sniff_version(&frame(0x10, &[0x00, 0x04, b'M', b'Q', b'T', b'T', 3])), None, "name/level mismatch");
     }
 
     #[test]
@@ -1335,7 +1412,9 @@ mod tests {
         if let Some(will) = &mut packet.will {
             will.payload = vec![0xC3, 0x28];
         }
-        assert_reason(&packet, RejectReason::BadWillProperties);
+        let e = reject(&packet);
+        assert_eq!(e.reason, RejectReason::BadWillPayload);
+        assert_eq!(e.connack(), Some(vec![0x20, 0x03, 0x00, 0x99, 0x00]), "payload format invalid");
     }
 
     // ---- truncation and leftovers ----
@@ -1430,6 +1509,7 @@ mod tests {
                 R::UnsupportedVersion => v5(0x84),
                 R::BadClientId => v5(0x85),
                 R::BadWillTopic | R::BadCredentialFlags => v5(0x82),
+                R::BadWillPayload => v5(0x99),
                 R::ReservedFlag | R::BadWillFlags => v5(0x81),
                 _ => v5(0x81),
             };

@@ -2,16 +2,17 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::connect::{ConnectError, RejectReason};
+use super::connect::{sniff_version, ConnectError, RejectReason};
 use super::frame::{check_fixed_header, FrameError};
+use super::version::ProtocolVersion;
 
 /// Why the first packet could not be read.
 #[derive(Debug)]
 pub enum FirstPacketError {
     /// A validation failure seen before the packet was complete.
     Invalid(ConnectError),
-    /// The declared or buffered size is over the cap.
-    TooLarge,
+    /// The declared or buffered size is over the cap, with the version when the bytes read so far name it.
+    TooLarge(Option<ProtocolVersion>),
     /// The client closed before the packet was complete.
     Closed,
     /// A read failed.
@@ -40,7 +41,7 @@ pub async fn read_first_packet<S: AsyncRead + Unpin>(
             }
         }
         match check_fixed_header(&buf) {
-            Ok(h) if h.total_len() > max => return Err(FirstPacketError::TooLarge),
+            Ok(h) if h.total_len() > max => return Err(FirstPacketError::TooLarge(sniff_version(&buf))),
             Ok(h) if buf.len() >= h.total_len() => return Ok((buf, h.total_len())),
             Ok(_) | Err(FrameError::Incomplete(_)) => {}
             Err(FrameError::MalformedRemainingLength) => {
@@ -48,7 +49,7 @@ pub async fn read_first_packet<S: AsyncRead + Unpin>(
             }
         }
         if buf.len() > max {
-            return Err(FirstPacketError::TooLarge);
+            return Err(FirstPacketError::TooLarge(sniff_version(&buf)));
         }
         // Straight into `buf`: a chunk array held across this await would be part of every session's task (whose
         // size is that of its largest state) for the whole life of the connection.

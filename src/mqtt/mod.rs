@@ -43,6 +43,8 @@
 //! | `BadWillTopic`, `BadCredentialFlags` | close | close | `0x82` protocol error |
 //! | `ReservedFlag`, `BadWillFlags` (MQTT 5 calls these malformed [MQTT-3.1.2-3], [MQTT-3.1.2-11..13]) | close | close | `0x81` malformed |
 //! | `Truncated`, `TrailingBytes`, `BadUtf8`, `MalformedLength`, `BadProperties`, `BadWillProperties` | close | close | `0x81` malformed |
+//! | `BadWillPayload` (format indicator 1, payload not UTF-8) | - | - | `0x99` payload format invalid |
+//! | larger than `max_connect_size` (found by the session from the fixed header, [`sniff_version`]) | close | close | `0x95` packet too large |
 //!
 //! "Version unknown" covers everything found before a valid Protocol Level
 //! was read (fixed header, protocol name, an unknown level). MQTT 3.1 and
@@ -63,7 +65,9 @@ pub mod version;
 
 // The `connack` function is not re-exported: `mqtt::connack` names the module.
 pub use connack::Refusal;
-pub use connect::{parse_connect, Connect, ConnectError, RejectReason, Will};
+pub use connect::{
+    parse_connect, parse_connect_with, sniff_version, Connect, ConnectError, ConnectRules, RejectReason, Will,
+};
 pub use frame::{
     check_fixed_header, decode_varint, encode_remaining_length, FixedHeader, FrameError, MAX_REMAINING_LENGTH,
 };

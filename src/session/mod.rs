@@ -30,7 +30,7 @@ use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
-use crate::mqtt::{parse_connect, Connect, ProtocolVersion};
+use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
 use crate::proxy_protocol;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
 use crate::transport::identity::PeerIdentity;
@@ -234,7 +234,8 @@ impl Session {
         let limits = &ctx.limits;
         let read = tokio::time::timeout(limits.connect_timeout, read_first_packet(stream, limits.max_connect_size));
         let (buf, len) = read.await.map_err(|_| Reject::ConnectTimeout)??;
-        let connect = parse_connect(buf.get(..len).unwrap_or_default()).map_err(Reject::InvalidConnect)?;
+        let rules = ConnectRules { strict_v31_client_id: limits.strict_v31_client_id };
+        let connect = parse_connect_with(buf.get(..len).unwrap_or_default(), rules).map_err(Reject::InvalidConnect)?;
         ctx.listener_metrics.connect_read_seconds.observe(start.elapsed().as_secs_f64());
         Ok((connect, buf))
     }

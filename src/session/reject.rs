@@ -61,8 +61,9 @@ pub enum Reject {
     ClosedBeforeConnect,
     /// The first packet did not arrive within `connect_timeout`.
     ConnectTimeout,
-    /// The first packet is larger than `max_connect_size`.
-    ConnectTooLarge,
+    /// The first packet is larger than `max_connect_size`, with the version when the bytes read so far name it (an
+    /// MQTT 5 client is told 0x95 packet too large; 3.x has no code for it and is closed).
+    ConnectTooLarge(Option<ProtocolVersion>),
     /// A read from the client failed before its CONNECT was complete.
     ClientError,
     /// The first packet is not a valid CONNECT.
@@ -88,7 +89,7 @@ impl Reject {
             Reject::TlsHandshake { kind: "io" },
             Reject::ClosedBeforeConnect,
             Reject::ConnectTimeout,
-            Reject::ConnectTooLarge,
+            Reject::ConnectTooLarge(None),
             Reject::ClientError,
             Reject::IdentityMismatch(ProtocolVersion::V5),
             Reject::NoServerAvailable(None),
@@ -121,7 +122,7 @@ impl Reject {
             Reject::WsFrame(violation) => violation.label(),
             Reject::ClosedBeforeConnect => "closed_before_connect",
             Reject::ConnectTimeout => "connect_timeout",
-            Reject::ConnectTooLarge => "connect_too_large",
+            Reject::ConnectTooLarge(_) => "connect_too_large",
             Reject::ClientError => "client_error",
             Reject::InvalidConnect(e) => e.reason.label(),
             Reject::IdentityMismatch(_) => "identity_mismatch",
@@ -144,6 +145,7 @@ impl Reject {
         match self {
             Reject::InvalidConnect(e) => e.connack(),
             Reject::IdentityMismatch(version) => connack(version, Refusal::NotAuthorized),
+            Reject::ConnectTooLarge(Some(version)) => connack(version, Refusal::PacketTooLarge),
             Reject::NoServerAvailable(Some(version)) | Reject::ServerConnectFailed(Some(version)) => {
                 connack(version, Refusal::ServerUnavailable)
             }
@@ -192,7 +194,7 @@ impl From<FirstPacketError> for Reject {
     fn from(e: FirstPacketError) -> Reject {
         match e {
             FirstPacketError::Invalid(e) => Reject::InvalidConnect(e),
-            FirstPacketError::TooLarge => Reject::ConnectTooLarge,
+            FirstPacketError::TooLarge(version) => Reject::ConnectTooLarge(version),
             FirstPacketError::Closed => Reject::ClosedBeforeConnect,
             FirstPacketError::Io(e) => ws::violation(&e).map_or(Reject::ClientError, Reject::WsFrame),
         }
@@ -223,7 +225,7 @@ mod tests {
         {
             assert!(labels.contains(label), "{label}");
         }
-        assert_eq!(labels.len(), 14 + 8 + 3 + 15 - 1, "client_error is both an upgrade and a read failure");
+        assert_eq!(labels.len(), 14 + 8 + 3 + 16 - 1, "client_error is both an upgrade and a read failure");
     }
 
     #[test]

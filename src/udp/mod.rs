@@ -191,7 +191,7 @@ impl UdpListeners {
         let ctx = Arc::new(ArcSwap::from_pointee(context(&bound.config, balancer, metrics, self.generation)));
         let socket = Arc::new(bound.socket);
         let addr = socket.local_addr().ok();
-        info!(listener = %bound.config.name, addr = ?addr, protocol = "coap", "listening (UDP)");
+        info!(listener = %bound.config.name, addr = addr.map(display), protocol = "coap", "listening (UDP)");
         tracker.spawn(serve(socket, Arc::clone(&ctx), stop.clone()));
         self.running.push(RunningUdp { config: bound.config, ctx, addr, stop });
     }

