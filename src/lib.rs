@@ -8,10 +8,11 @@
 //!
 //! A connection's path, in the order to read the code:
 //!
-//! 1. [`listener`]: accept loop, admission limits, one task per connection spawned before any handshake.
-//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], client certificate names in
-//!    [`transport::identity`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
-//!    trusted balancers ([`proxy_protocol`]).
+//! 1. [`listener`]: accept loop, admission limits (source networks matched by [`net`]), one task per connection
+//!    spawned before any handshake.
+//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
+//!    [`transport::certificates`], client certificate names in [`transport::identity`]), the WebSocket upgrade and
+//!    frame codec ([`transport::ws`]), PROXY headers from trusted balancers ([`proxy_protocol`]).
 //! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
 //!    refusals ([`mqtt::connack`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
@@ -23,10 +24,10 @@
 //! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
-//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
-//! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
-//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP), and
-//! [`server`], which wires them and applies reloads.
+//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
+//! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
+//! [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new
+//! connections per second per IP), and [`server`], which wires them and applies reloads.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
@@ -37,6 +38,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod net;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod relay;
