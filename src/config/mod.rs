@@ -7,8 +7,13 @@
 //! [`ConfigError`] that names the file, the key path (for example `backends[0].servers[2].address`) and what is wrong.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeSeed;
+
+mod listener_schema;
+mod messages;
 mod runtime;
 mod schema;
 mod units;
@@ -56,21 +61,33 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates configuration text; `origin` names the file in errors and anchors relative paths.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    let mut failed_at = String::new();
+    let file: schema::FileConfig<schema::ListenerProtocolOnly> = read(text, origin, &[], PhantomData)?;
+    let protocols: Vec<ListenerProtocol> = file.listeners.iter().map(|l| l.protocol).collect();
+    let listeners = read(text, origin, &protocols, listener_schema::ListenersByProtocol(&protocols))?;
+    validate::validate(file.with_listeners(listeners), origin)
+}
+
+/// One reading of the document with `seed`; an error names the key path where it failed (`protocols`: the
+/// listeners', once known, for what an unknown listener key says).
+fn read<'de, S: DeserializeSeed<'de>>(
+    text: &'de str,
+    origin: &Path,
+    protocols: &[ListenerProtocol],
+    seed: S,
+) -> Result<S::Value, ConfigError> {
+    let mut track = serde_path_to_error::Track::new();
     let options = serde_saphyr::options! { with_snippet: false };
-    let file: Result<schema::FileConfig, _> =
-        serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                failed_at = e.path().to_string();
-                e.into_inner()
-            })
-        });
-    let file = file.map_err(|e| ConfigError {
-        file: origin.to_path_buf(),
-        key: if failed_at == "." { String::new() } else { failed_at.clone() },
-        message: e.to_string(),
-    })?;
-    validate::validate(file, origin)
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        seed.deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+    });
+    result.map_err(|e| {
+        let failed_at = track.path().to_string();
+        ConfigError {
+            file: origin.to_path_buf(),
+            message: messages::describe(&e, &failed_at, protocols),
+            key: messages::key_path(&e, &failed_at),
+        }
+    })
 }
 
 #[cfg(test)]

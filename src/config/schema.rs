@@ -15,8 +15,10 @@ use super::units::{DurationValue, SizeValue};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct FileConfig {
-    pub(super) listeners: Vec<FileListener>,
+pub(super) struct FileConfig<L> {
+    /// Read twice: first for each listener's `protocol` only ([`ListenerProtocolOnly`]), then each with the keys of
+    /// its protocol ([`super::listener_schema`]).
+    pub(super) listeners: Vec<L>,
     pub(super) backends: Vec<FileBackend>,
     #[serde(default)]
     pub(super) admin: Option<FileAdmin>,
@@ -28,6 +30,29 @@ pub(super) struct FileConfig {
     pub(super) log: FileLog,
     #[serde(default)]
     pub(super) workers: Workers,
+}
+
+impl<L> FileConfig<L> {
+    /// The same document with the listeners read again, each with the keys of its protocol.
+    pub(super) fn with_listeners<M>(self, listeners: Vec<M>) -> FileConfig<M> {
+        FileConfig {
+            listeners,
+            backends: self.backends,
+            admin: self.admin,
+            limits: self.limits,
+            shutdown: self.shutdown,
+            log: self.log,
+            workers: self.workers,
+        }
+    }
+}
+
+/// A listener in the first reading: its protocol, which decides the keys it may have; the other keys are read
+/// (and unknown ones refused) in the second.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a listener: a mapping with name, bind, protocol and backend")]
+pub(super) struct ListenerProtocolOnly {
+    pub(super) protocol: ListenerProtocol,
 }
 
 /// `workers`: `auto` (one per CPU core) or a number of threads.
@@ -57,44 +82,6 @@ impl<'de> Deserialize<'de> for Workers {
         }
         d.deserialize_any(V)
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileListener {
-    pub(super) name: String,
-    pub(super) bind: String,
-    pub(super) protocol: ListenerProtocol,
-    #[serde(default)]
-    pub(super) tls: Option<FileTls>,
-    pub(super) backend: String,
-    #[serde(default)]
-    pub(super) path: Option<String>,
-    #[serde(default)]
-    pub(super) allowed_origins: Option<Vec<String>>,
-    #[serde(default)]
-    pub(super) allowed_sources: Option<Vec<String>>,
-    #[serde(default)]
-    pub(super) trusted_proxies: Option<Vec<String>>,
-    // `coap` listeners only (see `CoapListenerConfig`).
-    #[serde(default)]
-    pub(super) flow_idle_timeout: Option<DurationValue>,
-    #[serde(default)]
-    pub(super) max_flows: Option<usize>,
-    #[serde(default)]
-    pub(super) max_flows_per_ip: Option<usize>,
-    #[serde(default)]
-    pub(super) max_datagram_size: Option<SizeValue>,
-    #[serde(default)]
-    pub(super) max_datagram_rate_per_flow: Option<u32>,
-    #[serde(default)]
-    pub(super) datagram_rate_burst: Option<u32>,
-    #[serde(default)]
-    pub(super) dtls_cid_length: Option<u8>,
-    #[serde(default)]
-    pub(super) dtls_cid_timeout: Option<DurationValue>,
-    #[serde(default)]
-    pub(super) max_dtls_cids: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,60 +1,16 @@
-//! The keys of a `coap` listener (its flow table and limits); an error for any of them on another listener, and
-//! for a key a coap listener cannot have.
+//! The keys only a `coap` listener has: its flow table, datagram limits and DTLS Connection IDs.
 
 use super::Checker;
-use crate::config::runtime::{BackendProtocol, CoapListenerConfig, ListenerProtocol};
-use crate::config::schema::FileListener;
+use crate::config::listener_schema::CoapListenerKeys;
+use crate::config::runtime::CoapListenerConfig;
 use crate::config::ConfigError;
 
-pub(super) fn coap_listener(
+/// The flow table, datagram and DTLS Connection ID settings, with their defaults.
+pub(super) fn coap_settings(
     c: &Checker<'_>,
     key: &str,
-    l: &FileListener,
-    backend: Option<BackendProtocol>,
-) -> Result<Option<CoapListenerConfig>, ConfigError> {
-    if l.protocol != ListenerProtocol::Coap {
-        let set = [
-            ("flow_idle_timeout", l.flow_idle_timeout.is_some()),
-            ("max_flows", l.max_flows.is_some()),
-            ("max_flows_per_ip", l.max_flows_per_ip.is_some()),
-            ("max_datagram_size", l.max_datagram_size.is_some()),
-            ("max_datagram_rate_per_flow", l.max_datagram_rate_per_flow.is_some()),
-            ("datagram_rate_burst", l.datagram_rate_burst.is_some()),
-            ("dtls_cid_length", l.dtls_cid_length.is_some()),
-            ("dtls_cid_timeout", l.dtls_cid_timeout.is_some()),
-            ("max_dtls_cids", l.max_dtls_cids.is_some()),
-        ];
-        if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
-            return Err(c.err(format!("{key}.{field}"), "only a listener with protocol: coap has this key"));
-        }
-        if backend == Some(BackendProtocol::Coap) {
-            return Err(c.err(
-                format!("{key}.backend"),
-                format!("backend {:?} has protocol: coap: only a coap listener can use it", l.backend),
-            ));
-        }
-        return Ok(None);
-    }
-    if backend != Some(BackendProtocol::Coap) {
-        return Err(c.err(
-            format!("{key}.backend"),
-            format!("a coap listener relays datagrams: backend {:?} must have protocol: coap", l.backend),
-        ));
-    }
-    if l.tls.is_some() {
-        return Err(c.err(
-            format!("{key}.tls"),
-            "a coap listener passes DTLS through to the servers (which hold the keys): no tls here",
-        ));
-    }
-    if l.trusted_proxies.is_some() {
-        return Err(c.err(format!("{key}.trusted_proxies"), "PROXY headers are read on TCP listeners only"));
-    }
-    coap_settings(c, key, l).map(Some)
-}
-
-/// The flow table, datagram and DTLS Connection ID settings, with their defaults.
-fn coap_settings(c: &Checker<'_>, key: &str, l: &FileListener) -> Result<CoapListenerConfig, ConfigError> {
+    l: &CoapListenerKeys,
+) -> Result<CoapListenerConfig, ConfigError> {
     let defaults = CoapListenerConfig::default();
     let flow_idle_timeout = match l.flow_idle_timeout {
         Some(d) => c.positive(format!("{key}.flow_idle_timeout"), d.0)?,
@@ -94,7 +50,7 @@ fn coap_settings(c: &Checker<'_>, key: &str, l: &FileListener) -> Result<CoapLis
 fn dtls_cids(
     c: &Checker<'_>,
     key: &str,
-    l: &FileListener,
+    l: &CoapListenerKeys,
     defaults: &CoapListenerConfig,
 ) -> Result<(std::time::Duration, usize), ConfigError> {
     if l.dtls_cid_length == Some(0) {

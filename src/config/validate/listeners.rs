@@ -4,13 +4,14 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::coap::coap_listener;
+use super::coap::coap_settings;
 use super::formats::{check_origin, check_ws_path};
 use super::Checker;
+use crate::config::listener_schema::FileListener;
 use crate::config::runtime::{
     BackendConfig, BackendProtocol, ListenerConfig, ListenerProtocol, RequireIdentity, TlsConfig, DEFAULT_WS_PATH,
 };
-use crate::config::schema::{FileListener, FileTls};
+use crate::config::schema::FileTls;
 use crate::config::ConfigError;
 use crate::net::Cidr;
 use crate::transport::certificates::{self, TlsPart};
@@ -30,57 +31,95 @@ pub(super) fn listeners(
     let mut listeners = Vec::with_capacity(file.len());
     for (i, l) in file.into_iter().enumerate() {
         let key = format!("listeners[{i}]");
-        c.name(format!("{key}.name"), &l.name, &mut names)?;
-        let bind = c.socket_addr(format!("{key}.bind"), &l.bind)?;
-        let same_transport = if l.protocol == ListenerProtocol::Coap { &mut udp_binds } else { &mut binds };
+        c.name(format!("{key}.name"), l.name(), &mut names)?;
+        let bind = c.socket_addr(format!("{key}.bind"), l.bind())?;
+        let same_transport = if l.protocol() == ListenerProtocol::Coap { &mut udp_binds } else { &mut binds };
         if bind.port() != 0 && !same_transport.insert(bind) {
             return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
         }
-        listeners.push(listener(c, &key, l, bind, backends)?);
+        let backend = backend(c, &key, &l, backends)?;
+        listeners.push(match l {
+            FileListener::Stream(k) => ListenerConfig {
+                tls: tls(c, &key, k.tls)?,
+                path: DEFAULT_WS_PATH.to_owned(),
+                allowed_origins: Vec::new(),
+                allowed_sources: networks(c, &key, "allowed_sources", k.allowed_sources, "to allow every source")?,
+                trusted_proxies: networks(c, &key, "trusted_proxies", k.trusted_proxies, "to read no PROXY header")?,
+                name: k.name,
+                bind,
+                protocol: k.protocol,
+                backend,
+                coap: None,
+            },
+            FileListener::Websocket(k) => ListenerConfig {
+                tls: tls(c, &key, k.tls)?,
+                path: listener_path(c, &key, k.path)?,
+                allowed_origins: allowed_origins(c, &key, k.allowed_origins)?,
+                allowed_sources: networks(c, &key, "allowed_sources", k.allowed_sources, "to allow every source")?,
+                trusted_proxies: networks(c, &key, "trusted_proxies", k.trusted_proxies, "to read no PROXY header")?,
+                name: k.name,
+                bind,
+                protocol: k.protocol,
+                backend,
+                coap: None,
+            },
+            FileListener::Coap(k) => ListenerConfig {
+                tls: None,
+                path: DEFAULT_WS_PATH.to_owned(),
+                allowed_origins: Vec::new(),
+                allowed_sources: networks(
+                    c,
+                    &key,
+                    "allowed_sources",
+                    k.allowed_sources.clone(),
+                    "to allow every source",
+                )?,
+                trusted_proxies: Vec::new(),
+                coap: Some(coap_settings(c, &key, &k)?),
+                name: k.name,
+                bind,
+                protocol: k.protocol,
+                backend,
+            },
+        });
     }
     Ok((listeners, binds))
 }
 
-fn listener(
-    c: &Checker<'_>,
-    key: &str,
-    l: FileListener,
-    bind: SocketAddr,
-    backends: &[BackendConfig],
-) -> Result<ListenerConfig, ConfigError> {
-    let backend = backends.iter().position(|b| b.name == l.backend).ok_or_else(|| {
+/// The index of the listener's backend, which must carry what the listener receives: datagrams for a coap
+/// listener, streams for the others, and raw bytes (not WebSocket) for a tcp listener.
+fn backend(c: &Checker<'_>, key: &str, l: &FileListener, backends: &[BackendConfig]) -> Result<usize, ConfigError> {
+    let name = l.backend();
+    let Some((index, backend)) = backends.iter().enumerate().find(|(_, b)| b.name == name) else {
         let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-        c.err(format!("{key}.backend"), format!("no backend named {:?} (backends: {})", l.backend, known.join(", ")))
-    })?;
-    let backend_protocol = backends.get(backend).map(|b| b.protocol);
-    let coap = coap_listener(c, key, &l, backend_protocol)?;
-    let tls = match l.tls {
-        None => None,
-        Some(t) => Some(tls(c, key, t)?),
+        return Err(
+            c.err(format!("{key}.backend"), format!("no backend named {name:?} (backends: {})", known.join(", ")))
+        );
     };
-    if l.protocol == ListenerProtocol::Tcp && backend_protocol == Some(BackendProtocol::Websocket) {
-        return Err(c.err(
-            format!("{key}.backend"),
-            format!("a tcp listener relays raw bytes: backend {:?} must have protocol tcp or mqtt", l.backend),
-        ));
+    let why = match (l.protocol(), backend.protocol) {
+        (ListenerProtocol::Coap, BackendProtocol::Coap) => None,
+        (ListenerProtocol::Coap, _) => {
+            Some(format!("a coap listener relays datagrams: backend {name:?} must have protocol: coap"))
+        }
+        (_, BackendProtocol::Coap) => {
+            Some(format!("backend {name:?} has protocol: coap: only a coap listener can use it"))
+        }
+        (ListenerProtocol::Tcp, BackendProtocol::Websocket) => {
+            Some(format!("a tcp listener relays raw bytes: backend {name:?} must have protocol tcp or mqtt"))
+        }
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(c.err(format!("{key}.backend"), why)),
+        None => Ok(index),
     }
-    let websocket = l.protocol == ListenerProtocol::Websocket;
-    Ok(ListenerConfig {
-        path: listener_path(c, key, l.path, websocket)?,
-        allowed_origins: allowed_origins(c, key, l.allowed_origins, websocket)?,
-        allowed_sources: networks(c, key, "allowed_sources", l.allowed_sources, "to allow every source")?,
-        trusted_proxies: networks(c, key, "trusted_proxies", l.trusted_proxies, "to read no PROXY header")?,
-        name: l.name,
-        bind,
-        protocol: l.protocol,
-        tls,
-        backend,
-        coap,
-    })
 }
 
 /// `listeners[].tls`: the files resolved against the configuration's folder, read and checked now.
-fn tls(c: &Checker<'_>, key: &str, t: FileTls) -> Result<TlsConfig, ConfigError> {
+fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfig>, ConfigError> {
+    let Some(t) = t else {
+        return Ok(None);
+    };
     let cert = c.resolve(&t.cert);
     let key_path = c.resolve(&t.key);
     let client_ca = t.client_ca.as_deref().map(|p| c.resolve(p));
@@ -98,21 +137,18 @@ fn tls(c: &Checker<'_>, key: &str, t: FileTls) -> Result<TlsConfig, ConfigError>
         };
         c.err(format!("{key}.tls.{field}"), e.message)
     })?;
-    Ok(TlsConfig {
+    Ok(Some(TlsConfig {
         cert,
         key: key_path,
         client_ca,
         require_identity: t.require_identity,
         server_config: Arc::new(server_config),
-    })
+    }))
 }
 
 /// `listeners[].path`: the one path a `websocket` listener upgrades.
-fn listener_path(c: &Checker<'_>, key: &str, path: Option<String>, websocket: bool) -> Result<String, ConfigError> {
+fn listener_path(c: &Checker<'_>, key: &str, path: Option<String>) -> Result<String, ConfigError> {
     match path {
-        Some(_) if !websocket => {
-            Err(c.err(format!("{key}.path"), "only a listener with protocol: websocket has a path"))
-        }
         Some(p) => {
             check_ws_path(&p).map_err(|m| c.err(format!("{key}.path"), m))?;
             if p.contains('?') {
@@ -125,17 +161,9 @@ fn listener_path(c: &Checker<'_>, key: &str, path: Option<String>, websocket: bo
 }
 
 /// `listeners[].allowed_origins` of a `websocket` listener.
-fn allowed_origins(
-    c: &Checker<'_>,
-    key: &str,
-    list: Option<Vec<String>>,
-    websocket: bool,
-) -> Result<Vec<String>, ConfigError> {
+fn allowed_origins(c: &Checker<'_>, key: &str, list: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     match list {
         None => Ok(Vec::new()),
-        Some(_) if !websocket => {
-            Err(c.err(format!("{key}.allowed_origins"), "only a listener with protocol: websocket checks origins"))
-        }
         Some(list) if list.is_empty() => {
             Err(c.err(format!("{key}.allowed_origins"), "must not be empty (omit it to allow any origin)"))
         }

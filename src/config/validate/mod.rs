@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::listener_schema::FileListener;
 use super::runtime::{AdminConfig, Config, Limits, LogConfig, ShutdownConfig, DEFAULT_MAX_WS_FRAME_SIZE};
 use super::schema::{FileAdmin, FileConfig, FileLimits, Workers};
 use super::ConfigError;
@@ -63,7 +64,7 @@ impl Checker<'_> {
 }
 
 /// Checks the file section by section and builds the runtime configuration.
-pub(super) fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
+pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<Config, ConfigError> {
     let c = Checker { file: origin, base: origin.parent().map(Path::to_path_buf).unwrap_or_default() };
     let backends = backends::backends(&c, file.backends)?;
     let (listeners, binds) = listeners::listeners(&c, file.listeners, &backends)?;
