@@ -49,14 +49,25 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads, parses and validates a configuration file.
+/// Where [`load`] reads when the path is `-`, and how errors name it.
+pub const STDIN: &str = "<stdin>";
+
+/// Reads, parses and validates a configuration file; `-` reads standard input (relative paths in it are then
+/// relative to the working directory).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
+    let (origin, text) = if path == Path::new("-") {
+        let mut text = String::new();
+        let read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
+        (PathBuf::from(STDIN), read.map(|_| text))
+    } else {
+        (path.to_path_buf(), std::fs::read_to_string(path))
+    };
+    let text = text.map_err(|e| ConfigError {
+        file: origin.clone(),
         key: String::new(),
         message: format!("cannot read the file: {e}"),
     })?;
-    parse(&text, path)
+    parse(&text, &origin)
 }
 
 /// Parses and validates configuration text; `origin` names the file in errors and anchors relative paths.

@@ -47,8 +47,21 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// What to do when a listener's certificate or key is missing, as on a fresh clone with the shipped config.yaml.
+pub const MISSING_CERTIFICATE_HINT: &str = "run scripts/make-test-cert.sh for a test certificate (see certs/README.md)";
+
+/// Whether a certificate or key file can be opened; if not, the error and how to get a test one.
+fn readable(path: &Path) -> Result<(), String> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot read {}: {e}; {MISSING_CERTIFICATE_HINT}", path.display())),
+    }
+}
+
 /// Builds the rustls server configuration of a listener from its files.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsLoadError> {
+    readable(cert).map_err(|m| fail(TlsPart::Cert, m))?;
+    readable(key).map_err(|m| fail(TlsPart::Key, m))?;
     let chain = load_certs(cert).map_err(|m| fail(TlsPart::Cert, m))?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| fail(TlsPart::Key, format!("{}: no usable private key: {e}", key.display())))?;

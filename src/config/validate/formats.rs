@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 pub(super) fn check_server_address(text: &str) -> Result<(), String> {
     let bad =
         |why: &str| format!("invalid address {text:?}: {why}; expected host:port, like \"wbroker01.example.org:1883\"");
-    if text.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return match address.port() {
+            0 => Err(bad("the port must be 1 to 65535")),
+            _ => Ok(()),
+        };
     }
     let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     match port.parse::<u16>() {
