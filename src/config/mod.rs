@@ -1,10 +1,12 @@
 //! Configuration: the YAML file (`config.yaml`) and the validated runtime [`Config`].
 //!
-//! Loading happens in two steps. First the file is deserialized into the `File*` types, which mirror the YAML one to
-//! one and refuse unknown keys (`deny_unknown_fields`); durations (`2s`, `500ms`, `30m`, `1h`) and sizes (`64KiB`,
-//! `1MiB`, `65536`) are parsed there. Then `validate` checks what serde cannot (duplicate names, references between
-//! listeners and backends, addresses, certificate files) and builds the runtime [`Config`]. Every error is a
-//! [`ConfigError`] that names the file, the key path (for example `backends[0].servers[2].address`) and what is wrong.
+//! The file is read twice. The first reading (`schema.rs`) takes every section except the listeners' own keys: each
+//! listener gives only its `protocol`. The second (`listener_schema.rs`) reads each listener with the keys of that
+//! protocol, so an `mqtt` listener refuses a `coap` key. Both refuse unknown keys (`deny_unknown_fields`) and parse
+//! durations and sizes (`units.rs`); `messages.rs` words what they refuse. Then `validate/` checks what serde cannot
+//! (names, references between listeners and backends, addresses, certificate files), section by section, and builds
+//! the runtime types (`runtime.rs`, re-exported here). Every error is a [`ConfigError`] that names the file, the key
+//! path (for example `backends[0].servers[2].address`) and what is wrong.
 
 use std::fmt;
 use std::marker::PhantomData;
