@@ -8,12 +8,12 @@
 //!
 //! A connection's path, in the order to read the code:
 //!
-//! 1. [`listener`]: accept loop, admission limits, one task per connection (in its own tracing span) spawned
-//!    before any handshake.
-//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], client certificate names in
-//!    [`transport::identity`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
-//!    trusted balancers ([`proxy_protocol`]), and the connection to a server ([`transport::upstream`]: TCP connect,
-//!    PROXY header out, WebSocket client upgrade).
+//! 1. [`listener`]: accept loop, admission limits (source networks matched by [`net`]), one task per connection (in
+//!    its own tracing span) spawned before any handshake.
+//! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
+//!    [`transport::certificates`], client certificate names in [`transport::identity`]), the WebSocket upgrade and
+//!    frame codec ([`transport::ws`]), PROXY headers from trusted balancers ([`proxy_protocol`]), and the connection
+//!    to a server ([`transport::upstream`]: TCP connect, PROXY header out, WebSocket client upgrade).
 //! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
 //!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries
@@ -29,11 +29,11 @@
 //! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
-//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
-//! loading and validation), [`metrics`] (every metric named once), [`logging`] (log filter and line formats),
-//! [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new
-//! connections per second per IP), and
-//! [`server`], which wires them and applies reloads.
+//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
+//! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
+//! [`logging`] (log filter and line formats), [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2
+//! headers to servers), [`rate_limit`] (new connections per second per IP), and [`server`], which wires them and
+//! applies reloads.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
@@ -45,6 +45,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod net;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod relay;

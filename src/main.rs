@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             Ok(c) => {
                 println!(
                     "{}: configuration is valid ({} listeners, {} backends, {} servers)",
-                    config.display(),
+                    c.source.display(),
                     c.listeners.len(),
                     c.backends.len(),
                     c.backends.iter().map(|b| b.servers.len()).sum::<usize>()
@@ -76,6 +76,10 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
+    if path == std::path::Path::new("-") {
+        eprintln!("error: --config -: `run` needs a file, which a reload reads again; standard input is for `check`");
+        return ExitCode::FAILURE;
+    }
     let config = match mqtt_lb::config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -208,3 +208,132 @@ fn each_command_help_lists_only_its_own_options() {
     let out = Command::new(BIN).args(["--config", "/nonexistent.yaml", "check"]).output().expect("run mqtt-lb");
     assert!(!out.status.success());
 }
+
+/// `mqtt-lb <args>` with `input` on its standard input: (success, stdout and stderr).
+fn with_stdin(args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mqtt-lb");
+    // A command that refuses before reading closes its standard input: that is its answer, not the test's error.
+    if let Err(e) = child.stdin.take().expect("stdin").write_all(input.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
+    let out = child.wait_with_output().expect("wait for mqtt-lb");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_reads_standard_input_for_dash_and_run_refuses_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let good = base(&pki);
+    let (ok, text) = with_stdin(&["check", "--config", "-"], &good);
+    assert!(ok, "{text}");
+    assert!(text.contains("<stdin>: configuration is valid (1 listeners, 1 backends, 3 servers)"), "{text}");
+    let (ok, text) = with_stdin(&["check", "--config", "-"], &good.replacen("\"10.0.0.3:1883\"", "\"10.0.0.3\"", 1));
+    assert!(!ok, "{text}");
+    assert!(text.contains("<stdin>: backends[0].servers[2].address: invalid address"), "{text}");
+    // `run` rereads its file on reload: it refuses standard input and says why, instead of starting.
+    let (ok, text) = with_stdin(&["run", "--config", "-"], &good);
+    assert!(!ok, "{text}");
+    assert!(text.contains("`run` needs a file"), "{text}");
+}
+
+#[test]
+fn an_unknown_key_suggests_the_closest_and_lists_only_the_keys_valid_there() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let good = base(&pki);
+    let path = dir.path().join("lb.yaml");
+    let refused = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from}");
+        std::fs::write(&path, good.replacen(from, to, 1)).expect("write");
+        let (ok, text) = check(&path);
+        assert!(!ok, "{to}: accepted");
+        text
+    };
+    let text = refused("connect_timeout: 10s", "connect_timout: 10s");
+    assert!(text.contains("lb.yaml: limits.connect_timout: unknown field `connect_timout`"), "{text}");
+    assert!(text.contains("did you mean `connect_timeout`?"), "{text}");
+    assert!(text.contains("max_connections_per_ip") && !text.contains("interval"), "limits' keys only: {text}");
+
+    // An mqtt listener: its own keys, none of the UDP-only or WebSocket-only ones.
+    let text = refused("    backend: brokers\n", "    backend: brokers\n    trusted_proxy: [\"10.0.0.0/8\"]\n");
+    assert!(text.contains("listeners[0].trusted_proxy: unknown field"), "{text}");
+    assert!(text.contains("did you mean `trusted_proxies`?"), "{text}");
+    assert!(
+        text.contains("(the keys here: name, bind, protocol, backend, tls, allowed_sources, trusted_proxies)"),
+        "{text}"
+    );
+    for other in ["max_flows", "flow_idle_timeout", "dtls_cid_length", "allowed_origins", "path"] {
+        assert!(!text.contains(other), "{other} is not an mqtt listener's key: {text}");
+    }
+    // A key of another protocol says which one has it.
+    let text = refused("    backend: brokers\n", "    backend: brokers\n    max_flows: 10\n");
+    assert!(text.contains("listeners[0].max_flows: only a listener with protocol: coap has this key"), "{text}");
+    // Far from every key: no guess.
+    let text = refused("timeout: 1s", "timeout: 1s, colour: red");
+    assert!(text.contains("unknown field `colour`") && !text.contains("did you mean"), "{text}");
+}
+
+#[test]
+fn a_duplicate_key_names_the_key_and_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let good = base(&pki);
+    let path = dir.path().join("lb.yaml");
+    let twice = good.replacen("    backend: brokers\n", "    backend: brokers\n    backend: brokers\n", 1);
+    let line = twice.lines().position(|l| l == "    backend: brokers").expect("the key") + 2;
+    std::fs::write(&path, twice).expect("write");
+    let (ok, text) = check(&path);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("lb.yaml: listeners[0].backend: duplicate key `backend` (again at line {line})")),
+        "{text}"
+    );
+    assert!(!text.contains("DuplicateKeyPolicy") && !text.contains("Options"), "no library text: {text}");
+}
+
+#[test]
+fn a_server_at_port_zero_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let path = dir.path().join("lb.yaml");
+    for (from, to) in [("\"10.0.0.3:1883\"", "\"10.0.0.3:0\""), ("wbroker01.domain.org:1883", "wbroker01.domain.org:0")]
+    {
+        std::fs::write(&path, base(&pki).replacen(from, to, 1)).expect("write");
+        let (ok, text) = check(&path);
+        assert!(!ok, "{to}: accepted");
+        assert!(text.contains("servers[") && text.contains("].address: invalid address"), "{text}");
+        assert!(text.contains("the port must be 1 to 65535"), "{text}");
+    }
+}
+
+#[test]
+fn a_missing_certificate_or_key_says_how_to_get_a_test_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    // The shipped config.yaml as on a fresh clone: certs/server.crt and certs/server.key do not exist.
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml")).expect("config.yaml");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, example).expect("write");
+    let hint = "run scripts/make-test-cert.sh for a test certificate (see certs/README.md)";
+    let (ok, text) = check(&path);
+    assert!(!ok, "{text}");
+    assert!(text.contains("listeners[0].tls.cert: cannot read") && text.contains("certs/server.crt"), "{text}");
+    assert!(text.contains(hint), "{text}");
+    // With the certificate but not its key.
+    std::fs::create_dir(dir.path().join("certs")).expect("mkdir certs");
+    std::fs::copy(&pki.cert, dir.path().join("certs/server.crt")).expect("copy cert");
+    let (ok, text) = check(&path);
+    assert!(!ok, "{text}");
+    assert!(text.contains("listeners[0].tls.key: cannot read") && text.contains("certs/server.key"), "{text}");
+    assert!(text.contains(hint), "{text}");
+}

@@ -5,88 +5,15 @@
 //! encrypted output buffers and keeps each only while it holds bytes, so an idle client costs no buffer at all
 //! (rustls's buffered connection keeps a 4 KiB input buffer for the life of every connection).
 
-use std::path::Path;
-use std::sync::Arc;
-
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// Which of the TLS settings an error is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsPart {
-    Cert,
-    Key,
-    ClientCa,
-}
-
-/// A certificate, key or CA file that cannot be used, and why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct TlsLoadError {
-    pub part: TlsPart,
-    pub message: String,
-}
-
-fn fail(part: TlsPart, message: String) -> TlsLoadError {
-    TlsLoadError { part, message }
-}
-
-/// The crypto provider every TLS object of the process uses.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads a PEM certificate chain.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = iter
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate (\"BEGIN CERTIFICATE\") found", path.display()));
-    }
-    Ok(certs)
-}
-
-/// Builds the rustls server configuration of a listener from its files.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsLoadError> {
-    let chain = load_certs(cert).map_err(|m| fail(TlsPart::Cert, m))?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| fail(TlsPart::Key, format!("{}: no usable private key: {e}", key.display())))?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| fail(TlsPart::Cert, format!("TLS set-up failed: {e}")))?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in load_certs(ca).map_err(|m| fail(TlsPart::ClientCa, m))? {
-                roots
-                    .add(c)
-                    .map_err(|e| fail(TlsPart::ClientCa, format!("{}: unusable CA certificate: {e}", ca.display())))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| fail(TlsPart::ClientCa, format!("{}: {e}", ca.display())))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
-        fail(TlsPart::Key, format!("{} does not fit the certificate in {}: {e}", key.display(), cert.display()))
-    })?;
-    // MQTT clients do not resume with tickets often enough to pay for them; a small session cache suffices.
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    Ok(config)
-}
 
 /// Bytes asked of the socket per read: a whole TLS record of the largest size (2^14 + 256 bytes of ciphertext plus
 /// its 5-byte header) fits, so a bulk sender is read one record or more per system call.
@@ -448,7 +375,10 @@ impl AsyncWrite for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::certificates::provider;
+    use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::ServerName;
+    use rustls::RootCertStore;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
