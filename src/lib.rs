@@ -35,6 +35,7 @@
 //! headers to servers), [`rate_limit`] (new connections per second per IP), and [`server`], which wires them and
 //! applies reloads.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;

@@ -1,5 +1,7 @@
 //! The `mqtt-lb` command: `run` (the default), `check`, `version`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
