@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::transport::tls;
+use crate::transport::{ticket_keys, tls};
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +232,8 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
+    /// Session-ticket keys shared with other instances ([`crate::transport::ticket_keys`]); re-read on reload.
+    pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
@@ -265,6 +267,7 @@ impl fmt::Debug for TlsConfig {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("client_ca", &self.client_ca)
+            .field("ticket_keys", &self.ticket_keys)
             .finish_non_exhaustive()
     }
 }
@@ -570,6 +573,8 @@ struct FileTls {
     client_ca: Option<PathBuf>,
     #[serde(default)]
     require_identity: RequireIdentity,
+    #[serde(default)]
+    ticket_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1223,7 +1228,7 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                         "needs tls.client_ca: only a verified client certificate can vouch for an identity",
                     ));
                 }
-                let server_config = tls::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
+                let mut server_config = tls::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
                     let field = match e.part {
                         tls::TlsPart::Cert => "cert",
                         tls::TlsPart::Key => "key",
@@ -1231,11 +1236,17 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
                     };
                     c.err(format!("{key}.tls.{field}"), e.message)
                 })?;
+                let ticket_keys = t.ticket_keys.as_deref().map(|p| c.resolve(p));
+                if let Some(path) = &ticket_keys {
+                    server_config.ticketer =
+                        ticket_keys::load(path).map_err(|m| c.err(format!("{key}.tls.ticket_keys"), m))?;
+                }
                 Some(TlsConfig {
                     cert,
                     key: key_path,
                     client_ca,
                     require_identity: t.require_identity,
+                    ticket_keys,
                     server_config: Arc::new(server_config),
                 })
             }

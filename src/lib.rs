@@ -10,7 +10,7 @@
 //!
 //! 1. [`listener`]: accept loop, admission limits, one task per connection spawned before any handshake.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], client certificate names in
-//!    [`transport::identity`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
+//!    [`transport::identity`], session tickets shared by instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY headers from
 //!    trusted balancers ([`proxy_protocol`]).
 //! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
 //!    refusals ([`mqtt::connack`]).

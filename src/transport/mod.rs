@@ -2,6 +2,7 @@
 //! ([`ws`]) on top; and between mqtt-lb and a server: TCP, or WebSocket over TCP.
 
 pub mod identity;
+pub mod ticket_keys;
 pub mod tls;
 pub mod ws;
 
