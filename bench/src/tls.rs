@@ -17,6 +17,8 @@ pub struct Pki {
     pub key: PathBuf,
     /// Certificate then key, for HAProxy's `ssl crt`.
     pub combined: PathBuf,
+    /// mqtt-lb's `tls.ticket_keys`: one key of 80 random bytes, base64.
+    pub ticket_keys: PathBuf,
     ca_der: CertificateDer<'static>,
     cert_der: CertificateDer<'static>,
 }
@@ -42,6 +44,7 @@ impl Pki {
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
             combined: dir.join("haproxy.pem"),
+            ticket_keys: dir.join("tickets.keys"),
             ca_der: ca.der().clone(),
             cert_der: cert.der().clone(),
         };
@@ -50,15 +53,22 @@ impl Pki {
         write(&pki.cert, cert.pem())?;
         write(&pki.key, key.serialize_pem())?;
         write(&pki.combined, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+        let made = std::process::Command::new("sh")
+            .args(["-c", "head -c 80 /dev/urandom | base64 -w0"])
+            .output()
+            .map_err(|e| format!("make a ticket key with base64: {e}"))?;
+        write(&pki.ticket_keys, String::from_utf8_lossy(&made.stdout).into_owned() + "\n")?;
         Ok(pki)
     }
 
-    /// The generator's client configuration. No session resumption: every connection is a full handshake, as for
-    /// a fleet of devices connecting. With `full_verify`, the chain and the handshake signature are verified
+    /// The generator's client configuration. Without `resume`, no session resumption: every connection is a full
+    /// handshake, as for a fleet of devices connecting for the first time. With `resume`, the clients share one
+    /// session store (tickets, TLS 1.2 session ids), so that every connection after the first resumes, as devices
+    /// reconnecting after a failover do. With `full_verify`, the chain and the handshake signature are verified
     /// (webpki against the CA); otherwise the certificate is compared byte for byte with ours and the signature
     /// check is skipped, which saves the generator two ECDSA verifications per handshake on a machine whose cores
     /// the servers need. The servers' work is the same either way.
-    pub fn client_config(&self, full_verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub fn client_config(&self, full_verify: bool, resume: bool) -> Result<Arc<rustls::ClientConfig>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -74,7 +84,7 @@ impl Pki {
                 .with_custom_certificate_verifier(Arc::new(Pinned { cert: self.cert_der.clone(), schemes }))
                 .with_no_client_auth()
         };
-        config.resumption = Resumption::disabled();
+        config.resumption = if resume { Resumption::in_memory_sessions(4096) } else { Resumption::disabled() };
         Ok(Arc::new(config))
     }
 }
