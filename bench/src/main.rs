@@ -333,8 +333,7 @@ struct Setup {
     dir: PathBuf,
     pki: tls::Pki,
     client_tls: Arc<rustls::ClientConfig>,
-    /// The same client, resuming TLS sessions.
-    resume_tls: Arc<rustls::ClientConfig>,
+    full_verify: bool,
     mqtt_lb: PathBuf,
     compare: Option<PathBuf>,
     haproxy_maxconn: u64,
@@ -362,12 +361,11 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
     log(format!("open files: soft {soft}, hard {hard}; idle connections: {idle_conns}"));
     let pki = tls::Pki::generate(&work.path)?;
     let client_tls = pki.client_config(opts.full_verify, false)?;
-    let resume_tls = pki.client_config(opts.full_verify, true)?;
     let setup = Setup {
         dir: work.path.clone(),
         pki,
         client_tls,
-        resume_tls,
+        full_verify: opts.full_verify,
         mqtt_lb,
         compare,
         haproxy_maxconn: hard.saturating_sub(200) / 2,
@@ -394,7 +392,9 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
             let desc = target.describe().await.map_err(|e| format!("{}: {e}", kind.name()))?;
             log(format!("{} on {addr}: {desc}", kind.name()));
             meta.tls.insert(kind.name().to_owned(), json!(desc));
-            let resume = Arc::new(Target::new(addr, Arc::clone(&setup.resume_tls), &format!("{}r", short(kind))));
+            // A session store per path: a ticket from one server is no use on another.
+            let resuming = setup.pki.client_config(setup.full_verify, true)?;
+            let resume = Arc::new(Target::new(addr, resuming, &format!("{}r", short(kind))));
             peers.push(Peer { kind, target, resume, proxy });
         }
         broker = Some(b);

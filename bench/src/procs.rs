@@ -285,7 +285,7 @@ pub fn mqtt_lb_config(
          \x20 - name: mqtts\n\
          \x20   bind: \"{bind}\"\n\
          \x20   protocol: mqtt\n\
-         \x20   tls: {{ cert: \"{cert}\", key: \"{key}\", {keys} }}\n\
+         \x20   tls: {{ cert: \"{cert}\", key: \"{key}\"{keys} }}\n\
          \x20   backend: brokers\n\
          backends:\n\
          \x20 - name: brokers\n\
