@@ -11,9 +11,10 @@
 //! 1. [`listener`]: accept loop, admission limits (source networks matched by [`net`]), one task per connection (in
 //!    its own tracing span) spawned before any handshake.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
-//!    [`transport::certificates`], client certificate names in [`transport::identity`]), the WebSocket upgrade and
-//!    frame codec ([`transport::ws`]), PROXY headers from trusted balancers ([`proxy_protocol`]), and the connection
-//!    to a server ([`transport::upstream`]: TCP connect, PROXY header out, WebSocket client upgrade).
+//!    [`transport::certificates`], client certificate names in [`transport::identity`], session tickets shared by
+//!    instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
+//!    headers from trusted balancers ([`proxy_protocol`]), and the connection to a server ([`transport::upstream`]:
+//!    TCP connect, PROXY header out, WebSocket client upgrade).
 //! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
 //!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries

@@ -139,6 +139,50 @@ fn check_names_the_file_and_key_of_each_kind_of_error() {
     assert!(text.contains("absent.yaml") && text.contains("cannot read"), "{text}");
 }
 
+#[test]
+fn check_refuses_unusable_ticket_key_files_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let keys = dir.path().join("tickets.keys");
+    let path = dir.path().join("lb.yaml");
+    let key = format!("key: \"{}\" }}", pki.key.display());
+    let with_keys = |file: &Path| {
+        base(&pki).replacen(&key, &format!("key: \"{}\", ticket_keys: \"{}\" }}", pki.key.display(), file.display()), 1)
+    };
+    // 80 bytes, as `openssl rand 80 | base64 -w0` writes them, and 48 (an HAProxy 48-byte key).
+    let good = "A".repeat(107) + "=";
+    let short = "B".repeat(64);
+    std::fs::write(&keys, format!("# newest first\n{good}\n")).expect("write");
+    std::fs::write(&path, with_keys(&keys)).expect("write");
+    let (ok, text) = check(&path);
+    assert!(ok, "a good key file: {text}");
+
+    // (what, file content or None for no file, words expected in the message)
+    let cases: [(&str, Option<String>, &str); 5] = [
+        ("wrong length", Some(format!("{good}\n{short}\n")), "line 2: a key is 80 bytes"),
+        ("bad base64", Some(format!("{}*=\n", &good[..106])), "line 1: not base64"),
+        ("empty", Some(String::new()), "no key"),
+        ("only comments", Some("# rotate weekly\n\n".into()), "no key"),
+        ("unreadable", None, "cannot read"),
+    ];
+    for (what, content, words) in cases {
+        let file = dir.path().join(format!("{}.keys", what.replace(' ', "-")));
+        if let Some(content) = content {
+            std::fs::write(&file, content).expect("write");
+        }
+        std::fs::write(&path, with_keys(&file)).expect("write");
+        let (ok, text) = check(&path);
+        assert!(!ok, "{what}: accepted");
+        assert!(text.contains("listeners[0].tls.ticket_keys"), "{what}: names the key: {text}");
+        assert!(text.contains(&file.display().to_string()), "{what}: names the key file: {text}");
+        assert!(text.contains(words), "{what}: says {words:?}: {text}");
+    }
+    // A directory is not a key file.
+    std::fs::write(&path, with_keys(dir.path())).expect("write");
+    let (ok, text) = check(&path);
+    assert!(!ok && text.contains("listeners[0].tls.ticket_keys") && text.contains("not a regular file"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_uses_the_configured_workers_and_stops_with_exit_code_zero_on_sigterm() {
     bounded(Duration::from_secs(30), "SIGTERM", async {

@@ -2,7 +2,8 @@
 //! read per socket read).
 //!
 //! - [`conn_rate`]: workers that each loop TCP connect + TLS handshake + CONNECT/CONNACK + DISCONNECT, timing the
-//!   CONNACK from the start of the TCP connect.
+//!   CONNACK from the start of the TCP connect, and counting the handshakes that resumed a session (with a
+//!   resuming client configuration).
 //! - [`throughput`]: pairs of one publisher and one subscriber on a topic of their own; QoS 0; each payload starts
 //!   with its send time and a sequence number, so the subscriber measures end-to-end latency and sees every loss.
 //!   Saturated (each publisher keeps up to `window` messages in flight, refilling in one write) or paced (a fixed
@@ -171,6 +172,8 @@ pub struct ConnRate {
     pub secs: f64,
     /// Time to CONNACK of each completed cycle, µs.
     pub connack_us: Vec<u32>,
+    /// Completed cycles whose TLS handshake resumed a session.
+    pub resumed: u64,
     pub errors: BTreeMap<&'static str, u64>,
 }
 
@@ -185,16 +188,19 @@ pub async fn conn_rate(target: Arc<Target>, workers: usize, dur: Duration) -> Co
         let errors = Arc::clone(&errors);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(4096);
+            let mut resumed = 0u64;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match target.open(60).await {
                     Ok(s) => {
                         let connack = t0.elapsed();
+                        let was_resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                         let err = close(s).await;
                         if let Some(e) = err {
                             errors.add(e, 1);
                         } else if Instant::now() <= deadline {
                             lat.push(u32::try_from(connack.as_micros()).unwrap_or(u32::MAX));
+                            resumed += u64::from(was_resumed);
                         }
                     }
                     Err(e) => {
@@ -203,17 +209,20 @@ pub async fn conn_rate(target: Arc<Target>, workers: usize, dur: Duration) -> Co
                     }
                 }
             }
-            lat
+            (lat, resumed)
         }));
     }
-    let mut connack_us = Vec::new();
+    let (mut connack_us, mut resumed) = (Vec::new(), 0);
     for t in tasks {
         match t.await {
-            Ok(l) => connack_us.extend(l),
+            Ok((l, r)) => {
+                connack_us.extend(l);
+                resumed += r;
+            }
             Err(_) => errors.add("worker_panicked", 1),
         }
     }
-    ConnRate { completed: connack_us.len() as u64, secs: dur.as_secs_f64(), connack_us, errors: errors.take() }
+    ConnRate { completed: connack_us.len() as u64, secs: dur.as_secs_f64(), connack_us, resumed, errors: errors.take() }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,tput,idle,udp (default all)
+  --phases LIST           comma-separated: conn,resume,tput,idle,udp (default all); resume: the connection
+                          rate with clients that resume their TLS session
   --only LIST             run only these phases (as --phases), writing into bench/target/only unless --out
                           says otherwise: `--only udp` runs the UDP section alone
   --udp-secs S            UDP section: each load per path and round (default 4; quick: 1)
@@ -150,7 +151,7 @@ fn parse_args() -> Result<Opts, String> {
         window: 1000,
         idle_conns: None,
         paths: PathKind::ALL.to_vec(),
-        phases: vec!["conn".into(), "tput".into(), "idle".into(), "udp".into()],
+        phases: vec!["conn".into(), "resume".into(), "tput".into(), "idle".into(), "udp".into()],
         mqtt_lb: manifest_dir().join("../target/release/mqtt-lb"),
         compare: None,
         logs: true,
@@ -181,7 +182,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut out_given = false;
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
-        match phases.iter().find(|p| !["conn", "tput", "idle", "udp"].contains(&p.as_str())) {
+        match phases.iter().find(|p| !["conn", "resume", "tput", "idle", "udp"].contains(&p.as_str())) {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
             None => Ok(phases),
         }
@@ -301,6 +302,8 @@ fn main() -> ExitCode {
 struct Peer {
     kind: PathKind,
     target: Arc<Target>,
+    /// The same address, for clients that resume their TLS sessions (one store shared by every worker).
+    resume: Arc<Target>,
     /// The proxy's process (none for the direct path).
     proxy: Option<Proc>,
 }
@@ -330,6 +333,7 @@ struct Setup {
     dir: PathBuf,
     pki: tls::Pki,
     client_tls: Arc<rustls::ClientConfig>,
+    full_verify: bool,
     mqtt_lb: PathBuf,
     compare: Option<PathBuf>,
     haproxy_maxconn: u64,
@@ -356,11 +360,12 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
     let idle_conns = opts.idle_conns.unwrap_or(9000).min(idle_max);
     log(format!("open files: soft {soft}, hard {hard}; idle connections: {idle_conns}"));
     let pki = tls::Pki::generate(&work.path)?;
-    let client_tls = pki.client_config(opts.full_verify)?;
+    let client_tls = pki.client_config(opts.full_verify, false)?;
     let setup = Setup {
         dir: work.path.clone(),
         pki,
         client_tls,
+        full_verify: opts.full_verify,
         mqtt_lb,
         compare,
         haproxy_maxconn: hard.saturating_sub(200) / 2,
@@ -375,7 +380,7 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main = opts.phases.iter().any(|p| p == "conn" || p == "tput");
+    let needs_main = opts.phases.iter().any(|p| p == "conn" || p == "resume" || p == "tput");
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
@@ -387,7 +392,10 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
             let desc = target.describe().await.map_err(|e| format!("{}: {e}", kind.name()))?;
             log(format!("{} on {addr}: {desc}", kind.name()));
             meta.tls.insert(kind.name().to_owned(), json!(desc));
-            peers.push(Peer { kind, target, proxy });
+            // A session store per path: a ticket from one server is no use on another.
+            let resuming = setup.pki.client_config(setup.full_verify, true)?;
+            let resume = Arc::new(Target::new(addr, resuming, &format!("{}r", short(kind))));
+            peers.push(Peer { kind, target, resume, proxy });
         }
         broker = Some(b);
     }
@@ -418,24 +426,22 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         log(format!("round {}/{}: order {}", round + 1, opts.rounds, names.join(", ")));
         let mut r = report::Round::new(round + 1, &names);
         if let Some(b) = &broker {
-            if opts.phases.iter().any(|p| p == "conn") {
+            for phase in ["conn", "resume"].into_iter().filter(|p| opts.phases.iter().any(|o| o == p)) {
                 for &i in &order {
                     let Some(peer) = peers.get(i) else { continue };
+                    let target = if phase == "resume" { &peer.resume } else { &peer.target };
                     let run = probe(&setup, b, peer.proxy.as_ref()).start();
-                    let c = load::conn_rate(
-                        Arc::clone(&peer.target),
-                        opts.workers,
-                        Duration::from_secs_f64(opts.conn_secs),
-                    )
-                    .await;
+                    let c = load::conn_rate(Arc::clone(target), opts.workers, Duration::from_secs_f64(opts.conn_secs))
+                        .await;
                     let cpu = run.finish();
                     log(format!(
-                        "  conn  {:12} {:8.0} conn/s  errors {:?}",
+                        "  {phase:6} {:12} {:8.0} conn/s  resumed {:.1}%  errors {:?}",
                         peer.kind.name(),
                         c.completed as f64 / c.secs,
+                        c.resumed as f64 * 100.0 / c.completed.max(1) as f64,
                         c.errors
                     ));
-                    r.conn(peer.kind, c, cpu);
+                    r.conn(phase, peer.kind, c, cpu);
                     pause(&mut quiet_budget).await;
                 }
             }
@@ -576,8 +582,8 @@ async fn start_path(
         (PathKind::MqttLbBase, Some(base)) => (base.as_path(), "mqtt-lb-base"),
         (PathKind::MqttLbBase, None) => return Err("path mqtt-lb-base needs --compare".into()),
     };
-    let (p, a) =
-        procs::start_mqtt_lb(bin, name, dir, tag, &pki.cert, &pki.key, broker.plain, setup.threads, setup.logs).await?;
+    let keys = kind == PathKind::MqttLb;
+    let (p, a) = procs::start_mqtt_lb(bin, name, dir, tag, pki, keys, broker.plain, setup.threads, setup.logs).await?;
     Ok((Some(p), a))
 }
 

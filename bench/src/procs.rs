@@ -269,14 +269,23 @@ pub fn spawn_checked_mqtt_lb(bin: &Path, name: &str, cfg: &Path, log: &Path, log
     Proc::spawn(name, cmd, log)
 }
 
-/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe).
-pub fn mqtt_lb_config(bind: SocketAddr, cert: &Path, key: &Path, broker: SocketAddr, threads: usize) -> String {
+/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe); with
+/// `ticket_keys`, session tickets sealed by the key file (`tls.ticket_keys`), as a pair of instances would run (a
+/// `--compare` binary older than the key runs without it).
+pub fn mqtt_lb_config(
+    bind: SocketAddr,
+    pki: &crate::tls::Pki,
+    ticket_keys: bool,
+    broker: SocketAddr,
+    threads: usize,
+) -> String {
+    let keys = if ticket_keys { format!(", ticket_keys: \"{}\"", pki.ticket_keys.display()) } else { String::new() };
     format!(
         "listeners:\n\
          \x20 - name: mqtts\n\
          \x20   bind: \"{bind}\"\n\
          \x20   protocol: mqtt\n\
-         \x20   tls: {{ cert: \"{cert}\", key: \"{key}\" }}\n\
+         \x20   tls: {{ cert: \"{cert}\", key: \"{key}\"{keys} }}\n\
          \x20   backend: brokers\n\
          backends:\n\
          \x20 - name: brokers\n\
@@ -292,8 +301,8 @@ pub fn mqtt_lb_config(bind: SocketAddr, cert: &Path, key: &Path, broker: SocketA
          shutdown:\n\
          \x20 drain_timeout: 1s\n\
          workers: {threads}\n",
-        cert = cert.display(),
-        key = key.display()
+        cert = pki.cert.display(),
+        key = pki.key.display(),
     )
 }
 
@@ -345,8 +354,8 @@ pub async fn start_mqtt_lb(
     name: &str,
     dir: &Path,
     tag: &str,
-    cert: &Path,
-    key: &Path,
+    pki: &crate::tls::Pki,
+    ticket_keys: bool,
     broker: SocketAddr,
     threads: usize,
     logs: bool,
@@ -355,7 +364,7 @@ pub async fn start_mqtt_lb(
     for _ in 0..3 {
         let bind = loopback(free_port()?);
         let cfg = dir.join(format!("{name}-{tag}.yaml"));
-        std::fs::write(&cfg, mqtt_lb_config(bind, cert, key, broker, threads))
+        std::fs::write(&cfg, mqtt_lb_config(bind, pki, ticket_keys, broker, threads))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let mut proc = spawn_checked_mqtt_lb(bin, name, &cfg, &dir.join(format!("{name}-{tag}.log")), logs)?;
         match proc.wait_accepting(bind).await {

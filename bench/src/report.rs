@@ -182,25 +182,31 @@ impl Round {
         }
     }
 
-    pub fn conn(&mut self, path: PathKind, mut c: ConnRate, cpu: Value) {
+    /// A connection-rate load: `phase` is `conn` (full handshakes) or `resume` (resumed ones).
+    pub fn conn(&mut self, phase: &str, path: PathKind, mut c: ConnRate, cpu: Value) {
         let rate = c.completed as f64 / c.secs;
         let p50 = percentile(&mut c.connack_us, 50.0);
         let p99 = percentile(&mut c.connack_us, 99.0);
         let errors = error_count(&c.errors);
-        self.value("conn.rate", path, Some(rate));
-        self.value("conn.p50", path, ms(p50).as_f64());
-        self.value("conn.p99", path, ms(p99).as_f64());
-        self.value("conn.cpu_us", path, proxy_cpu_us(&cpu, c.completed));
-        self.value("conn.syscalls", path, proxy_per_op(&cpu, "syscalls", c.completed));
+        let resumed_pct = (c.completed > 0).then(|| (c.resumed as f64 * 1000.0 / c.completed as f64).round() / 10.0);
+        self.value(&format!("{phase}.rate"), path, Some(rate));
+        self.value(&format!("{phase}.p50"), path, ms(p50).as_f64());
+        self.value(&format!("{phase}.p99"), path, ms(p99).as_f64());
+        self.value(&format!("{phase}.cpu_us"), path, proxy_cpu_us(&cpu, c.completed));
+        self.value(&format!("{phase}.syscalls"), path, proxy_per_op(&cpu, "syscalls", c.completed));
+        if phase == "resume" {
+            self.value("resume.resumed_pct", path, resumed_pct);
+        }
         self.value("errors", path, Some(errors as f64));
-        self.cpu.push(("conn".into(), path.name(), cpu.clone()));
+        self.cpu.push((phase.to_owned(), path.name(), cpu.clone()));
         insert(
             &mut self.json,
-            "conn",
+            phase,
             path.name(),
             json!({
                 "conn_per_s": rate.round(),
                 "completed": c.completed,
+                "resumed": c.resumed,
                 "secs": c.secs,
                 "connack_p50_ms": ms(p50),
                 "connack_p99_ms": ms(p99),
@@ -322,6 +328,12 @@ fn rows(r: &Results) -> Vec<(String, String)> {
         ("conn.p99".to_owned(), "time to CONNACK p99 (ms)".to_owned()),
         ("conn.cpu_us".to_owned(), "proxy CPU per connection (µs)".to_owned()),
         ("conn.syscalls".to_owned(), "proxy system calls per connection".to_owned()),
+        ("resume.rate".to_owned(), "resumed TLS: connections/s (same cycle, the session resumed)".to_owned()),
+        ("resume.resumed_pct".to_owned(), "resumed TLS: handshakes that resumed (%)".to_owned()),
+        ("resume.p50".to_owned(), "resumed TLS: time to CONNACK p50 (ms)".to_owned()),
+        ("resume.p99".to_owned(), "resumed TLS: time to CONNACK p99 (ms)".to_owned()),
+        ("resume.cpu_us".to_owned(), "resumed TLS: proxy CPU per connection (µs)".to_owned()),
+        ("resume.syscalls".to_owned(), "resumed TLS: proxy system calls per connection".to_owned()),
     ];
     for (size, label) in [("64", "64 B"), ("1k", "1 KiB")] {
         v.push((format!("tput{size}.rate"), format!("QoS 0 {label}, saturated: delivered msg/s")));
@@ -928,7 +940,7 @@ impl Results {
              |---|---|---|---|---|---|---|---|---|"
         );
         if let Some(phases) = cpu.as_object() {
-            for phase in ["conn", "tput64", "paced64", "tput1k", "paced1k"] {
+            for phase in ["conn", "resume", "tput64", "paced64", "tput1k", "paced1k"] {
                 let Some(per_path) = phases.get(phase).and_then(|p| p.as_object()) else { continue };
                 for p in &self.paths {
                     let Some(c) = per_path.get(p.name()) else { continue };

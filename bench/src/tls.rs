@@ -3,12 +3,14 @@
 //! One server certificate serves all three paths: mosquitto's TLS listener (`server.crt` + `server.key`), HAProxy
 //! (`haproxy.pem`: certificate and key in one file) and mqtt-lb (`server.crt` + `server.key`).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::Resumption;
+use rustls::client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::NamedGroup;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 pub struct Pki {
@@ -17,6 +19,8 @@ pub struct Pki {
     pub key: PathBuf,
     /// Certificate then key, for HAProxy's `ssl crt`.
     pub combined: PathBuf,
+    /// mqtt-lb's `tls.ticket_keys`: one key of 80 random bytes, base64.
+    pub ticket_keys: PathBuf,
     ca_der: CertificateDer<'static>,
     cert_der: CertificateDer<'static>,
 }
@@ -42,6 +46,7 @@ impl Pki {
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
             combined: dir.join("haproxy.pem"),
+            ticket_keys: dir.join("tickets.keys"),
             ca_der: ca.der().clone(),
             cert_der: cert.der().clone(),
         };
@@ -50,15 +55,22 @@ impl Pki {
         write(&pki.cert, cert.pem())?;
         write(&pki.key, key.serialize_pem())?;
         write(&pki.combined, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+        let made = std::process::Command::new("sh")
+            .args(["-c", "head -c 80 /dev/urandom | base64 -w0"])
+            .output()
+            .map_err(|e| format!("make a ticket key with base64: {e}"))?;
+        write(&pki.ticket_keys, String::from_utf8_lossy(&made.stdout).into_owned() + "\n")?;
         Ok(pki)
     }
 
-    /// The generator's client configuration. No session resumption: every connection is a full handshake, as for
-    /// a fleet of devices connecting. With `full_verify`, the chain and the handshake signature are verified
+    /// The generator's client configuration. Without `resume`, no session resumption: every connection is a full
+    /// handshake, as for a fleet of devices connecting for the first time. With `resume`, the clients of this
+    /// configuration share one [`FleetSessions`] store, so that every connection after the first resumes, as
+    /// devices reconnecting after a failover do; use one such configuration per server. With `full_verify`, the chain and the handshake signature are verified
     /// (webpki against the CA); otherwise the certificate is compared byte for byte with ours and the signature
     /// check is skipped, which saves the generator two ECDSA verifications per handshake on a machine whose cores
     /// the servers need. The servers' work is the same either way.
-    pub fn client_config(&self, full_verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub fn client_config(&self, full_verify: bool, resume: bool) -> Result<Arc<rustls::ClientConfig>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -74,8 +86,64 @@ impl Pki {
                 .with_custom_certificate_verifier(Arc::new(Pinned { cert: self.cert_der.clone(), schemes }))
                 .with_no_client_auth()
         };
-        config.resumption = Resumption::disabled();
+        config.resumption =
+            if resume { Resumption::store(Arc::new(FleetSessions::default())) } else { Resumption::disabled() };
         Ok(Arc::new(config))
+    }
+}
+
+/// The sessions of a fleet of clients of one server: every TLS 1.3 ticket received (up to 10,000), each used once.
+/// rustls's own store keeps 8 tickets per server name, which 50 concurrent clients of one name exhaust, so that most
+/// of them would do a full handshake; devices each keep their own ticket.
+#[derive(Debug, Default)]
+struct FleetSessions {
+    tickets: Mutex<VecDeque<Tls13ClientSessionValue>>,
+    tls12: Mutex<Option<Tls12ClientSessionValue>>,
+    kx_hint: Mutex<Option<NamedGroup>>,
+}
+
+/// Tickets kept at most: far more than the workers use at once.
+const FLEET_TICKETS: usize = 10_000;
+
+impl ClientSessionStore for FleetSessions {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
+        if let Ok(mut g) = self.kx_hint.lock() {
+            *g = Some(group);
+        }
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        self.kx_hint.lock().ok().and_then(|g| *g)
+    }
+
+    fn set_tls12_session(&self, _: ServerName<'static>, value: Tls12ClientSessionValue) {
+        if let Ok(mut s) = self.tls12.lock() {
+            *s = Some(value);
+        }
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.tls12.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {
+        if let Ok(mut s) = self.tls12.lock() {
+            *s = None;
+        }
+    }
+
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
+        if let Ok(mut t) = self.tickets.lock() {
+            if t.len() == FLEET_TICKETS {
+                t.pop_front();
+            }
+            t.push_back(value);
+        }
+    }
+
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        // The newest first: the oldest may have expired.
+        self.tickets.lock().ok().and_then(|mut t| t.pop_back())
     }
 }
 

@@ -132,6 +132,8 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
+    /// Session-ticket keys shared with other instances ([`crate::transport::ticket_keys`]); re-read on reload.
+    pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
@@ -165,6 +167,7 @@ impl fmt::Debug for TlsConfig {
             .field("cert", &self.cert)
             .field("key", &self.key)
             .field("client_ca", &self.client_ca)
+            .field("ticket_keys", &self.ticket_keys)
             .finish_non_exhaustive()
     }
 }

@@ -93,6 +93,8 @@ pub(super) struct FileTls {
     pub(super) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(super) require_identity: RequireIdentity,
+    #[serde(default)]
+    pub(super) ticket_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ use crate::config::schema::FileTls;
 use crate::config::ConfigError;
 use crate::net::Cidr;
 use crate::transport::certificates::{self, TlsPart};
+use crate::transport::ticket_keys;
 
 /// The listeners, and the TCP addresses they bind (the admin endpoint must not take one).
 pub(super) fn listeners(
@@ -129,7 +130,7 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
             "needs tls.client_ca: only a verified client certificate can vouch for an identity",
         ));
     }
-    let server_config = certificates::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
+    let mut server_config = certificates::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
         let field = match e.part {
             TlsPart::Cert => "cert",
             TlsPart::Key => "key",
@@ -137,11 +138,16 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
         };
         c.err(format!("{key}.tls.{field}"), e.message)
     })?;
+    let ticket_keys = t.ticket_keys.as_deref().map(|p| c.resolve(p));
+    if let Some(path) = &ticket_keys {
+        server_config.ticketer = ticket_keys::load(path).map_err(|m| c.err(format!("{key}.tls.ticket_keys"), m))?;
+    }
     Ok(Some(TlsConfig {
         cert,
         key: key_path,
         client_ca,
         require_identity: t.require_identity,
+        ticket_keys,
         server_config: Arc::new(server_config),
     }))
 }
