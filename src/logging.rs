@@ -5,7 +5,7 @@
 //! clients (rustls warns about every client that sends an IP address as SNI), which an operator reads in the
 //! metrics (`mqttlb_tls_handshake_failures_total`), not as one line per client.
 //!
-//! JSON lines are `{"timestamp","level","fields":{..},"target"}`. Events a library writes through the `log` crate
+//! JSON lines are `{"timestamp","level","fields":{..},"target"}`, with `"span":{"name",..}` inside a connection. Events a library writes through the `log` crate
 //! carry the path of its source file on the build machine (`log.file`); those bridge fields are left out, the
 //! library's module is the `target`.
 
@@ -16,7 +16,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -45,7 +45,8 @@ pub fn init(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     if json {
-        builder.event_format(JsonLines).init();
+        // Span fields kept as JSON, so each line can carry its connection's span as an object.
+        builder.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()).event_format(JsonLines).init();
     } else {
         builder.init();
     }
@@ -59,7 +60,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
         let mut fields = JsonFields::default();
@@ -71,8 +72,21 @@ where
         line.insert("level".into(), Value::String(meta.level().as_str().to_owned()));
         line.insert("fields".into(), Value::Object(fields.values));
         line.insert("target".into(), Value::String(target));
+        if let Some(span) = ctx.lookup_current() {
+            line.insert("span".into(), span_object(span.name(), span.extensions().get::<FormattedFields<N>>()));
+        }
         writeln!(writer, "{}", Value::Object(line))
     }
+}
+
+/// The current span as `{"name", ..its fields}`; its fields were recorded as a JSON object (see [`init`]).
+fn span_object<N>(name: &str, recorded: Option<&FormattedFields<N>>) -> Value {
+    let mut object = match recorded.map(|f| serde_json::from_str::<Value>(f.fields.as_str())) {
+        Some(Ok(Value::Object(fields))) => fields,
+        _ => Map::new(),
+    };
+    object.insert("name".into(), Value::String(name.to_owned()));
+    Value::Object(object)
 }
 
 /// Collects an event's fields as JSON values; keeps the `log` bridge's target, drops its other fields.
