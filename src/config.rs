@@ -407,6 +407,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// `admin.state_file`: where server states set through the admin API are kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,6 +436,8 @@ pub struct Limits {
 
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
+    /// How long the listeners go on accepting after SIGTERM/SIGINT while `/readyz` already fails.
+    pub grace: Duration,
     /// How long open relays may go on after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
     /// What MQTT 5 clients are told when the shutdown starts.
@@ -664,6 +668,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     bind: String,
+    #[serde(default)]
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -696,9 +702,15 @@ impl Default for FileLimits {
     }
 }
 
+/// `shutdown.grace` by default. The shipped keepalived check (interval 2 s, fall 2) sees two failures 2-4 s after
+/// the signal and the backup takes the IP at once; a cloud L4 balancer probing every 2 s with threshold 2 sees it as
+/// soon. 5 s covers both with a margin, and adds only 5 s to a stop where nothing watches readiness.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileShutdown {
+    grace: DurationValue,
     drain_timeout: DurationValue,
     disconnect: ShutdownDisconnect,
 }
@@ -706,6 +718,7 @@ struct FileShutdown {
 impl Default for FileShutdown {
     fn default() -> Self {
         FileShutdown {
+            grace: DurationValue(DEFAULT_SHUTDOWN_GRACE),
             drain_timeout: DurationValue(Duration::from_secs(30)),
             disconnect: ShutdownDisconnect::default(),
         }
@@ -1323,7 +1336,14 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
             if bind.port() != 0 && binds.contains(&bind) {
                 return Err(c.err("admin.bind", format!("{bind} is already used by a listener")));
             }
-            Some(AdminConfig { bind })
+            let state_file = a.state_file.map(|p| c.resolve(&p));
+            if let Some(dir) = state_file.as_deref().and_then(Path::parent) {
+                if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                    let shown = dir.display();
+                    return Err(c.err("admin.state_file", format!("directory {shown} does not exist")));
+                }
+            }
+            Some(AdminConfig { bind, state_file })
         }
     };
 
@@ -1371,7 +1391,11 @@ fn validate(file: FileConfig, origin: &Path) -> Result<Config, ConfigError> {
         backends,
         admin,
         limits,
-        shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0, disconnect: file.shutdown.disconnect },
+        shutdown: ShutdownConfig {
+            grace: file.shutdown.grace.0,
+            drain_timeout: file.shutdown.drain_timeout.0,
+            disconnect: file.shutdown.disconnect,
+        },
         log: LogConfig { client_id: file.log.client_id },
         workers,
     })

@@ -15,7 +15,8 @@
 //! 3. [`mqtt`]: the first packet: fixed header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]),
 //!    refusals ([`mqtt::connack`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
-//!    ([`balancer::selection`]: weighted rendezvous hashing, round-robin, least connections).
+//!    ([`balancer::selection`]: weighted rendezvous hashing, round-robin, least connections); administrative
+//!    states kept across restarts in [`balancer::state_file`].
 //! 5. [`session`]: one client from accept to close, tying the steps together.
 //! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
 //!
@@ -24,7 +25,7 @@
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (YAML
-//! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals and drain),
+//! loading and validation), [`metrics`] (every metric named once), [`shutdown`] (signals, grace, drain, hard stop),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP), and
 //! [`server`], which wires them and applies reloads.
 
