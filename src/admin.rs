@@ -3,7 +3,8 @@
 //! - `GET /metrics`: Prometheus text format (OpenMetrics)
 //! - `GET /healthz`: 200 while the process runs
 //! - `GET /readyz`: 200 when every listener's backend has a server that can take clients, else 503 saying why
-//!   (`not ready: brokers: 3 servers, none can take clients (2 maint, 1 down)`)
+//!   (`not ready: brokers: 3 servers, none can take clients (2 maint, 1 down)`); 503 from the first SIGTERM/SIGINT on,
+//!   while the process stops (see [`crate::shutdown`])
 //! - `GET /servers`: JSON list of backends and servers (health, state, open connections)
 //! - `PUT /servers/{backend}/{server}/state` with body `ready`, `drain` or `maint`: set a server's state
 //! - `POST /reload`: reload the configuration file (as SIGHUP does); 200 or 422 with the error
@@ -21,9 +22,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{AdminState, BackendServer};
-use crate::balancer::Balancer;
+use crate::balancer::{state_file, Balancer};
 use crate::metrics::Metrics;
 use crate::server::ReloadHandle;
+use crate::shutdown::Lifecycle;
 use arc_swap::ArcSwap;
 
 /// What the admin endpoint reads.
@@ -33,6 +35,8 @@ pub struct AdminContext {
     pub view: ArcSwap<AdminView>,
     /// Where `POST /reload` goes.
     pub reload: ReloadHandle,
+    /// A stopping process is not ready, whatever its servers.
+    pub lifecycle: Lifecycle,
 }
 
 /// The backends as configured now.
@@ -40,6 +44,8 @@ pub struct AdminView {
     pub balancers: Vec<Arc<Balancer>>,
     /// Indexes into `balancers` of the backends that listeners use.
     pub listened: Vec<usize>,
+    /// `admin.state_file`: where a state change is recorded.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 pub type Shared = Arc<AdminContext>;
@@ -102,7 +108,10 @@ async fn route(req: Request<Incoming>, ctx: &AdminContext) -> Response<Full<Byte
             text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", ctx.metrics.encode())
         }
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, ["readyz"]) => readyz(state),
+        (&Method::GET, ["readyz"]) => match ctx.lifecycle.not_ready_because() {
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+            None => readyz(state),
+        },
         (&Method::GET, ["servers"]) => json(StatusCode::OK, &servers_json(state)),
         (&Method::PUT | &Method::POST, ["servers", backend, server, "state"]) => {
             let (backend, server) = ((*backend).to_owned(), (*server).to_owned());
@@ -217,6 +226,15 @@ fn set_state(state: &AdminView, backend: &str, server: &str, wanted: &str) -> Re
     };
     s.set_state(new_state);
     info!(backend, server, state = new_state.as_str(), "server state set");
+    if let Some(path) = &state.state_file {
+        // The state holds in this process either way; only its survival across a restart failed.
+        if let Err(e) = state_file::save(path, &state.balancers) {
+            warn!(file = %path.display(), error = %e, "cannot record the server state: it will not survive a restart");
+            let body = serde_json::json!({ "backend": backend, "server": server, "state": new_state.as_str(),
+                "warning": format!("not recorded in {}: {e}", path.display()) });
+            return json(StatusCode::OK, &body);
+        }
+    }
     json(StatusCode::OK, &serde_json::json!({ "backend": backend, "server": server, "state": new_state.as_str() }))
 }
 

@@ -112,11 +112,7 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let token = server.shutdown_token();
-        tokio::spawn(async move {
-            mqtt_lb::shutdown::signal().await;
-            token.cancel();
-        });
+        tokio::spawn(mqtt_lb::shutdown::handle_signals(server.lifecycle()));
         let reload = server.reload_handle();
         // Registered before anything is spawned, so that a SIGHUP from now on reloads instead of ending the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());

@@ -20,23 +20,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminContext, AdminView};
 use crate::balancer::backend::BackendServer;
-use crate::balancer::{Balancer, Pool};
+use crate::balancer::{state_file, Balancer, Pool};
 use crate::config::{self, Config, ListenerConfig, ListenerProtocol, RequireIdentity};
 use crate::health;
 use crate::listener::{accept_loop, Admission};
 use crate::metrics::{Metrics, ReloadResult, ResultLabels};
 use crate::session::SessionContext;
-use crate::shutdown;
+use crate::shutdown::{self, Lifecycle};
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::udp::{self, BoundUdp, UdpListeners};
 
@@ -80,6 +82,7 @@ pub struct Server {
     udp_listeners: Vec<BoundUdp>,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
+    lifecycle: Lifecycle,
     reload_tx: mpsc::Sender<ReloadReply>,
     reload_rx: mpsc::Receiver<ReloadReply>,
 }
@@ -142,6 +145,10 @@ impl Server {
         let shutdown = CancellationToken::new();
         let balancers: Vec<Arc<Balancer>> =
             config.backends.iter().map(|b| Arc::new(Balancer::new(Pool::new(b.clone(), &metrics)))).collect();
+        // Before any listener accepts: a server left in maintenance stays there.
+        if let Some(path) = config.admin.as_ref().and_then(|a| a.state_file.as_deref()) {
+            state_file::restore(path, &balancers);
+        }
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut udp_listeners = Vec::new();
         for l in &config.listeners {
@@ -168,7 +175,18 @@ impl Server {
             })?),
         };
         let (reload_tx, reload_rx) = mpsc::channel(4);
-        Ok(Server { config, metrics, balancers, listeners, udp_listeners, admin, shutdown, reload_tx, reload_rx })
+        Ok(Server {
+            config,
+            metrics,
+            balancers,
+            listeners,
+            udp_listeners,
+            admin,
+            shutdown,
+            lifecycle: Lifecycle::new(),
+            reload_tx,
+            reload_rx,
+        })
     }
 
     /// The bound address of a listener (useful with port 0).
@@ -187,9 +205,15 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Cancelling this token starts a graceful shutdown.
+    /// Cancelling this token stops accepting at once and drains (a graceful shutdown without `shutdown.grace`).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// What the signals drive: readiness fails at once, listeners accept for `shutdown.grace`, then drain; or a
+    /// hard stop (see [`crate::shutdown`]).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
     }
 
     /// Reloads the configuration file of the running server (what SIGHUP does).
@@ -204,8 +228,18 @@ impl Server {
     /// Runs until the shutdown token is cancelled, then drains open relays up to `shutdown.drain_timeout`.
     pub async fn run(self) -> Result<(), ServerError> {
         let reload = self.reload_handle();
-        let Server { config, metrics, balancers, listeners, udp_listeners, admin, shutdown, reload_tx, mut reload_rx } =
-            self;
+        let Server {
+            config,
+            metrics,
+            balancers,
+            listeners,
+            udp_listeners,
+            admin,
+            shutdown,
+            lifecycle,
+            reload_tx,
+            mut reload_rx,
+        } = self;
         drop(reload_tx);
         let mut running = Running {
             metrics: Arc::clone(&metrics),
@@ -232,6 +266,7 @@ impl Server {
                 metrics: Arc::clone(&metrics),
                 view: ArcSwap::from_pointee(running.admin_view(&config)),
                 reload,
+                lifecycle: lifecycle.clone(),
             });
             info!(addr = admin_listener.local_addr().ok().map(display), "admin endpoint listening");
             let (tracker, stop) = (running.background.clone(), running.stop_background.clone());
@@ -247,9 +282,18 @@ impl Server {
             running.udp.start(l, Arc::clone(balancer), &metrics, &running.accepts, stop);
         }
 
+        // Set by the first stop request: when the listeners stop accepting.
+        let mut grace_ends: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = lifecycle.hard_stop_requested() => break,
+                () = lifecycle.stop_requested(), if grace_ends.is_none() => {
+                    let grace = running.config.shutdown.grace;
+                    info!(?grace, "stopping: /readyz fails from now on; accepting for shutdown.grace, then draining");
+                    grace_ends = Some(Instant::now() + grace);
+                }
+                () = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now)), if grace_ends.is_some() => break,
                 request = reload_rx.recv() => {
                     let Some(reply) = request else { break };
                     let outcome = running.reload().await;
@@ -263,16 +307,24 @@ impl Server {
                 }
             }
         }
+        lifecycle.begin_drain();
         shutdown.cancel();
         running.accepts.close();
         running.accepts.wait().await;
-        if !shutdown::drain(&running.connections, running.config.shutdown.drain_timeout).await {
+        // Closed here, not only inside `drain`: a hard stop may win the race before `drain` is first polled.
+        running.connections.close();
+        let drained = tokio::select! {
+            drained = shutdown::drain(&running.connections, running.config.shutdown.drain_timeout) => drained,
+            () = lifecycle.hard_stop_requested() => false,
+        };
+        if !drained {
             running.close_sessions.cancel();
             running.connections.wait().await;
         }
         running.stop_background.cancel();
         running.background.close();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), running.background.wait()).await;
+        let linger = if lifecycle.is_hard_stop() { Duration::ZERO } else { Duration::from_secs(2) };
+        let _ = tokio::time::timeout(linger, running.background.wait()).await;
         Ok(())
     }
 }
@@ -307,7 +359,11 @@ impl Running {
     fn admin_view(&self, config: &Config) -> AdminView {
         let balancers: Vec<Arc<Balancer>> =
             config.backends.iter().filter_map(|b| self.balancers.get(&b.name).cloned()).collect();
-        AdminView { balancers, listened: config.listeners.iter().map(|l| l.backend).collect() }
+        AdminView {
+            balancers,
+            listened: config.listeners.iter().map(|l| l.backend).collect(),
+            state_file: config.admin.as_ref().and_then(|a| a.state_file.clone()),
+        }
     }
 
     /// (Re)starts the probes of every backend.

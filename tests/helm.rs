@@ -239,22 +239,23 @@ fn a_container_port_under_1024_gets_exactly_net_bind_service() {
     check_rendered_config(&docs);
 }
 
-/// `Chart.yaml` promises Kubernetes 1.25; the `sleep` lifecycle action exists from 1.30. Older clusters get no
-/// preStop hook (the distroless image has no shell for an exec `sleep`), newer ones the pause; an explicit
-/// `lifecycle` replaces either.
+/// `Chart.yaml` promises Kubernetes 1.25; the `sleep` lifecycle action exists from 1.30. The pause is off by default
+/// (mqtt-lb's own `shutdown.grace` keeps accepting after SIGTERM); set, older clusters get no preStop hook (the
+/// distroless image has no shell for an exec `sleep`), newer ones the pause; an explicit `lifecycle` replaces either.
 #[test]
 fn the_prestop_pause_is_a_sleep_action_only_where_kubernetes_has_one() {
     let Some(helm) = helm() else { return };
     let lifecycle = |docs: &[Value]| container(docs)["lifecycle"].clone();
-    let old = render(&helm, &["--kube-version", "1.25.0"]);
+    let pause = ["--set", "preStopSleepSeconds=5"];
+    let old = render(&helm, &["--kube-version", "1.25.0", pause[0], pause[1]]);
     assert!(lifecycle(&old).is_null(), "no preStop hook before 1.30: {}", lifecycle(&old));
     assert_shape(&old, "Kubernetes 1.25");
-    let last_without = render(&helm, &["--kube-version", "1.29.9"]);
+    let last_without = render(&helm, &["--kube-version", "1.29.9", pause[0], pause[1]]);
     assert!(lifecycle(&last_without).is_null(), "{}", lifecycle(&last_without));
-    let new = render(&helm, &["--kube-version", "1.30.0"]);
+    let new = render(&helm, &["--kube-version", "1.30.0", pause[0], pause[1]]);
     assert_eq!(lifecycle(&new), serde_json::json!({"preStop": {"sleep": {"seconds": 5}}}));
-    let off = render(&helm, &["--kube-version", "1.30.0", "--set", "preStopSleepSeconds=0"]);
-    assert!(lifecycle(&off).is_null(), "{}", lifecycle(&off));
+    let default = render(&helm, &["--kube-version", "1.30.0"]);
+    assert!(lifecycle(&default).is_null(), "off by default (shutdown.grace): {}", lifecycle(&default));
     let exec = serde_json::json!({"preStop": {"exec": {"command": ["sleep", "5"]}}});
     for version in ["1.25.0", "1.30.0"] {
         let own = render(&helm, &["--kube-version", version, "--set-json", &format!("lifecycle={exec}")]);

@@ -851,7 +851,12 @@ async fn each_connection_end_is_logged_once_with_its_fields() {
         let bin = Binary::start(
             dir.path(),
             "without-ids",
-            &log_yaml(&pki, &broker, "127.0.0.1:0", "log: { client_id: false }\nshutdown: { drain_timeout: 300ms }\n"),
+            &log_yaml(
+                &pki,
+                &broker,
+                "127.0.0.1:0",
+                "log: { client_id: false }\nshutdown: { grace: 0s, drain_timeout: 300ms }\n",
+            ),
             "info",
         );
         let addr = bin.listener_addr().await;

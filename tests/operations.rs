@@ -439,7 +439,7 @@ impl Plan {
             y.push_str(&format!("      - {{ name: {name}, address: \"{}\", weight: {weight} }}\n", addrs[name]));
         }
         y.push_str(&format!(
-            "admin: {{ bind: \"127.0.0.1:0\" }}\nlimits: {{ max_connections: {} }}\nshutdown: {{ drain_timeout: 2s }}\n",
+            "admin: {{ bind: \"127.0.0.1:0\" }}\nlimits: {{ max_connections: {} }}\nshutdown: {{ grace: 0s, drain_timeout: 2s }}\n",
             self.max_connections
         ));
         y
@@ -739,7 +739,7 @@ async fn sighup_reloads_the_running_binary() {
             for b in servers {
                 y.push_str(&format!("      - {{ name: {}, address: \"{}\" }}\n", b.name, b.addr()));
             }
-            y.push_str(&format!("admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ drain_timeout: 1s }}\n"));
+            y.push_str(&format!("admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n"));
             y
         };
         let path = d.join("mqtt-lb.yaml");
@@ -987,7 +987,7 @@ fn on_down_yaml(port: u16, weight: u32, probe_user: bool) -> String {
              servers:\n      - {{ name: m, address: \"127.0.0.1:{port}\", weight: {weight} }}\n"
         ));
     }
-    y.push_str("admin: { bind: \"127.0.0.1:0\" }\nshutdown: { drain_timeout: 1s }\n");
+    y.push_str("admin: { bind: \"127.0.0.1:0\" }\nshutdown: { grace: 0s, drain_timeout: 1s }\n");
     y
 }
 
@@ -1146,7 +1146,7 @@ async fn proxy_protocol_reaches_haproxy_and_is_accepted_only_from_trusted_proxie
              \x20   servers: [ {{ name: haproxy, address: \"{}\" }} ]\n\
              \x20 - name: pp1\n    proxy_protocol: v1\n    health: {{ check: mqtt, interval: 200ms, timeout: 500ms }}\n\
              \x20   servers: [ {{ name: haproxy, address: \"{}\" }} ]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ drain_timeout: 1s }}\n",
+             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n",
             haproxy.v2, haproxy.v1
         );
         let proxy = TestProxy::start(&yaml).await;
@@ -1279,7 +1279,7 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
              \x20   servers: [ {{ name: b0, address: \"{}\" }} ]\n\
              \x20 - name: recorder\n    proxy_protocol: v2\n    health: {{ check: none }}\n\
              \x20   servers: [ {{ name: r, address: \"{recorder_addr}\" }} ]\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ drain_timeout: 1s }}\n",
+             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n",
             tls("client-id"),
             tls("username"),
             tls("none"),
@@ -1396,7 +1396,7 @@ async fn a_flood_from_one_address_is_rate_limited_while_another_connects() {
              \x20   servers: [ {{ name: b0, address: \"{}\" }} ]\n\
              admin: {{ bind: \"127.0.0.1:0\" }}\n\
              limits: {{ max_connection_rate_per_ip: 20, connection_rate_burst: 20 }}\n\
-             shutdown: {{ drain_timeout: 1s }}\n",
+             shutdown: {{ grace: 0s, drain_timeout: 1s }}\n",
             broker.addr()
         );
         let proxy = TestProxy::start(&yaml).await;
@@ -1506,7 +1506,7 @@ fn new_server_yaml(live: &Mosquitto, dead: &[(&str, u16)]) -> String {
     for (name, port) in dead {
         y.push_str(&format!("      - {{ name: {name}, address: \"127.0.0.1:{port}\" }}\n"));
     }
-    y.push_str("admin: { bind: \"127.0.0.1:0\" }\nshutdown: { drain_timeout: 300ms }\n");
+    y.push_str("admin: { bind: \"127.0.0.1:0\" }\nshutdown: { grace: 0s, drain_timeout: 300ms }\n");
     y
 }
 
@@ -1552,7 +1552,7 @@ async fn readyz_names_the_states_that_keep_servers_out() {
              backends:\n  - name: brokers\n    health: {{ check: tcp, interval: 200ms, timeout: 300ms }}\n    \
              servers:\n      - {{ name: a, address: \"{}\" }}\n      - {{ name: b, address: \"{}\" }}\n      \
              - {{ name: c, address: \"127.0.0.1:{}\" }}\n\
-             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ drain_timeout: 300ms }}\n",
+             admin: {{ bind: \"127.0.0.1:0\" }}\nshutdown: {{ grace: 0s, drain_timeout: 300ms }}\n",
             addr(&up0),
             addr(&up1),
             free_port()

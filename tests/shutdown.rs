@@ -2,10 +2,15 @@
 //! soon as the shutdown starts, so they reconnect elsewhere at once; MQTT 3.1.1 clients, which have no server
 //! DISCONNECT, keep their relay until the drain deadline.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use binary::LbProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -120,6 +125,97 @@ async fn mqtt5_clients_get_a_disconnect_between_whole_packets_and_311_clients_st
         let closed = v311.wait_closed(Duration::from_secs(2)).await;
         assert!(closed.is_ok(), "the 3.1.1 client is closed at the deadline: {closed:?}");
         flood.abort();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The real binary: readiness fails from the first signal, listeners accept during `shutdown.grace`, a second signal
+// stops at once.
+
+/// A plain MQTT listener and an admin endpoint on free ports, in front of `broker`.
+fn binary_config(dir: &Path, broker: &Mosquitto, shutdown: &str) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (free_port(), free_port());
+    let yaml = format!(
+        "listeners:\n  - {{ name: mqtt, bind: \"127.0.0.1:{port}\", protocol: mqtt, backend: brokers }}\n\
+         backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 200ms, timeout: 500ms }}\n\
+         \x20   servers:\n      - {{ name: {}, address: \"{}\" }}\n\
+         admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ {shutdown} }}\n",
+        broker.name,
+        broker.addr()
+    );
+    let path = dir.join("mqtt-lb.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    (path, SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([127, 0, 0, 1], admin_port)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_at_once_accepts_during_the_grace_then_refuses() {
+    bounded(Duration::from_secs(40), "grace", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Mosquitto::start(dir.path(), "b1").await;
+        let (config, front, admin) = binary_config(dir.path(), &broker, "grace: 3s, drain_timeout: 10s");
+        let mut lb = LbProcess::start(&config, admin).await;
+        let mut v311 = MqttClient::connect(front, None, "held-v311", Version::V4).await.expect("3.1.1 client");
+
+        lb.signal("TERM");
+        let signalled = Instant::now();
+        let (status, body) = eventually(Duration::from_secs(1), || async {
+            try_http_get(admin, "/readyz").await.ok().filter(|r| r.0 == 503)
+        })
+        .await
+        .expect("/readyz answers 503 within a second of SIGTERM");
+        assert!(body.contains("stopping"), "/readyz says why: {status} {body:?}");
+        eprintln!("/readyz 503 {:?} after SIGTERM: {}", signalled.elapsed(), body.trim());
+
+        // During the grace a new client is still served, and lands on the broker.
+        let mut v5 = MqttClient::connect(front, None, "late-v5", Version::V5).await.expect("connect during the grace");
+        assert_eq!(which_broker(front, None, "late-v311", Version::V4).await, "b1");
+        assert!(signalled.elapsed() < Duration::from_secs(3), "those connects happened inside the grace");
+        v311.round_trip("during/grace", b"ok").await.expect("open relays work during the grace");
+
+        // Then the listener closes: connects are refused, the MQTT 5 client gets its DISCONNECT, the 3.1.1 one stays.
+        eventually(Duration::from_secs(6), || async { tokio::net::TcpStream::connect(front).await.err().map(|_| ()) })
+            .await
+            .expect("new connections are refused after the grace");
+        let refused_after = signalled.elapsed();
+        assert!(refused_after >= Duration::from_millis(2900), "refused only after the 3 s grace: {refused_after:?}");
+        let why = v5.wait_closed(Duration::from_secs(3)).await.expect("the MQTT 5 client is told to go");
+        eprintln!("new connections refused {refused_after:?} after SIGTERM; MQTT 5 client closed: {why}");
+        assert!(why.contains("ServerShuttingDown"), "DISCONNECT 0x8B (server shutting down): {why}");
+        v311.round_trip("during/drain", b"ok").await.expect("3.1.1 relay kept during the drain");
+        drop(v311);
+        let exited = lb.wait_exit(Duration::from_secs(5)).await.expect("mqtt-lb exits once the relays are gone");
+        assert!(exited.success(), "exit status {exited}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_closes_every_connection_and_exits_at_once() {
+    bounded(Duration::from_secs(40), "hard stop", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Mosquitto::start(dir.path(), "b1").await;
+        let (config, front, admin) = binary_config(dir.path(), &broker, "grace: 20s, drain_timeout: 60s");
+        let mut lb = LbProcess::start(&config, admin).await;
+        let mut v311 = MqttClient::connect(front, None, "hard-v311", Version::V4).await.expect("3.1.1 client");
+        let mut v5 = MqttClient::connect(front, None, "hard-v5", Version::V5).await.expect("5 client");
+
+        lb.signal("TERM");
+        eventually(Duration::from_secs(2), || async {
+            try_http_get(admin, "/readyz").await.ok().filter(|r| r.0 == 503)
+        })
+        .await
+        .expect("the first SIGTERM was taken (readiness fails)");
+        v311.round_trip("still/open", b"ok").await.expect("relays open during the grace");
+        let second = Instant::now();
+        lb.signal("TERM");
+        let exited = lb.wait_exit(Duration::from_secs(3)).await;
+        let exited = exited.unwrap_or_else(|| panic!("a second SIGTERM ends the process at once; log:\n{}", lb.log()));
+        eprintln!("exited {:?} after the second SIGTERM ({exited})", second.elapsed());
+        assert!(exited.success(), "exit status {exited}");
+        v311.wait_closed(Duration::from_secs(2)).await.expect("the 3.1.1 connection is closed");
+        v5.wait_closed(Duration::from_secs(2)).await.expect("the MQTT 5 connection is closed");
     })
     .await;
 }

@@ -75,7 +75,7 @@ fn yaml(echo: &Echo, broker: &Mosquitto, pki: &TestPki) -> String {
          \x20   health: {{ check: none }}\n\
          \x20   servers: [ {{ name: {}, address: \"{}\" }} ]\n\
          admin: {{ bind: \"127.0.0.1:0\" }}\n\
-         shutdown: {{ drain_timeout: 2s }}\n",
+         shutdown: {{ grace: 0s, drain_timeout: 2s }}\n",
         pki.cert.display(),
         pki.key.display(),
         echo.addr,

@@ -81,7 +81,7 @@ impl Env {
         }
         y.push_str("admin: { bind: \"127.0.0.1:0\" }\n");
         y.push_str(&format!("limits: {{ handshake_timeout: 2s{extra_limits} }}\n"));
-        y.push_str("shutdown: { drain_timeout: 2s }\n");
+        y.push_str("shutdown: { grace: 0s, drain_timeout: 2s }\n");
         y
     }
 

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod selection;
+pub mod state_file;
 
 use std::sync::Arc;
 

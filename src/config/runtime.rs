@@ -310,6 +310,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// `admin.state_file`: where server states set through the admin API are kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,8 +340,15 @@ pub struct Limits {
     pub strict_v31_client_id: bool,
 }
 
+/// `shutdown.grace` by default. The shipped keepalived check (interval 2 s, fall 2) sees two failures 2-4 s after
+/// the signal and the backup takes the IP at once; a cloud L4 balancer probing every 2 s with threshold 2 sees it as
+/// soon. 5 s covers both with a margin, and adds only 5 s to a stop where nothing watches readiness.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
+    /// How long the listeners go on accepting after SIGTERM/SIGINT while `/readyz` already fails.
+    pub grace: Duration,
     /// How long open relays may go on after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
     /// What MQTT 5 clients are told when the shutdown starts.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::runtime::{
     BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
-    ShutdownDisconnect,
+    ShutdownDisconnect, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::units::{DurationValue, SizeValue};
 
@@ -189,6 +189,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileAdmin {
     pub(super) bind: String,
+    #[serde(default)]
+    pub(super) state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +228,7 @@ impl Default for FileLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileShutdown {
+    pub(super) grace: DurationValue,
     pub(super) drain_timeout: DurationValue,
     pub(super) disconnect: ShutdownDisconnect,
 }
@@ -233,6 +236,7 @@ pub(super) struct FileShutdown {
 impl Default for FileShutdown {
     fn default() -> Self {
         FileShutdown {
+            grace: DurationValue(DEFAULT_SHUTDOWN_GRACE),
             drain_timeout: DurationValue(Duration::from_secs(30)),
             disconnect: ShutdownDisconnect::default(),
         }

@@ -77,7 +77,11 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
         backends,
         admin,
         limits,
-        shutdown: ShutdownConfig { drain_timeout: file.shutdown.drain_timeout.0, disconnect: file.shutdown.disconnect },
+        shutdown: ShutdownConfig {
+            grace: file.shutdown.grace.0,
+            drain_timeout: file.shutdown.drain_timeout.0,
+            disconnect: file.shutdown.disconnect,
+        },
         log: LogConfig { client_id: file.log.client_id },
         workers,
     })
@@ -96,7 +100,14 @@ fn admin(
     if bind.port() != 0 && binds.contains(&bind) {
         return Err(c.err("admin.bind", format!("{bind} is already used by a listener")));
     }
-    Ok(Some(AdminConfig { bind }))
+    let state_file = a.state_file.map(|p| c.resolve(&p));
+    if let Some(dir) = state_file.as_deref().and_then(Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            let shown = dir.display();
+            return Err(c.err("admin.state_file", format!("directory {shown} does not exist")));
+        }
+    }
+    Ok(Some(AdminConfig { bind, state_file }))
 }
 
 fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {

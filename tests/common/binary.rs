@@ -1,0 +1,74 @@
+//! The built `mqtt-lb` binary as a child process: what signals, restarts and the exit status need. Included by
+//! integration tests only (`#[path = "common/binary.rs"] mod binary;`, after `mod common;`): examples have no
+//! `CARGO_BIN_EXE_mqtt-lb`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::common::{eventually, try_http_get};
+
+/// A running `mqtt-lb run --config <file>`; killed (by PID) on drop.
+pub struct LbProcess {
+    child: Child,
+    /// Its stderr (the log), in the test's directory.
+    pub log_path: PathBuf,
+}
+
+impl LbProcess {
+    /// Starts the binary on `config`, logging to `<config>.<n>.log`, and waits (10 s at most) until `admin` answers
+    /// `/readyz` with 200.
+    pub async fn start(config: &Path, admin: SocketAddr) -> LbProcess {
+        let log_path = (0..).map(|n| config.with_extension(format!("{n}.log"))).find(|p| !p.exists());
+        let log_path = log_path.expect("a free log name");
+        let log = std::fs::File::create(&log_path).expect("create the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mqtt-lb"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mqtt-lb");
+        let lb = LbProcess { child, log_path };
+        let ready = eventually(Duration::from_secs(10), || async {
+            try_http_get(admin, "/readyz").await.ok().filter(|r| r.0 == 200)
+        });
+        if ready.await.is_none() {
+            panic!("mqtt-lb not ready on {admin}; log:\n{}", lb.log());
+        }
+        lb
+    }
+
+    /// Sends `signal` (e.g. "TERM") to this process only.
+    pub fn signal(&self, signal: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = &mut self.child;
+        eventually(timeout, || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for LbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
