@@ -1,7 +1,7 @@
 //! The `reason` labels that operators read about (README, docs, Grafana dashboards, alert rules and their promtool
 //! tests, the Helm chart, deploy files) are labels mqtt-lb can count: for `mqttlb_connections_rejected_total` the
-//! set [`Reject::labels`] enumerates, for the other counters with a `reason` their own enumerations. The README's
-//! list of refusal reasons and docs/coap.md's lists of UDP reasons are those sets exactly.
+//! set [`Reject::labels`] enumerates, for the other counters with a `reason` their own enumerations. The list in
+//! docs/how-it-works.md of refusal reasons and docs/coap.md's lists of UDP reasons are those sets exactly.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -82,11 +82,12 @@ fn prose_reasons(text: &str, metric: &str) -> Vec<String> {
     found
 }
 
-/// The backticked words of the README paragraph that lists the reasons of the rejected counter.
-fn readme_reasons() -> BTreeSet<String> {
-    let readme = read(&root().join("README.md"));
-    let start = readme.find(&format!("Every refusal is counted in `{METRIC}")).expect("the README lists the reasons");
-    let paragraph = &readme[start..];
+/// The backticked words of the paragraph of docs/how-it-works.md that lists the reasons of the rejected counter.
+fn documented_reasons() -> BTreeSet<String> {
+    let doc = read(&root().join("docs/how-it-works.md"));
+    let start =
+        doc.find(&format!("Every refusal is counted in `{METRIC}")).expect("docs/how-it-works.md lists the reasons");
+    let paragraph = &doc[start..];
     let paragraph = &paragraph[..paragraph.find("\n\n").unwrap_or(paragraph.len())];
     paragraph
         .split('`')
@@ -98,13 +99,13 @@ fn readme_reasons() -> BTreeSet<String> {
 }
 
 #[test]
-fn the_readme_lists_every_reason_and_no_other() {
+fn the_docs_list_every_reason_and_no_other() {
     let known: BTreeSet<String> = Reject::labels().into_iter().map(str::to_owned).collect();
-    let listed = readme_reasons();
+    let listed = documented_reasons();
     let unknown: Vec<_> = listed.difference(&known).collect();
     let missing: Vec<_> = known.difference(&listed).collect();
-    assert!(unknown.is_empty(), "the README names reasons that do not exist: {unknown:?}");
-    assert!(missing.is_empty(), "the README does not list these reasons: {missing:?}");
+    assert!(unknown.is_empty(), "docs/how-it-works.md names reasons that do not exist: {unknown:?}");
+    assert!(missing.is_empty(), "docs/how-it-works.md does not list these reasons: {missing:?}");
 }
 
 /// The backticked words of the table row of `metric` in docs/coap.md.
