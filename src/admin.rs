@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::balancer::backend::{AdminState, BackendServer};
 use crate::balancer::Balancer;
 use crate::metrics::Metrics;
-use crate::server::ReloadHandle;
+use crate::reload::ReloadHandle;
 use arc_swap::ArcSwap;
 
 /// What the admin endpoint reads.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -45,5 +46,40 @@ pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> bool {
             warn!(open = tracker.len(), "drain deadline reached; closing the remaining connections");
             false
         }
+    }
+}
+
+/// The tasks of a running server, in the order they stop: accept loops (and `coap` listeners), then connections
+/// (drained), then background work (probes, admin endpoint).
+#[derive(Clone, Default)]
+pub struct Tasks {
+    /// Cancelled: listeners stop accepting, and the drain begins.
+    pub shutdown: CancellationToken,
+    pub accepts: TaskTracker,
+    pub connections: TaskTracker,
+    /// Cancelled past the drain deadline: the remaining connections close.
+    pub close_sessions: CancellationToken,
+    pub background: TaskTracker,
+    pub stop_background: CancellationToken,
+}
+
+impl Tasks {
+    pub fn new(shutdown: CancellationToken) -> Tasks {
+        Tasks { shutdown, ..Tasks::default() }
+    }
+
+    /// Stops accepting, drains open connections up to `drain_timeout` (then closes them), then stops the background
+    /// tasks (giving them two seconds).
+    pub async fn stop(&self, drain_timeout: Duration) {
+        self.shutdown.cancel();
+        self.accepts.close();
+        self.accepts.wait().await;
+        if !drain(&self.connections, drain_timeout).await {
+            self.close_sessions.cancel();
+            self.connections.wait().await;
+        }
+        self.stop_background.cancel();
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.background.wait()).await;
     }
 }
