@@ -1,5 +1,5 @@
 //! What the reloads of a running server change: its listeners of every protocol (their sockets and swappable
-//! settings), its pools and their probes, and admission. Started by [`crate::server`], changed by
+//! settings), its pools and their probes, and admission. Started by the server, changed by
 //! [`super::apply`].
 
 use std::net::SocketAddr;
