@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::balancer::backend::{AdminState, BackendServer};
 use crate::balancer::{state_file, Balancer};
 use crate::metrics::Metrics;
-use crate::server::ReloadHandle;
+use crate::reload::ReloadHandle;
 use crate::shutdown::Lifecycle;
 use arc_swap::ArcSwap;
 

@@ -33,9 +33,11 @@
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
 //! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
-//! [`logging`] (log filter and line formats), [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2
-//! headers to servers), [`rate_limit`] (new connections per second per IP), and [`server`], which wires them and
-//! applies reloads.
+//! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
+//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP),
+//! [`reload`] (one planner for listeners of every protocol, pools and admission: [`reload::plan`] decides from the
+//! old and new configuration, [`reload::apply`] executes on the [`reload::running`] state), and [`server`], which
+//! binds, spawns, serves reload requests and awaits shutdown.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
@@ -52,6 +54,7 @@ pub mod net;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -133,3 +133,45 @@ pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> bool {
         }
     }
 }
+
+/// The tasks of a running server, in the order they stop: accept loops (and `coap` listeners), then connections
+/// (drained), then background work (probes, admin endpoint).
+#[derive(Clone, Default)]
+pub struct Tasks {
+    /// Cancelled: listeners stop accepting, and the drain begins.
+    pub shutdown: CancellationToken,
+    pub accepts: TaskTracker,
+    pub connections: TaskTracker,
+    /// Cancelled past the drain deadline: the remaining connections close.
+    pub close_sessions: CancellationToken,
+    pub background: TaskTracker,
+    pub stop_background: CancellationToken,
+}
+
+impl Tasks {
+    pub fn new(shutdown: CancellationToken) -> Tasks {
+        Tasks { shutdown, ..Tasks::default() }
+    }
+
+    /// Stops accepting, drains open connections up to `drain_timeout` (then closes them; at once on a hard stop of
+    /// `lifecycle`), then stops the background tasks (giving them two seconds, none on a hard stop).
+    pub async fn stop(&self, drain_timeout: Duration, lifecycle: &Lifecycle) {
+        self.shutdown.cancel();
+        self.accepts.close();
+        self.accepts.wait().await;
+        // Closed here, not only inside `drain`: a hard stop may win the race before `drain` is first polled.
+        self.connections.close();
+        let drained = tokio::select! {
+            drained = drain(&self.connections, drain_timeout) => drained,
+            () = lifecycle.hard_stop_requested() => false,
+        };
+        if !drained {
+            self.close_sessions.cancel();
+            self.connections.wait().await;
+        }
+        self.stop_background.cancel();
+        self.background.close();
+        let linger = if lifecycle.is_hard_stop() { Duration::ZERO } else { Duration::from_secs(2) };
+        let _ = tokio::time::timeout(linger, self.background.wait()).await;
+    }
+}

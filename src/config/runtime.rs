@@ -44,7 +44,7 @@ pub enum ListenerProtocol {
     /// MQTT over WebSocket (over TLS when `tls` is set): HTTP upgrade on `path` with subprotocol `mqtt` (or
     /// `mqttv3.1`), then the CONNECT inside binary frames is validated and placed exactly as for `mqtt`.
     Websocket,
-    /// CoAP over UDP, and DTLS passed through (never decrypted), to a `coap` backend: see [`crate::udp`].
+    /// CoAP over UDP, and DTLS passed through (never decrypted), to a `coap` backend (the UDP path; `docs/coap.md`).
     Coap,
 }
 
@@ -85,7 +85,7 @@ pub struct ListenerConfig {
     pub coap: Option<CoapListenerConfig>,
 }
 
-/// The UDP settings of a `coap` listener (see [`crate::udp`]).
+/// The UDP settings of a `coap` listener (read by the UDP path; `docs/coap.md` describes each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoapListenerConfig {
     /// A flow (one device address) ends after this long without a datagram either way.

@@ -1,4 +1,5 @@
-//! The metrics of `protocol: coap` listeners (the UDP path, [`crate::udp`]), registered by [`super::Metrics::new`].
+//! The metrics of `protocol: coap` listeners (read by the UDP path, which depends on this module, not the
+//! reverse), registered by [`super::Metrics::new`].
 //!
 //! Labels are bounded: `listener` from the configuration; `direction`, `reason` and `key` from the fixed sets
 //! below. A device address, endpoint name or CID is never a label. Per-server traffic of UDP flows is also counted

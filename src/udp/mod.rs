@@ -64,12 +64,11 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::Balancer;
-use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol, ServerConfig};
+use crate::config::{source_allowed, Cidr, CoapListenerConfig, ListenerConfig, ServerConfig};
 use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
 use crate::metrics::Metrics;
 use table::{ExpiringMap, LastSeen};
@@ -147,146 +146,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket)
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The running listeners of a server, and reloads.
-
-/// A bound coap listener, not yet running.
-pub struct BoundUdp {
-    pub config: ListenerConfig,
-    pub socket: UdpSocket,
-}
-
-struct RunningUdp {
-    config: ListenerConfig,
-    ctx: Arc<ArcSwap<UdpContext>>,
-    addr: Option<SocketAddr>,
-    stop: CancellationToken,
-}
-
-/// The coap listeners of a running server.
-#[derive(Default)]
-pub struct UdpListeners {
-    running: Vec<RunningUdp>,
-    generation: u64,
-}
-
-/// Sockets bound for the new coap listeners of a reload, before anything is changed.
-pub struct PreparedUdp {
-    /// Per listener of the new configuration: the running listener it continues, or its new socket.
-    plan: Vec<(ListenerConfig, Result<usize, UdpSocket>)>,
-}
-
-impl UdpListeners {
-    /// Starts a bound listener; its task ends when `stop` is cancelled.
-    pub fn start(
-        &mut self,
-        bound: BoundUdp,
-        balancer: Arc<Balancer>,
-        metrics: &Metrics,
-        tracker: &TaskTracker,
-        stop: CancellationToken,
-    ) {
-        let ctx = Arc::new(ArcSwap::from_pointee(context(&bound.config, balancer, metrics, self.generation)));
-        let socket = Arc::new(bound.socket);
-        let addr = socket.local_addr().ok();
-        info!(listener = %bound.config.name, addr = addr.map(display), protocol = "coap", "listening (UDP)");
-        tracker.spawn(serve(socket, Arc::clone(&ctx), stop.clone()));
-        self.running.push(RunningUdp { config: bound.config, ctx, addr, stop });
-    }
-
-    /// Every running listener's bound address by name.
-    pub fn addrs(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
-        self.running.iter().filter_map(|r| Some((r.config.name.as_str(), r.addr?)))
-    }
-
-    /// Reload, first step: matches the new configuration's coap listeners to the running ones (same name and
-    /// address, or the same non-zero address) and binds the sockets of the others. Nothing changes yet.
-    pub fn prepare(&self, new: &Config) -> Result<PreparedUdp, String> {
-        let mut taken = vec![false; self.running.len()];
-        let mut plan = Vec::new();
-        for l in new.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Coap) {
-            let free = |i: usize| !taken.get(i).copied().unwrap_or(true);
-            let same_bind = |r: &RunningUdp| r.config.bind == l.bind;
-            let found = self
-                .running
-                .iter()
-                .enumerate()
-                .position(|(i, r)| free(i) && same_bind(r) && r.config.name == l.name)
-                .or_else(|| {
-                    self.running.iter().enumerate().position(|(i, r)| free(i) && same_bind(r) && l.bind.port() != 0)
-                });
-            match found {
-                Some(i) => {
-                    if let Some(t) = taken.get_mut(i) {
-                        *t = true;
-                    }
-                    plan.push((l.clone(), Ok(i)));
-                }
-                None => plan.push((l.clone(), Err(()))),
-            }
-        }
-        let mut bound = Vec::with_capacity(plan.len());
-        for (l, found) in plan {
-            match found {
-                Ok(i) => bound.push((l, Ok(i))),
-                Err(()) => {
-                    let socket = bind(l.bind).map_err(|e| {
-                        let holder = self.running.iter().find(|r| r.config.bind == l.bind && l.bind.port() != 0);
-                        match holder {
-                            Some(r) => format!(
-                                "listener {}: {} is held by listener {} being removed in the same reload: reload twice",
-                                l.name, l.bind, r.config.name
-                            ),
-                            None => format!("listener {}: cannot bind {} (UDP): {e}", l.name, l.bind),
-                        }
-                    })?;
-                    bound.push((l, Err(socket)));
-                }
-            }
-        }
-        Ok(PreparedUdp { plan: bound })
-    }
-
-    /// Reload, second step: the continuing listeners take their new settings, the removed ones stop, the new ones
-    /// start. Returns the names added and removed.
-    pub fn apply(
-        &mut self,
-        prepared: PreparedUdp,
-        balancers: &HashMap<String, Arc<Balancer>>,
-        new: &Config,
-        metrics: &Metrics,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) -> (Vec<String>, Vec<String>) {
-        self.generation += 1;
-        let mut old: Vec<Option<RunningUdp>> = std::mem::take(&mut self.running).into_iter().map(Some).collect();
-        let mut added = Vec::new();
-        for (l, found) in prepared.plan {
-            let Some(balancer) = new.backends.get(l.backend).and_then(|b| balancers.get(&b.name)) else { continue };
-            match found {
-                Ok(i) => {
-                    if let Some(mut r) = old.get_mut(i).and_then(Option::take) {
-                        r.ctx.store(Arc::new(context(&l, Arc::clone(balancer), metrics, self.generation)));
-                        r.config = l;
-                        self.running.push(r);
-                    }
-                }
-                Err(socket) => {
-                    added.push(l.name.clone());
-                    let bound = BoundUdp { config: l, socket };
-                    self.start(bound, Arc::clone(balancer), metrics, tracker, shutdown.child_token());
-                }
-            }
-        }
-        let mut removed = Vec::new();
-        for r in old.into_iter().flatten() {
-            r.stop.cancel();
-            removed.push(r.config.name);
-        }
-        (added, removed)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
