@@ -33,7 +33,8 @@
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
 //! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals and drain), [`proxy_protocol`] (PROXY v1/v2
-//! headers to servers), [`rate_limit`] (new connections per second per IP), and [`server`], which wires them and
+//! headers to servers), [`rate_limit`] (new connections per second per IP, with
+//! [`token_bucket`], which also counts the datagram rate of UDP flows), and [`server`], which wires them and
 //! applies reloads.
 
 #![forbid(unsafe_code)]
@@ -54,5 +55,6 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod token_bucket;
 pub mod transport;
 pub mod udp;

@@ -72,6 +72,7 @@ use crate::balancer::Balancer;
 use crate::config::{source_allowed, Cidr, CoapListenerConfig, Config, ListenerConfig, ListenerProtocol, ServerConfig};
 use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
 use crate::metrics::Metrics;
+use crate::token_bucket::{Rate, TokenBucket};
 use table::{ExpiringMap, LastSeen};
 
 /// The key a new flow is placed by, best first (see the module docs).
@@ -319,30 +320,6 @@ impl FlowShared {
     }
 }
 
-/// Token bucket of a flow (`max_datagram_rate_per_flow`).
-struct FlowRateBucket {
-    tokens: f64,
-    updated: u64,
-}
-
-impl FlowRateBucket {
-    fn take(&mut self, now: u64, rate: u32, burst: u32) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
-        let elapsed = now.saturating_sub(self.updated) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// One device address and its connected socket to its server.
 struct Flow {
     upstream: Arc<UdpSocket>,
@@ -350,7 +327,8 @@ struct Flow {
     _active: ActiveGuard,
     shared: Arc<FlowShared>,
     replies: tokio::task::AbortHandle,
-    bucket: FlowRateBucket,
+    /// `max_datagram_rate_per_flow`.
+    bucket: TokenBucket,
 }
 
 impl Drop for Flow {
@@ -518,7 +496,9 @@ impl Listener {
         let now = self.clock.now_ms();
         // A flood on a known flow costs a lookup per datagram, nothing more.
         if let Some(flow) = self.flows.get_mut(&src) {
-            if !flow.bucket.take(now, s.max_datagram_rate_per_flow, s.datagram_rate_burst) {
+            let rate = s.max_datagram_rate_per_flow;
+            // 0: no limit.
+            if rate > 0 && !flow.bucket.take(Rate::new(rate, s.datagram_rate_burst), self.clock.instant(now)) {
                 return m.drop(drop_reason::RATE_LIMITED);
             }
         }
@@ -672,7 +652,8 @@ impl Listener {
         ))
         .abort_handle();
         let settings = &ctx.settings;
-        let bucket = FlowRateBucket { tokens: f64::from(settings.datagram_rate_burst.max(1)), updated: now };
+        let rate = Rate::new(settings.max_datagram_rate_per_flow, settings.datagram_rate_burst);
+        let bucket = TokenBucket::full(rate, self.clock.instant(now));
         Ok(Flow { upstream, _active: server.track(), server, shared, replies, bucket })
     }
 
@@ -957,16 +938,5 @@ backends:
         assert_ne!(server, "b");
         b.set_up(true);
         assert_eq!(place(&mut l, &node_b).1, "b", "back with its server when it is up again");
-    }
-
-    #[test]
-    fn bucket_refills() {
-        let mut b = FlowRateBucket { tokens: 2.0, updated: 0 };
-        assert!(b.take(0, 10, 2));
-        assert!(b.take(0, 10, 2));
-        assert!(!b.take(0, 10, 2));
-        assert!(b.take(100, 10, 2), "10/s: one token after 100 ms");
-        assert!(!b.take(100, 10, 2));
-        assert!(b.take(100, 0, 0), "no rate: no limit");
     }
 }
