@@ -19,7 +19,8 @@
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
 //!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries
 //!    ([`mqtt::boundary`]) and the health probe's packets ([`mqtt::probe`]).
-//! 4. [`balancer`]: the servers of a backend ([`balancer::backend`]) and the choice of one
+//! 4. [`balancer`]: the servers of a backend ([`balancer::backend`], their addresses resolved off the path by
+//!    [`balancer::address`]) and the choice of one
 //!    ([`balancer::selection`]: weighted rendezvous hashing, round-robin, least connections).
 //! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
 //!    [`session::reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one

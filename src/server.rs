@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminContext, AdminView};
+use crate::balancer::address;
 use crate::balancer::backend::BackendServer;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{self, Config, ListenerConfig, ListenerProtocol, RequireIdentity};
@@ -310,7 +311,7 @@ impl Running {
         AdminView { balancers, listened: config.listeners.iter().map(|l| l.backend).collect() }
     }
 
-    /// (Re)starts the probes of every backend.
+    /// (Re)starts the probes and the DNS refresh of every backend.
     fn start_health(&mut self) {
         for stop in self.health_stops.values() {
             stop.cancel();
@@ -321,6 +322,7 @@ impl Running {
             let stop = self.stop_background.child_token();
             let c = &pool.config;
             health::spawn(&c.name, &c.health, c.on_down, &pool.servers, &self.background, stop.clone());
+            address::spawn_refresh(&pool.servers, &self.background, stop.clone());
             self.health_stops.insert(name.clone(), stop);
         }
     }

@@ -57,7 +57,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -193,7 +193,7 @@ impl UdpListeners {
         let socket = Arc::new(bound.socket);
         let addr = socket.local_addr().ok();
         info!(listener = %bound.config.name, addr = addr.map(display), protocol = "coap", "listening (UDP)");
-        tracker.spawn(serve(socket, Arc::clone(&ctx), stop.clone()));
+        tracker.spawn(serve(socket, Arc::clone(&ctx), stop.clone(), tracker.clone()));
         self.running.push(RunningUdp { config: bound.config, ctx, addr, stop });
     }
 
@@ -374,51 +374,6 @@ fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<DatagramKeys<'_>, &'st
     }
 }
 
-/// Server addresses as socket addresses. IP literals need nothing; a host name is resolved in the background
-/// (the datagram task never waits for DNS) and refreshed every 30 s; until its first answer, that server is
-/// skipped for new flows.
-#[derive(Default, Clone)]
-struct Resolver {
-    cache: Arc<Mutex<HashMap<String, Resolved>>>,
-}
-
-struct Resolved {
-    addr: Option<SocketAddr>,
-    at: Instant,
-    pending: bool,
-}
-
-const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-
-impl Resolver {
-    fn lookup(&self, address: &str) -> Option<SocketAddr> {
-        if let Ok(addr) = address.parse() {
-            return Some(addr);
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let entry =
-            cache.entry(address.to_owned()).or_insert(Resolved { addr: None, at: Instant::now(), pending: false });
-        let stale = entry.addr.is_none() || entry.at.elapsed() >= RESOLVE_EVERY;
-        if stale && !entry.pending {
-            entry.pending = true;
-            let (cache, address) = (Arc::clone(&self.cache), address.to_owned());
-            tokio::spawn(async move {
-                let found = tokio::net::lookup_host(&address).await.ok().and_then(|mut a| a.next());
-                if found.is_none() {
-                    warn!(server = %address, "cannot resolve a CoAP server's address");
-                }
-                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(e) = cache.get_mut(&address) {
-                    e.addr = found.or(e.addr);
-                    e.at = Instant::now();
-                    e.pending = false;
-                }
-            });
-        }
-        entry.addr
-    }
-}
-
 thread_local! {
     /// The reply tasks' receive buffer: one per worker thread, not one per flow.
     static REPLY_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
@@ -432,12 +387,14 @@ struct Listener {
     flows_per_ip: HashMap<IpAddr, usize>,
     cids: ExpiringMap<Vec<u8>, CidEntry>,
     generation: u64,
-    resolver: Resolver,
+    /// Where the flows' reply tasks are tracked (the listener's own tracker), so a drain waits for them.
+    tasks: TaskTracker,
 }
 
-/// Receives the listener's datagrams until `stop` is cancelled (see the module docs).
-pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken) {
-    let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation);
+/// Receives the listener's datagrams until `stop` is cancelled (see the module docs). The flows' reply tasks are
+/// spawned on `tasks`; they end with their flows, at the latest when this returns.
+pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken, tasks: TaskTracker) {
+    let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation, tasks);
     let mut buf = vec![0u8; 65_536];
     let mut wake = l.next_wake(&ctx.load());
     let sleep = tokio::time::sleep_until(wake.into());
@@ -470,7 +427,7 @@ pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: 
 }
 
 impl Listener {
-    fn new(socket: Arc<UdpSocket>, generation: u64) -> Listener {
+    fn new(socket: Arc<UdpSocket>, generation: u64, tasks: TaskTracker) -> Listener {
         Listener {
             socket,
             clock: Clock(Instant::now()),
@@ -478,7 +435,7 @@ impl Listener {
             flows_per_ip: HashMap::new(),
             cids: ExpiringMap::default(),
             generation,
-            resolver: Resolver::default(),
+            tasks,
         }
     }
 
@@ -627,7 +584,8 @@ impl Listener {
             candidates.insert(0, server);
             kind = k;
         }
-        candidates.into_iter().find_map(|server| self.resolver.lookup(&server.address).map(|addr| (kind, server, addr)))
+        // No DNS here: a server whose host name has not resolved yet is skipped (see `balancer::address`).
+        candidates.into_iter().find_map(|server| server.resolved().get().map(|addr| (kind, server, addr)))
     }
 
     /// The flow around its connected socket, with its reply task started.
@@ -641,16 +599,18 @@ impl Listener {
     ) -> std::io::Result<Flow> {
         let upstream = Arc::new(UdpSocket::from_std(socket)?);
         let shared = Arc::new(FlowShared { last_seen: AtomicU64::new(now), broken: AtomicBool::new(false) });
-        let replies = tokio::spawn(relay_replies(
-            Arc::clone(&upstream),
-            Arc::clone(&self.socket),
-            device,
-            Arc::clone(&shared),
-            self.clock,
-            ctx.metrics.clone(),
-            server.metrics.received_bytes.clone(),
-        ))
-        .abort_handle();
+        let replies = self
+            .tasks
+            .spawn(relay_replies(
+                Arc::clone(&upstream),
+                Arc::clone(&self.socket),
+                device,
+                Arc::clone(&shared),
+                self.clock,
+                ctx.metrics.clone(),
+                server.metrics.received_bytes.clone(),
+            ))
+            .abort_handle();
         let settings = &ctx.settings;
         let rate = Rate::new(settings.max_datagram_rate_per_flow, settings.datagram_rate_burst);
         let bucket = TokenBucket::full(rate, self.clock.instant(now));
@@ -904,7 +864,7 @@ backends:
         let pool = crate::balancer::Pool::new(config.backends[0].clone(), &metrics);
         let balancer = Arc::new(Balancer::new(pool));
         let ctx = context(&config.listeners[0], Arc::clone(&balancer), &metrics, 0);
-        let mut l = Listener::new(Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()), 0);
+        let mut l = Listener::new(Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()), 0, TaskTracker::new());
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let by_hash = |cid: &[u8]| balancer.candidates(Some(&PlacementKey::DtlsCid(cid).bytes()))[0].name.clone();
         let place = |l: &mut Listener, cid: &[u8]| {
