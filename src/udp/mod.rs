@@ -845,6 +845,38 @@ backends:
       - { name: c, address: "127.0.0.1:3" }
 "#;
 
+    /// The flows' reply tasks are tracked with the listener's task: a drain waits for them, and they end with it.
+    #[tokio::test]
+    async fn reply_tasks_join_the_listeners_tracker() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let yaml = format!(
+            "listeners:\n  - {{ name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: b }}\n\
+             backends:\n  - name: b\n    protocol: coap\n    health: {{ check: none }}\n\
+             \x20   servers: [ {{ name: s, address: \"{}\" }} ]\n",
+            server.local_addr().unwrap()
+        );
+        let config = crate::config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new();
+        let balancer = Arc::new(Balancer::new(crate::balancer::Pool::new(config.backends[0].clone(), &metrics)));
+        let ctx = Arc::new(ArcSwap::from_pointee(context(&config.listeners[0], balancer, &metrics, 0)));
+        let socket = Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let front = socket.local_addr().unwrap();
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        tracker.spawn(serve(socket, ctx, stop.clone(), tracker.clone()));
+        let device = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..3u8 {
+            device.send_to(&[0x40, 0x01, 0x00, i], front).await.unwrap();
+            let mut buf = [0u8; 16];
+            tokio::time::timeout(Duration::from_secs(3), server.recv_from(&mut buf)).await.unwrap().unwrap();
+        }
+        assert_eq!(tracker.len(), 2, "the listener's task and its one flow's reply task");
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+            .await
+            .expect("the reply task ends with the listener");
+    }
+
     #[test]
     fn node_servers_read_the_first_byte_of_the_cid() {
         let config = crate::config::parse(NODES, std::path::Path::new("t.yaml")).unwrap();
