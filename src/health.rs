@@ -141,7 +141,7 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
             continue;
         }
         let start = Instant::now();
-        let result = probe(health, &server.address).await;
+        let result = probe(health, server).await;
         server.metrics.probe_seconds.observe(start.elapsed().as_secs_f64());
         if let Err(e) = &result {
             server.metrics.probe_failures.inc();
@@ -175,15 +175,17 @@ fn initial_verdict(health: &HealthConfig, server: &BackendServer) -> Verdict {
     }
 }
 
-/// One probe of `address` per the backend's health settings.
-pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeError> {
+/// One probe of `server` per the backend's health settings, at its resolved address ([`BackendServer::socket_addrs`]).
+pub async fn probe(health: &HealthConfig, server: &BackendServer) -> Result<(), ProbeError> {
     let run = async {
+        let targets = server.socket_addrs().await.map_err(ProbeError::Connect)?;
+        let target = &targets[..];
         match health.check {
-            HealthCheckKind::CoapPing => return Ok(crate::udp::coap::ping(address).await?),
-            HealthCheckKind::DtlsHello => return Ok(crate::udp::dtls::hello_probe(address).await?),
+            HealthCheckKind::CoapPing => return Ok(crate::udp::coap::ping(target).await?),
+            HealthCheckKind::DtlsHello => return Ok(crate::udp::dtls::hello_probe(target).await?),
             _ => {}
         }
-        let mut tcp = TcpStream::connect(address).await.map_err(ProbeError::Connect)?;
+        let mut tcp = TcpStream::connect(target).await.map_err(ProbeError::Connect)?;
         if health.proxy_protocol != ProxyProtocol::None {
             // The probe's own addresses, as HAProxy's `check-send-proxy` does.
             if let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) {
@@ -196,7 +198,7 @@ pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeErro
             HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello => Ok(()), // probed over UDP above
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
             HealthCheckKind::Websocket => {
-                let mut ws = ws::connect(tcp, address, &health.path, ws::frame_config(PROBE_MAX_FRAME))
+                let mut ws = ws::connect(tcp, &server.address, &health.path, ws::frame_config(PROBE_MAX_FRAME))
                     .await
                     .map_err(|e| ProbeError::WebSocket(e.to_string()))?;
                 mqtt_probe(&mut ws, health).await

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub server_received_bytes: Family<ServerLabels, Counter>,
     pub server_connect_errors: Family<ServerLabels, Counter>,
     pub server_connect_seconds: HistogramFamily<ServerLabels>,
+    pub server_dns_lookups: Family<ServerLabels, Counter>,
     pub probe_seconds: HistogramFamily<ServerLabels>,
     pub probe_failures: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -126,6 +127,7 @@ impl Metrics {
             server_sent_bytes: Family::default(),
             server_received_bytes: Family::default(),
             server_connect_errors: Family::default(),
+            server_dns_lookups: Family::default(),
             server_connect_seconds: Family::new_with_constructor(latency_histogram),
             probe_seconds: Family::new_with_constructor(latency_histogram),
             probe_failures: Family::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             "Failed or timed-out connects to the server",
             m.server_connect_errors.clone(),
         );
+        r.register(
+            "server_dns_lookups",
+            "DNS lookups of the server's host name (in the background, not per connection)",
+            m.server_dns_lookups.clone(),
+        );
         r.register_with_unit(
             "server_connect_duration",
             "Time to open a TCP connection to the server",
@@ -251,6 +258,7 @@ impl Metrics {
             received_bytes: self.server_received_bytes.get_or_create(&l).clone(),
             connect_errors: self.server_connect_errors.get_or_create(&l).clone(),
             connect_seconds: self.server_connect_seconds.get_or_create(&l).clone(),
+            dns_lookups: self.server_dns_lookups.get_or_create(&l).clone(),
             probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
         }
@@ -306,6 +314,7 @@ pub struct ServerMetrics {
     pub received_bytes: Counter,
     pub connect_errors: Counter,
     pub connect_seconds: Histogram,
+    pub dns_lookups: Counter,
     pub probe_seconds: Histogram,
     pub probe_failures: Counter,
 }

@@ -1,4 +1,4 @@
-//! New connections per second per source IP: a token bucket per address, in a table of bounded size.
+//! New connections per second per source IP: a [`TokenBucket`] per address, in a table of bounded size.
 //!
 //! Each address has a bucket of `burst` tokens refilled at `rate` per second; a new connection takes one token or
 //! is refused. The table never holds more than `max_entries` addresses: when it is full, buckets that have refilled
@@ -11,27 +11,21 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
+use crate::token_bucket::{Rate, TokenBucket};
 
 /// Per-IP token buckets.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
+    rate: Rate,
     max_entries: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl RateLimiter {
     /// `rate` new connections per second per address, bursts of up to `burst`.
     pub fn new(rate: u32, burst: u32, max_entries: usize) -> RateLimiter {
         RateLimiter {
-            rate: f64::from(rate.max(1)),
-            burst: f64::from(burst.max(1)),
+            rate: Rate::new(rate, burst),
             max_entries: max_entries.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -41,22 +35,12 @@ impl RateLimiter {
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if !buckets.contains_key(&ip) && buckets.len() >= self.max_entries {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| refilled(b, now, rate, burst) < burst);
+            buckets.retain(|_, b| !b.is_full(self.rate, now));
             if buckets.len() >= self.max_entries {
                 return false;
             }
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket { tokens: self.burst, updated: now });
-        let tokens = refilled(bucket, now, self.rate, self.burst);
-        bucket.updated = now;
-        if tokens >= 1.0 {
-            bucket.tokens = tokens - 1.0;
-            true
-        } else {
-            bucket.tokens = tokens;
-            false
-        }
+        buckets.entry(ip).or_insert_with(|| TokenBucket::full(self.rate, now)).take(self.rate, now)
     }
 
     /// Addresses in the table now.
@@ -67,11 +51,6 @@ impl RateLimiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn refilled(b: &Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
-    let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-    (b.tokens + elapsed * rate).min(burst)
 }
 
 #[cfg(test)]

@@ -958,3 +958,32 @@ fn dtls_record(content_type: u8, epoch: u16, cid: &[u8], payload: &[u8]) -> Vec<
     r.extend_from_slice(payload);
     r
 }
+
+/// A server given by host name (`localhost:PORT`): its address is looked up in the background, never per datagram
+/// or flow; once it has an answer, devices reach the server and its replies come back. Fakes stand in for servers.
+#[tokio::test]
+async fn a_server_given_by_host_name_is_resolved_off_the_datagram_path() {
+    common::init_tracing();
+    let mut fakes = Fakes::start(&["f1"]).await;
+    let port = fakes.socket("f1").local_addr().expect("fake address").port();
+    let listeners = "  - { name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: named }\n";
+    let servers = [("f1", format!("localhost:{port}"))];
+    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend_yaml("named", "{ check: none }", &servers))).await;
+    let lookups = "mqttlb_server_dns_lookups_total{backend=\"named\",server=\"f1\"}";
+    wait_metric(&proxy, lookups, 1.0).await;
+    let mut arrivals = fakes.take_arrivals();
+    // Twenty devices, each a new flow to the named server, each answered through the front door.
+    for i in 0..20u16 {
+        let device = device_socket(proxy.addrs["coap"]).await;
+        let get = [0x40, 0x01, (i >> 8) as u8, i as u8];
+        device.send(&get).await.expect("send a GET");
+        let (name, from, got) = next_arrival(&mut arrivals).await;
+        assert_eq!((name, got.as_slice()), ("f1", &get[..]));
+        fakes.socket("f1").send_to(b"answer", from).await.expect("fake answers");
+        let reply = recv_within(&device, Duration::from_secs(3)).await.expect("the answer through the front door");
+        assert_eq!(reply, b"answer");
+    }
+    assert_eq!(opened(&proxy, "coap", "source").await, 20.0);
+    assert_eq!(metric(proxy.admin, lookups).await, 1.0, "one lookup in all, none per flow");
+    proxy.stop().await;
+}

@@ -1572,3 +1572,56 @@ async fn readyz_names_the_states_that_keep_servers_out() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server host names are resolved off the connection path.
+
+/// A broker given by host name (`localhost:PORT`) is looked up in the background (at start, then every 30 s), not
+/// per connect: a burst of connections and the health probes all read the kept answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_given_by_host_name_is_looked_up_once_not_per_connection() {
+    bounded(Duration::from_secs(30), "host name", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Mosquitto::start(dir.path(), "b0").await;
+        let yaml = format!(
+            "listeners:\n  - {{ name: plain, bind: \"127.0.0.1:0\", protocol: mqtt, backend: brokers }}\n\
+             backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 100ms, timeout: 500ms }}\n\
+             \x20   servers: [ {{ name: b0, address: \"localhost:{}\" }} ]\n\
+             admin: {{ bind: \"127.0.0.1:0\" }}\n\
+             shutdown: {{ drain_timeout: 1s }}\n",
+            broker.socket_addr().port()
+        );
+        let proxy = TestProxy::start(&yaml).await;
+        let lookups = "mqttlb_server_dns_lookups_total{backend=\"brokers\",server=\"b0\"}";
+        eventually(Duration::from_secs(5), || async { (metric(proxy.admin, lookups).await >= 1.0).then_some(()) })
+            .await
+            .expect("the name looked up at start");
+        let before = metric(proxy.admin, lookups).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..5 {
+            let addr = proxy.mqtts;
+            tasks.spawn(async move {
+                for i in 0..10 {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    let answer = exchange(&mut s, &connect_packet(4, &format!("named-{w}-{i}"), None)).await;
+                    assert_eq!(answer, Answer::Packet(CONNACK_OK_V311.to_vec()), "through localhost");
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("connect worker");
+        }
+        let connections = "mqttlb_server_connections_total{backend=\"brokers\",server=\"b0\"}";
+        assert_eq!(metric(proxy.admin, connections).await, 50.0);
+        let probes = "mqttlb_health_probe_duration_seconds_count{backend=\"brokers\",server=\"b0\"}";
+        let probed = metric(proxy.admin, probes).await;
+        eventually(Duration::from_secs(5), || async {
+            (metric(proxy.admin, probes).await >= probed + 3.0).then_some(())
+        })
+        .await
+        .expect("three more probes");
+        assert_eq!(metric(proxy.admin, lookups).await, before, "50 connects and the probes looked nothing up");
+        proxy.stop().await;
+    })
+    .await;
+}

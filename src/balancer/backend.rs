@@ -1,8 +1,9 @@
-//! One server of a backend at run time: its address, weight, health, administrative state and counters.
+//! One server of a backend at run time: its address (and what it resolved to), weight, health, administrative state and counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::address::ServerAddress;
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
 
@@ -48,7 +49,10 @@ impl AdminState {
 #[derive(Debug)]
 pub struct BackendServer {
     pub name: String,
+    /// `host:port` as configured.
     pub address: String,
+    /// `address` resolved off the connection path; shared with the successors at the same address.
+    resolved: Arc<ServerAddress>,
     pub weight: u32,
     pub metrics: ServerMetrics,
     up: AtomicBool,
@@ -68,6 +72,7 @@ impl BackendServer {
         BackendServer {
             name: config.name.clone(),
             address: config.address.clone(),
+            resolved: Arc::new(ServerAddress::new(&config.address)),
             weight: config.weight,
             metrics,
             // Servers start up, as in HAProxy: the first failed probe takes them down (see `health`).
@@ -134,8 +139,19 @@ impl BackendServer {
         if next.address == self.address {
             next.active = Arc::clone(&self.active);
             next.close_relays = Arc::clone(&self.close_relays);
+            next.resolved = Arc::clone(&self.resolved);
         }
         next
+    }
+
+    /// The server's socket address, as last resolved (see [`super::address`]).
+    pub fn resolved(&self) -> &ServerAddress {
+        &self.resolved
+    }
+
+    /// The socket addresses to connect to (tried in turn): the last answer, or a lookup now if there is none yet.
+    pub async fn socket_addrs(&self) -> std::io::Result<Arc<Vec<std::net::SocketAddr>>> {
+        self.resolved.resolve(&self.metrics.dns_lookups).await
     }
 
     /// Relays open to this server now.

@@ -4,6 +4,7 @@
 //! without locks. [`Balancer::candidates`] returns the usable servers (healthy and `ready`) best first; the session
 //! tries them in that order, so a connect error falls through to the next choice of the same ranking.
 
+pub mod address;
 pub mod backend;
 pub mod selection;
 pub mod state_file;

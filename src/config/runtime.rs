@@ -298,7 +298,7 @@ pub struct BackendConfig {
 pub struct ServerConfig {
     /// The server's identity: placement hashes this name, so every instance with the same names agrees.
     pub name: String,
-    /// `host:port`; a host name is resolved at each connect.
+    /// `host:port`; a host name is resolved in the background, not per connect (see [`crate::balancer::address`]).
     pub address: String,
     pub weight: u32,
     /// `coap` backends: the node id this server writes into the first byte of every DTLS Connection ID it issues

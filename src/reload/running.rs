@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::balancer::{state_file, Balancer, Pool};
+use crate::balancer::{address, state_file, Balancer, Pool};
 use crate::config::{Config, ListenerConfig, ListenerProtocol, RequireIdentity};
 use crate::health;
 use crate::listener::{accept_loop, Admission};
@@ -116,7 +116,7 @@ impl Running {
         &self.pools
     }
 
-    /// (Re)starts the probes of every backend.
+    /// (Re)starts the probes and the DNS refresh of every backend.
     pub(super) fn start_health(&mut self) {
         self.probes.cancel();
         self.probes = self.tasks.stop_background.child_token();
@@ -124,6 +124,7 @@ impl Running {
             let pool = balancer.pool();
             let c = &pool.config;
             health::spawn(&c.name, &c.health, c.on_down, &pool.servers, &self.tasks.background, self.probes.clone());
+            address::spawn_refresh(&pool.servers, &self.tasks.background, self.probes.clone());
         }
     }
 
@@ -145,7 +146,12 @@ impl Running {
                 let ctx = udp::context(l, Arc::clone(balancer), &self.metrics, self.generation);
                 let ctx = Arc::new(ArcSwap::from_pointee(ctx));
                 info!(listener = %l.name, addr = addr.map(display), protocol = "coap", "listening (UDP)");
-                self.tasks.accepts.spawn(udp::serve(Arc::new(socket), Arc::clone(&ctx), stop.clone()));
+                self.tasks.accepts.spawn(udp::serve(
+                    Arc::new(socket),
+                    Arc::clone(&ctx),
+                    stop.clone(),
+                    self.tasks.accepts.clone(),
+                ));
                 Settings::Udp(ctx)
             }
         };

@@ -79,7 +79,9 @@ async fn open_one(
     first_bytes: &[u8],
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
-    let connected = tokio::time::timeout(backend.connect_timeout, TcpStream::connect(server.address.as_str())).await;
+    // The address resolved off the path (a lookup here only before a host name's first answer).
+    let connect = async { TcpStream::connect(&server.socket_addrs().await?[..]).await };
+    let connected = tokio::time::timeout(backend.connect_timeout, connect).await;
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::UdpSocket;
+use tokio::net::{ToSocketAddrs, UdpSocket};
 
 /// Message types (the `T` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,26 +250,24 @@ pub enum UdpProbeError {
     Answer(String),
 }
 
-/// A UDP socket of a probe, connected to `address` (`host:port`, resolved here).
-pub(crate) async fn probe_socket(address: &str) -> Result<UdpSocket, UdpProbeError> {
-    let target: SocketAddr = match address.parse() {
-        Ok(a) => a,
-        Err(_) => tokio::net::lookup_host(address)
-            .await
-            .map_err(UdpProbeError::Connect)?
-            .next()
-            .ok_or_else(|| UdpProbeError::Connect(std::io::Error::other("the name has no address")))?,
-    };
+/// A UDP socket of a probe, connected to `address`: a socket address (the health checks pass the server's
+/// resolved one, so no DNS here), or a `host:port` text, looked up now.
+pub(crate) async fn probe_socket(address: impl ToSocketAddrs) -> Result<UdpSocket, UdpProbeError> {
+    let target = tokio::net::lookup_host(address)
+        .await
+        .map_err(UdpProbeError::Connect)?
+        .next()
+        .ok_or_else(|| UdpProbeError::Connect(std::io::Error::other("the name has no address")))?;
     let local: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = UdpSocket::bind(local).await.map_err(UdpProbeError::Connect)?;
     socket.connect(target).await.map_err(UdpProbeError::Connect)?;
     Ok(socket)
 }
 
-/// One CoAP ping of `address` (`host:port`): a Confirmable Empty message, answered by a Reset with the same
+/// One CoAP ping of `address` (a socket address, or `host:port`): a Confirmable Empty message, answered by a Reset with the same
 /// message id. Other datagrams are ignored; the caller bounds the wait. An ICMP port unreachable shows as an
 /// I/O error (connection refused).
-pub async fn ping(address: &str) -> Result<(), UdpProbeError> {
+pub async fn ping(address: impl ToSocketAddrs) -> Result<(), UdpProbeError> {
     let socket = probe_socket(address).await?;
     let id = probe_message_id();
     socket.send(&ping_message(id)).await.map_err(UdpProbeError::Io)?;

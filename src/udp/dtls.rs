@@ -151,9 +151,9 @@ pub fn client_hello(random: [u8; 32]) -> Vec<u8> {
     record
 }
 
-/// The `dtls-hello` health check of `address` (`host:port`): a [`client_hello`], answered by any DTLS handshake
+/// The `dtls-hello` health check of `address` (a socket address, or `host:port`): a [`client_hello`], answered by any DTLS handshake
 /// or alert record. Other datagrams are ignored; the caller bounds the wait.
-pub async fn hello_probe(address: &str) -> Result<(), super::coap::UdpProbeError> {
+pub async fn hello_probe(address: impl tokio::net::ToSocketAddrs) -> Result<(), super::coap::UdpProbeError> {
     use super::coap::UdpProbeError;
     let socket = super::coap::probe_socket(address).await?;
     let mut random = [0u8; 32];

@@ -57,13 +57,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::balancer::backend::{ActiveGuard, BackendServer};
@@ -71,6 +72,7 @@ use crate::balancer::Balancer;
 use crate::config::{source_allowed, Cidr, CoapListenerConfig, ListenerConfig, ServerConfig};
 use crate::metrics::udp::{drop_reason, eviction_reason, placement_kind, UdpListenerMetrics};
 use crate::metrics::Metrics;
+use crate::token_bucket::{Rate, TokenBucket};
 use table::{ExpiringMap, LastSeen};
 
 /// The key a new flow is placed by, best first (see the module docs).
@@ -178,30 +180,6 @@ impl FlowShared {
     }
 }
 
-/// Token bucket of a flow (`max_datagram_rate_per_flow`).
-struct FlowRateBucket {
-    tokens: f64,
-    updated: u64,
-}
-
-impl FlowRateBucket {
-    fn take(&mut self, now: u64, rate: u32, burst: u32) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
-        let elapsed = now.saturating_sub(self.updated) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// One device address and its connected socket to its server.
 struct Flow {
     upstream: Arc<UdpSocket>,
@@ -209,7 +187,8 @@ struct Flow {
     _active: ActiveGuard,
     shared: Arc<FlowShared>,
     replies: tokio::task::AbortHandle,
-    bucket: FlowRateBucket,
+    /// `max_datagram_rate_per_flow`.
+    bucket: TokenBucket,
 }
 
 impl Drop for Flow {
@@ -255,51 +234,6 @@ fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<DatagramKeys<'_>, &'st
     }
 }
 
-/// Server addresses as socket addresses. IP literals need nothing; a host name is resolved in the background
-/// (the datagram task never waits for DNS) and refreshed every 30 s; until its first answer, that server is
-/// skipped for new flows.
-#[derive(Default, Clone)]
-struct Resolver {
-    cache: Arc<Mutex<HashMap<String, Resolved>>>,
-}
-
-struct Resolved {
-    addr: Option<SocketAddr>,
-    at: Instant,
-    pending: bool,
-}
-
-const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-
-impl Resolver {
-    fn lookup(&self, address: &str) -> Option<SocketAddr> {
-        if let Ok(addr) = address.parse() {
-            return Some(addr);
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let entry =
-            cache.entry(address.to_owned()).or_insert(Resolved { addr: None, at: Instant::now(), pending: false });
-        let stale = entry.addr.is_none() || entry.at.elapsed() >= RESOLVE_EVERY;
-        if stale && !entry.pending {
-            entry.pending = true;
-            let (cache, address) = (Arc::clone(&self.cache), address.to_owned());
-            tokio::spawn(async move {
-                let found = tokio::net::lookup_host(&address).await.ok().and_then(|mut a| a.next());
-                if found.is_none() {
-                    warn!(server = %address, "cannot resolve a CoAP server's address");
-                }
-                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(e) = cache.get_mut(&address) {
-                    e.addr = found.or(e.addr);
-                    e.at = Instant::now();
-                    e.pending = false;
-                }
-            });
-        }
-        entry.addr
-    }
-}
-
 thread_local! {
     /// The reply tasks' receive buffer: one per worker thread, not one per flow.
     static REPLY_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
@@ -313,12 +247,14 @@ struct Listener {
     flows_per_ip: HashMap<IpAddr, usize>,
     cids: ExpiringMap<Vec<u8>, CidEntry>,
     generation: u64,
-    resolver: Resolver,
+    /// Where the flows' reply tasks are tracked (the listener's own tracker), so a drain waits for them.
+    tasks: TaskTracker,
 }
 
-/// Receives the listener's datagrams until `stop` is cancelled (see the module docs).
-pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken) {
-    let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation);
+/// Receives the listener's datagrams until `stop` is cancelled (see the module docs). The flows' reply tasks are
+/// spawned on `tasks`; they end with their flows, at the latest when this returns.
+pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken, tasks: TaskTracker) {
+    let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation, tasks);
     let mut buf = vec![0u8; 65_536];
     let mut wake = l.next_wake(&ctx.load());
     let sleep = tokio::time::sleep_until(wake.into());
@@ -351,7 +287,7 @@ pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: 
 }
 
 impl Listener {
-    fn new(socket: Arc<UdpSocket>, generation: u64) -> Listener {
+    fn new(socket: Arc<UdpSocket>, generation: u64, tasks: TaskTracker) -> Listener {
         Listener {
             socket,
             clock: Clock(Instant::now()),
@@ -359,7 +295,7 @@ impl Listener {
             flows_per_ip: HashMap::new(),
             cids: ExpiringMap::default(),
             generation,
-            resolver: Resolver::default(),
+            tasks,
         }
     }
 
@@ -377,7 +313,9 @@ impl Listener {
         let now = self.clock.now_ms();
         // A flood on a known flow costs a lookup per datagram, nothing more.
         if let Some(flow) = self.flows.get_mut(&src) {
-            if !flow.bucket.take(now, s.max_datagram_rate_per_flow, s.datagram_rate_burst) {
+            let rate = s.max_datagram_rate_per_flow;
+            // 0: no limit.
+            if rate > 0 && !flow.bucket.take(Rate::new(rate, s.datagram_rate_burst), self.clock.instant(now)) {
                 return m.drop(drop_reason::RATE_LIMITED);
             }
         }
@@ -506,7 +444,8 @@ impl Listener {
             candidates.insert(0, server);
             kind = k;
         }
-        candidates.into_iter().find_map(|server| self.resolver.lookup(&server.address).map(|addr| (kind, server, addr)))
+        // No DNS here: a server whose host name has not resolved yet is skipped (see `balancer::address`).
+        candidates.into_iter().find_map(|server| server.resolved().get().map(|addr| (kind, server, addr)))
     }
 
     /// The flow around its connected socket, with its reply task started.
@@ -520,18 +459,21 @@ impl Listener {
     ) -> std::io::Result<Flow> {
         let upstream = Arc::new(UdpSocket::from_std(socket)?);
         let shared = Arc::new(FlowShared { last_seen: AtomicU64::new(now), broken: AtomicBool::new(false) });
-        let replies = tokio::spawn(relay_replies(
-            Arc::clone(&upstream),
-            Arc::clone(&self.socket),
-            device,
-            Arc::clone(&shared),
-            self.clock,
-            ctx.metrics.clone(),
-            server.metrics.received_bytes.clone(),
-        ))
-        .abort_handle();
+        let replies = self
+            .tasks
+            .spawn(relay_replies(
+                Arc::clone(&upstream),
+                Arc::clone(&self.socket),
+                device,
+                Arc::clone(&shared),
+                self.clock,
+                ctx.metrics.clone(),
+                server.metrics.received_bytes.clone(),
+            ))
+            .abort_handle();
         let settings = &ctx.settings;
-        let bucket = FlowRateBucket { tokens: f64::from(settings.datagram_rate_burst.max(1)), updated: now };
+        let rate = Rate::new(settings.max_datagram_rate_per_flow, settings.datagram_rate_burst);
+        let bucket = TokenBucket::full(rate, self.clock.instant(now));
         Ok(Flow { upstream, _active: server.track(), server, shared, replies, bucket })
     }
 
@@ -763,6 +705,38 @@ backends:
       - { name: c, address: "127.0.0.1:3" }
 "#;
 
+    /// The flows' reply tasks are tracked with the listener's task: a drain waits for them, and they end with it.
+    #[tokio::test]
+    async fn reply_tasks_join_the_listeners_tracker() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let yaml = format!(
+            "listeners:\n  - {{ name: coap, bind: \"127.0.0.1:0\", protocol: coap, backend: b }}\n\
+             backends:\n  - name: b\n    protocol: coap\n    health: {{ check: none }}\n\
+             \x20   servers: [ {{ name: s, address: \"{}\" }} ]\n",
+            server.local_addr().unwrap()
+        );
+        let config = crate::config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let metrics = Metrics::new();
+        let balancer = Arc::new(Balancer::new(crate::balancer::Pool::new(config.backends[0].clone(), &metrics)));
+        let ctx = Arc::new(ArcSwap::from_pointee(context(&config.listeners[0], balancer, &metrics, 0)));
+        let socket = Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let front = socket.local_addr().unwrap();
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        tracker.spawn(serve(socket, ctx, stop.clone(), tracker.clone()));
+        let device = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..3u8 {
+            device.send_to(&[0x40, 0x01, 0x00, i], front).await.unwrap();
+            let mut buf = [0u8; 16];
+            tokio::time::timeout(Duration::from_secs(3), server.recv_from(&mut buf)).await.unwrap().unwrap();
+        }
+        assert_eq!(tracker.len(), 2, "the listener's task and its one flow's reply task");
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+            .await
+            .expect("the reply task ends with the listener");
+    }
+
     #[test]
     fn node_servers_read_the_first_byte_of_the_cid() {
         let config = crate::config::parse(NODES, std::path::Path::new("t.yaml")).unwrap();
@@ -782,7 +756,7 @@ backends:
         let pool = crate::balancer::Pool::new(config.backends[0].clone(), &metrics);
         let balancer = Arc::new(Balancer::new(pool));
         let ctx = context(&config.listeners[0], Arc::clone(&balancer), &metrics, 0);
-        let mut l = Listener::new(Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()), 0);
+        let mut l = Listener::new(Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap()), 0, TaskTracker::new());
         let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let by_hash = |cid: &[u8]| balancer.candidates(Some(&PlacementKey::DtlsCid(cid).bytes()))[0].name.clone();
         let place = |l: &mut Listener, cid: &[u8]| {
@@ -816,16 +790,5 @@ backends:
         assert_ne!(server, "b");
         b.set_up(true);
         assert_eq!(place(&mut l, &node_b).1, "b", "back with its server when it is up again");
-    }
-
-    #[test]
-    fn bucket_refills() {
-        let mut b = FlowRateBucket { tokens: 2.0, updated: 0 };
-        assert!(b.take(0, 10, 2));
-        assert!(b.take(0, 10, 2));
-        assert!(!b.take(0, 10, 2));
-        assert!(b.take(100, 10, 2), "10/s: one token after 100 ms");
-        assert!(!b.take(100, 10, 2));
-        assert!(b.take(100, 0, 0), "no rate: no limit");
     }
 }
