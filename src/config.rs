@@ -423,8 +423,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Close a relay after this long without bytes in either direction; zero = never.
     pub idle_timeout: Duration,
-    /// Largest WebSocket frame, and message (all fragments of one), accepted from a client or a WebSocket
-    /// backend; larger ones close the connection (close code 1009). Each WebSocket connection may buffer one.
+    /// Accepted for compatibility and limits nothing: WebSocket frames are streamed as they arrive, never
+    /// gathered into messages, so no frame or message size needs a cap (see `transport::ws`).
     pub max_ws_frame_size: usize,
     /// New connections per second from one IP address (token bucket); 0 = unlimited.
     pub max_connection_rate_per_ip: u32,

@@ -42,9 +42,6 @@ pub enum ProbeError {
     Coap(String),
 }
 
-/// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
-const PROBE_MAX_FRAME: usize = 64 * 1024;
-
 /// HAProxy-style rise/fall counter.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -171,9 +168,8 @@ pub async fn probe(health: &HealthConfig, address: &str) -> Result<(), ProbeErro
             HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello => Ok(()), // probed over UDP above
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
             HealthCheckKind::Websocket => {
-                let mut ws = ws::connect(tcp, address, &health.path, ws::frame_config(PROBE_MAX_FRAME))
-                    .await
-                    .map_err(|e| ProbeError::WebSocket(e.to_string()))?;
+                let mut ws =
+                    ws::connect(tcp, address, &health.path).await.map_err(|e| ProbeError::WebSocket(e.to_string()))?;
                 mqtt_probe(&mut ws, health).await
             }
         }

@@ -37,7 +37,7 @@ use crate::listener::{accept_loop, Admission};
 use crate::metrics::{Metrics, ReloadResult, ResultLabels};
 use crate::session::SessionContext;
 use crate::shutdown;
-use crate::transport::ws::{self, UpgradePolicy};
+use crate::transport::ws::UpgradePolicy;
 use crate::udp::{self, BoundUdp, UdpListeners};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,6 @@ fn session_context(
             path: l.path.clone(),
             allowed_origins: l.allowed_origins.clone(),
             timeout: config.limits.handshake_timeout,
-            frames: ws::frame_config(config.limits.max_ws_frame_size),
         }),
         allowed_sources: l.allowed_sources.clone(),
         balancer,

@@ -303,9 +303,8 @@ impl Session {
                     continue;
                 }
                 head.clear();
-                let frames = ws::frame_config(self.ctx.limits.max_ws_frame_size);
                 // Boxed: inline, this state (2.5 KB) would size every session's task, WebSocket or not.
-                let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path, frames));
+                let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path));
                 match tokio::time::timeout(backend.connect_timeout, upgrade).await {
                     Ok(Ok(ws)) => ServerStream::Ws(Box::new(ws)),
                     Ok(Err(e)) => {

@@ -585,7 +585,7 @@ async fn malformed_upgrades_get_http_answers_are_counted_and_reach_no_broker() {
 async fn bad_frames_and_invalid_connects_are_refused_in_websocket_terms_and_reach_no_broker() {
     bounded(TEST_LIMIT, "bad frames", async {
         let env = Env::start(1).await;
-        // Frames (and messages) above 1 KiB are refused; a CONNECT fits in 1 KiB.
+        // A CONNECT over 1 KiB is refused; the 1 KiB frame size is accepted and limits nothing.
         let proxy = TestProxy::start(&env.yaml(false, ", max_connect_size: 1KiB, max_ws_frame_size: 1KiB", "")).await;
         let wss = addr(&proxy, "wss");
         let before = env.connections_seen();
@@ -598,19 +598,25 @@ async fn bad_frames_and_invalid_connects_are_refused_in_websocket_terms_and_reac
         assert_eq!(end.close, Some(CloseCode::Unsupported), "{end:?}");
         assert!(end.binary.is_empty(), "{end:?}");
 
-        // A frame over the cap: close 1009 (the header alone tells; the payload is never buffered).
+        // `max_ws_frame_size` no longer limits anything: frames stream, and only the MQTT limits apply. A 2000-byte
+        // frame (over the former cap of 1 KiB) holding a CONNECT that declares 2000 bytes reaches the CONNECT reader,
+        // which refuses it for `max_connect_size` on its fixed header: a normal close, no 1009.
+        let mut too_long = vec![0x10, 0xcd, 0x0f];
+        too_long.resize(2000, 0);
         let mut ws = ws_open(wss, env.tls(), Some("mqtt")).await.unwrap();
-        ws.send(binary(&[0u8; 2000])).await.unwrap();
+        ws.send(binary(&too_long)).await.unwrap();
         let end = read_until_close(&mut ws).await;
-        assert_eq!(end.close, Some(CloseCode::Size), "{end:?}");
+        assert_eq!(end.close, Some(CloseCode::Normal), "{end:?}");
 
-        // A fragmented message whose fragments are small but whose sum is over the cap: close 1009 too.
+        // The same for a fragmented message of 1500 bytes in 300-byte fragments: the fragments are never gathered.
+        let mut in_fragments = vec![0x10, 0xdc, 0x0b];
+        in_fragments.resize(1500, 0);
         let mut ws = ws_open(wss, env.tls(), Some("mqtt")).await.unwrap();
-        for i in 0..5 {
-            ws.send(fragment(&[0x10; 300], i == 0, i == 4)).await.unwrap();
+        for (i, part) in in_fragments.chunks(300).enumerate() {
+            ws.send(fragment(part, i == 0, i == 4)).await.unwrap();
         }
         let end = read_until_close(&mut ws).await;
-        assert_eq!(end.close, Some(CloseCode::Size), "{end:?}");
+        assert_eq!(end.close, Some(CloseCode::Normal), "{end:?}");
 
         // An unknown protocol level in a valid binary frame: CONNACK 0x01 (in a binary frame), then a close.
         let mut ws = ws_open(wss, env.tls(), Some("mqtt")).await.unwrap();
@@ -645,14 +651,15 @@ async fn bad_frames_and_invalid_connects_are_refused_in_websocket_terms_and_reac
 
         for (reason, n) in [
             ("ws_text_frame", 1.0),
-            ("ws_frame_too_large", 2.0),
+            ("ws_frame_too_large", 0.0),
+            ("connect_too_large", 2.0),
             ("unsupported_version", 1.0),
             ("reserved_flag", 1.0),
             ("ws_protocol", 1.0),
         ] {
             assert_eq!(rejected(&proxy, "wss", reason).await, n, "reason {reason}");
         }
-        for (reason, n) in [("ws_text_frame", 1.0), ("ws_frame_too_large", 2.0), ("ws_protocol", 1.0)] {
+        for (reason, n) in [("ws_text_frame", 1.0), ("ws_frame_too_large", 0.0), ("ws_protocol", 1.0)] {
             let series = format!("mqttlb_websocket_frame_errors_total{{listener=\"wss\",reason=\"{reason}\"}}");
             assert_eq!(metric(proxy.admin, &series).await, n, "{series}");
         }
