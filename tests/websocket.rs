@@ -30,6 +30,9 @@ use common::*;
 /// Bound of every test body.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
+/// The largest MQTT packet the test clients send or take (above the 16 MiB publishes).
+const MAX_PACKET: usize = 32 << 20;
+
 // ---------------------------------------------------------------------------------------------------------------
 // Set-up.
 
@@ -134,6 +137,8 @@ struct WsMqtt {
     conn: WsConn,
     inbox: VecDeque<(String, Vec<u8>)>,
     failed: Option<String>,
+    /// How long one step (an acknowledgement, a delivery) may take.
+    step: Duration,
 }
 
 impl WsMqtt {
@@ -151,7 +156,7 @@ impl WsMqtt {
                 let mut o = rumqttc::MqttOptions::new(id, url, addr.port());
                 o.set_transport(transport);
                 o.set_keep_alive(Duration::from_secs(30));
-                o.set_max_packet_size(256 * 1024, 256 * 1024);
+                o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
                 let (client, mut ev) = rumqttc::AsyncClient::new(o, 16);
                 ev.network_options.set_connection_timeout(STEP_TIMEOUT.as_secs());
                 match tokio::time::timeout(STEP_TIMEOUT, ev.poll()).await {
@@ -166,7 +171,7 @@ impl WsMqtt {
                 o.set_transport(transport);
                 o.set_keep_alive(Duration::from_secs(30));
                 o.set_connection_timeout(STEP_TIMEOUT.as_secs());
-                o.set_max_packet_size(Some(256 * 1024));
+                o.set_max_packet_size(Some(MAX_PACKET as u32));
                 let (client, mut ev) = v5::AsyncClient::new(o, 16);
                 match tokio::time::timeout(STEP_TIMEOUT, ev.poll()).await {
                     Ok(Ok(v5::Event::Incoming(v5::Incoming::ConnAck(a))))
@@ -176,7 +181,7 @@ impl WsMqtt {
                 WsConn::V5(client, Box::new(ev))
             }
         };
-        Ok(WsMqtt { id: id.to_owned(), conn, inbox: VecDeque::new(), failed: None })
+        Ok(WsMqtt { id: id.to_owned(), conn, inbox: VecDeque::new(), failed: None, step: STEP_TIMEOUT })
     }
 
     /// One event; never polls again after an error (rumqttc would reconnect).
@@ -218,8 +223,8 @@ impl WsMqtt {
     }
 
     async fn until(&mut self, what: &str, want: fn(&Event) -> bool) -> Result<(), String> {
-        let id = self.id.clone();
-        tokio::time::timeout(STEP_TIMEOUT, async {
+        let (id, step) = (self.id.clone(), self.step);
+        tokio::time::timeout(step, async {
             loop {
                 if want(&self.poll().await?) {
                     return Ok(());
@@ -227,7 +232,7 @@ impl WsMqtt {
             }
         })
         .await
-        .map_err(|_| format!("{id}: no {what} within {STEP_TIMEOUT:?}"))?
+        .map_err(|_| format!("{id}: no {what} within {step:?}"))?
     }
 
     async fn subscribe(&mut self, topic: &str) -> Result<(), String> {
@@ -252,8 +257,8 @@ impl WsMqtt {
     }
 
     async fn next_publish(&mut self, topic: &str) -> Result<Vec<u8>, String> {
-        let id = self.id.clone();
-        tokio::time::timeout(STEP_TIMEOUT, async {
+        let (id, step) = (self.id.clone(), self.step);
+        tokio::time::timeout(step, async {
             loop {
                 if let Some(i) = self.inbox.iter().position(|(t, _)| t == topic) {
                     return Ok(self.inbox.remove(i).map(|(_, p)| p).unwrap_or_default());
@@ -262,7 +267,7 @@ impl WsMqtt {
             }
         })
         .await
-        .map_err(|_| format!("{id}: no PUBLISH on {topic} within {STEP_TIMEOUT:?}"))?
+        .map_err(|_| format!("{id}: no PUBLISH on {topic} within {step:?}"))?
     }
 
     /// The broker's name (its retained `lb/whoami`).
@@ -791,6 +796,37 @@ async fn websocket_health_check_follows_the_brokers_websocket_listener() {
         wait_backend_up(&proxy, "brokers_ws", "b0").await;
         let who = ws_which_broker(addr(&proxy, "wss_ws"), env.tls(), "after-restart", Version::V5).await;
         assert_eq!(who, "b0");
+        proxy.stop().await;
+    })
+    .await;
+}
+
+/// Messages of 1 MiB and 16 MiB each way, through both kinds of backend: rumqttc puts each PUBLISH in one WebSocket
+/// message (of one frame), which the proxy relays as it arrives rather than gathering it (it used to refuse any
+/// message over `max_ws_frame_size`, 1 MiB by default, with close 1009), and the broker's deliveries come back in
+/// frames of one relay read each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_1_and_16_mib_pass_each_way_over_wss_to_both_backends() {
+    bounded(Duration::from_secs(180), "large messages over WSS", async {
+        let env = Env::start(1).await;
+        let proxy = TestProxy::start(&env.yaml(false, "", "")).await;
+        for (listener, version) in [("wss", Version::V5), ("wss_ws", Version::V4)] {
+            let id = format!("large-{listener}");
+            let mut c = WsMqtt::connect(addr(&proxy, listener), env.tls(), &id, version)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            c.step = Duration::from_secs(40);
+            let topic = format!("t/{id}");
+            c.subscribe(&topic).await.unwrap();
+            for size in [1 << 20, 16 << 20] {
+                let payload: Vec<u8> = (0..size).map(|i: usize| (i % 251) as u8).collect();
+                c.publish(&topic, &payload).await.unwrap_or_else(|e| panic!("{id}: publish {size} bytes: {e}"));
+                let back = c.next_publish(&topic).await.unwrap_or_else(|e| panic!("{id}: deliver {size} bytes: {e}"));
+                assert!(back == payload, "{id}: {size} bytes sent, {} bytes came back (or other bytes)", back.len());
+            }
+            c.disconnect().await;
+        }
+        assert_eq!(rejected(&proxy, "wss", "ws_frame_too_large").await, 0.0);
         proxy.stop().await;
     })
     .await;

@@ -500,3 +500,188 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
+    /// A frame as the peer of `role` writes it: masked when that peer is a client.
+    fn frame_from_peer(role: Role, first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = (role == Role::Server).then_some(MASK);
+        let mut head = [0u8; MAX_HEADER];
+        let n = frame::encode(&mut head, first & 0x0f, payload.len(), mask);
+        head[0] = first;
+        let mut out = head[..n].to_vec();
+        let mut body = payload.to_vec();
+        if let Some(m) = mask {
+            frame::apply_mask(&mut body, m, 0);
+        }
+        out.extend(body);
+        out
+    }
+
+    fn pair(role: Role) -> (WsIo<DuplexStream>, DuplexStream) {
+        let (ours, peer) = duplex(1 << 20);
+        (WsIo::new(ours, role, Vec::new()), peer)
+    }
+
+    /// Reads until EOF or an error: the payload bytes, and the error's violation if any.
+    async fn read_all(ws: &mut WsIo<DuplexStream>) -> (Vec<u8>, Option<Violation>) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 100];
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) => return (out, None),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (out, super::super::violation(&e)),
+            }
+        }
+    }
+
+    /// Everything the peer receives until we close: shuts `ws` down first.
+    async fn sent_to_peer(mut ws: WsIo<DuplexStream>, mut peer: DuplexStream) -> Vec<u8> {
+        ws.shutdown().await.unwrap();
+        drop(ws);
+        let mut out = Vec::new();
+        peer.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn each_broken_rule_is_a_violation_with_its_close_code() {
+        let bin = |role, p: &[u8]| frame_from_peer(role, 0x82, p);
+        let cases: Vec<(Role, Vec<u8>, Violation, &str)> = vec![
+            (Role::Server, frame_from_peer(Role::Client, 0x82, b"x"), Violation::Protocol, "unmasked client frame"),
+            (Role::Client, frame_from_peer(Role::Server, 0x82, b"x"), Violation::Protocol, "masked server frame"),
+            (Role::Server, frame_from_peer(Role::Server, 0x81, b"x"), Violation::TextFrame, "text"),
+            (Role::Server, frame_from_peer(Role::Server, 0xC2, b"x"), Violation::Protocol, "RSV1"),
+            (Role::Server, frame_from_peer(Role::Server, 0x80, b"x"), Violation::Protocol, "continuation first"),
+            (Role::Server, frame_from_peer(Role::Server, 0x09, b"x"), Violation::Protocol, "fragmented ping"),
+            (Role::Server, frame_from_peer(Role::Server, 0x89, &[0; 126]), Violation::Protocol, "long ping"),
+            (Role::Server, frame_from_peer(Role::Server, 0x83, b"x"), Violation::Protocol, "reserved opcode"),
+            (Role::Server, frame_from_peer(Role::Server, 0x88, &[0x03]), Violation::Protocol, "1-byte close"),
+            (Role::Server, frame_from_peer(Role::Server, 0x88, &[0x03, 0xed]), Violation::Protocol, "close 1005"),
+            (
+                Role::Server,
+                [frame_from_peer(Role::Server, 0x02, b"a"), bin(Role::Server, b"b")].concat(),
+                Violation::Protocol,
+                "binary inside a message",
+            ),
+            (
+                Role::Server,
+                vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+                Violation::Protocol,
+                "64-bit length with its top bit",
+            ),
+        ];
+        for (role, bytes, want, what) in cases {
+            let (mut ws, mut peer) = pair(role);
+            peer.write_all(&bytes).await.unwrap();
+            let (_, got) = read_all(&mut ws).await;
+            assert_eq!(got, Some(want), "{what}");
+            assert_eq!(ws.violation(), Some(want), "{what}");
+            let out = sent_to_peer(ws, peer).await;
+            let code = want.close_code().to_be_bytes();
+            // Our close frame, masked by a client: its code after the 2-byte header (and the mask).
+            let close = match role {
+                Role::Server => out.get(..4).map(|c| c.to_vec()),
+                Role::Client => out.get(..8).map(|c| {
+                    let mut p = c[6..8].to_vec();
+                    frame::apply_mask(&mut p, [c[2], c[3], c[4], c[5]], 0);
+                    [&c[..2], &p[..]].concat()
+                }),
+            };
+            assert_eq!(
+                close,
+                Some(vec![0x88, 0x82 & if role == Role::Client { 0xff } else { 0x7f }, code[0], code[1]]),
+                "{what}: {out:02x?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn payload_streams_before_its_frame_ends_and_pings_are_answered_once() {
+        let (mut ws, mut peer) = pair(Role::Server);
+        // A frame declaring 1 MiB of which 3 bytes come: they are readable at once.
+        let mut head = [0u8; MAX_HEADER];
+        let n = frame::encode(&mut head, frame::OP_BINARY, 1 << 20, Some(MASK));
+        head[0] &= 0x7f; // not final either
+        peer.write_all(&head[..n]).await.unwrap();
+        let mut body = b"abc".to_vec();
+        frame::apply_mask(&mut body, MASK, 0);
+        peer.write_all(&body).await.unwrap();
+        let mut buf = [0u8; 64];
+        let got = ws.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..got], b"abc");
+        // The rest of the frame, in pieces: the mask offset carries over.
+        let mut rest = vec![b'z'; (1 << 20) - 3];
+        frame::apply_mask(&mut rest, MASK, 3);
+        peer.write_all(&rest).await.unwrap();
+        let mut total = 0;
+        while total < rest.len() {
+            let n = ws.read(&mut buf).await.unwrap();
+            assert!(buf[..n].iter().all(|b| *b == b'z'));
+            total += n;
+        }
+        // 50 pings in one write: at most one pong per transport read (each answering the latest ping read),
+        // never one queued per ping.
+        let mut pings = Vec::new();
+        for i in 0..50u8 {
+            pings.extend(frame_from_peer(Role::Server, 0x89, &[i]));
+        }
+        pings.extend(frame_from_peer(Role::Server, 0x80, b"end"));
+        peer.write_all(&pings).await.unwrap();
+        let mut tail = Vec::new();
+        while !tail.ends_with(b"end") {
+            let n = ws.read(&mut buf).await.unwrap();
+            tail.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(tail, b"end");
+        // A close: answered with its code, then EOF; no data frame after it.
+        peer.write_all(&frame_from_peer(Role::Server, 0x88, &[0x03, 0xe8])).await.unwrap();
+        assert_eq!(ws.read(&mut buf).await.unwrap(), 0);
+        assert!(ws.write(b"late").await.is_err(), "no data after the close");
+        let out = sent_to_peer(ws, peer).await;
+        let (pongs, close) = out.split_at(out.len() - 4);
+        assert_eq!(close, [0x88, 0x02, 0x03, 0xe8], "{out:02x?}");
+        assert!(pongs.chunks(3).all(|p| p[..2] == [0x8a, 0x01]), "{out:02x?}");
+        assert!(pongs.len() / 3 < 10, "one pong per read, not per ping: {out:02x?}");
+        assert_eq!(pongs.last(), Some(&49), "the latest ping is answered: {out:02x?}");
+    }
+
+    #[tokio::test]
+    async fn writes_are_binary_frames_masked_by_a_client() {
+        for role in [Role::Server, Role::Client] {
+            let (mut ws, peer) = pair(role);
+            let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            ws.write_all(&data).await.unwrap();
+            ws.flush().await.unwrap();
+            let out = sent_to_peer(ws, peer).await;
+            // Frames as the other end reads them.
+            let mut at = 0;
+            let mut payload = Vec::new();
+            let mut frames = 0;
+            while let Ok(Some((h, n))) = frame::parse(&out[at..]) {
+                assert_eq!(h.mask.is_some(), role == Role::Client, "{role:?}");
+                let mut p = out[at + n..at + n + h.len as usize].to_vec();
+                if let Some(m) = h.mask {
+                    frame::apply_mask(&mut p, m, 0);
+                }
+                at += n + h.len as usize;
+                if h.opcode == frame::OP_CLOSE {
+                    assert_eq!(p, [0x03, 0xe8]);
+                    break;
+                }
+                assert_eq!((h.opcode, h.fin), (frame::OP_BINARY, true));
+                assert!(p.len() <= MAX_WRITE_FRAME);
+                payload.extend(p);
+                frames += 1;
+            }
+            assert_eq!(payload, data, "{role:?}");
+            assert_eq!(frames, data.len().div_ceil(MAX_WRITE_FRAME), "{role:?}");
+        }
+    }
+}
