@@ -4,6 +4,9 @@
 //! connection costs about what a TCP one does, whatever the frames declare.
 //!
 //! `MQTTLB_WS_ATTACK_CONNS` sets the number of attacking connections (300 by default; 1,500 by hand).
+//!
+//! Beside it, what an idle WSS connection costs against an idle MQTTS one, side by side in one process
+//! (`MQTTLB_IDLE_CONNS` of each, 1,000 by default).
 
 mod common;
 
@@ -110,21 +113,28 @@ fn publish(topic: &str, len: usize) -> Vec<u8> {
     p
 }
 
+/// The upgrade request of every WebSocket client here.
+const UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                       Sec-WebSocket-Protocol: mqtt\r\n\r\n";
+
+/// Sends the upgrade request and reads the `101` answer's head.
+async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    s.write_all(UPGRADE.as_bytes()).await.expect("send the upgrade");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.expect("read the upgrade answer"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&head));
+}
+
 /// The attack, on one connection: upgrade, a valid CONNECT (keep alive 0: the broker never closes it) answered by
 /// a CONNACK, then a binary message of just under [`OLD_CAP`] in 64 KiB fragments (QoS 0 PUBLISHes to a topic
 /// nobody reads, so the broker drops them) whose final frame never comes, then a continuation frame header declaring
 /// nearly 1 MiB and none of its bytes. Returns the connection, left open, and the payload bytes sent.
 async fn attack(proxy: SocketAddr, id: &str) -> (TcpStream, usize) {
     let mut s = TcpStream::connect(proxy).await.expect("connect to the proxy");
-    let upgrade = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-                   Sec-WebSocket-Protocol: mqtt\r\n\r\n";
-    s.write_all(upgrade.as_bytes()).await.expect("send the upgrade");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(s.read_u8().await.expect("read the upgrade answer"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&head));
+    upgrade(&mut s).await;
     let mut connect = connect_packet_v311(id);
     let keep_alive_low = connect.len() - 3 - id.len();
     connect[keep_alive_low] = 0; // keep alive 0 (its high byte is 0 already)
@@ -203,6 +213,85 @@ async fn a_never_ending_fragmented_message_and_an_unfilled_frame_cost_a_websocke
             per_connection <= PER_CONNECTION_BOUND,
             "{per_connection} bytes of VmRSS per connection (bound {PER_CONNECTION_BOUND}); before {before}, after {after}"
         );
+        drop(open);
+        drop(proxy);
+    })
+    .await;
+}
+
+/// An idle client of `listener`: TLS, the upgrade if `websocket`, CONNECT and its CONNACK; then silence.
+async fn idle_client(
+    listener: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    websocket: bool,
+    id: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut s = tls_connect(listener, tls).await.expect("TLS to the proxy");
+    let connect = connect_packet_v311(id);
+    if websocket {
+        upgrade(&mut s).await;
+        s.write_all(&client_frame(0x2, true, &connect)).await.expect("send the CONNECT");
+        let mut connack = [0u8; 6];
+        s.read_exact(&mut connack).await.expect("read the CONNACK frame");
+        assert_eq!(connack, [0x82, 0x04, 0x20, 0x02, 0x00, 0x00], "{id}");
+    } else {
+        s.write_all(&connect).await.expect("send the CONNECT");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.expect("read the CONNACK");
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{id}");
+    }
+    s
+}
+
+/// An idle WSS connection costs the proxy at most a quarter more than an idle MQTTS one: the WebSocket layer holds
+/// no buffer, only its frame state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wss_connection_costs_at_most_a_quarter_more_than_an_idle_mqtts_one() {
+    let conns: usize = std::env::var("MQTTLB_IDLE_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    bounded(Duration::from_secs(120 + conns as u64 / 20), "idle WSS and MQTTS connections", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "b0").await;
+        let (mqtts, wss) =
+            (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let tls = format!("{{ cert: \"{}\", key: \"{}\" }}", pki.cert.display(), pki.key.display());
+        let yaml = format!(
+            "listeners:\n\
+             \x20 - {{ name: mqtts, bind: \"{mqtts}\", protocol: mqtt, tls: {tls}, backend: brokers }}\n\
+             \x20 - {{ name: wss, bind: \"{wss}\", protocol: websocket, tls: {tls}, backend: brokers }}\n\
+             backends:\n  - name: brokers\n    health: {{ check: none }}\n\
+             \x20   servers: [{{ name: b0, address: \"{}\" }}]\nadmin: {{ bind: \"{admin}\" }}\n",
+            broker.addr()
+        );
+        let proxy = ProxyProcess::start(dir.path(), &yaml, mqtts, admin).await;
+        let mut open = Vec::new();
+        for i in 0..50 {
+            open.push(idle_client(mqtts, pki.client_config(), false, &format!("warm-m{i}")).await);
+            open.push(idle_client(wss, pki.client_config(), true, &format!("warm-w{i}")).await);
+        }
+        // Each figure: connections opened, then the RSS once the proxy has settled (read twice, 1 s apart, the
+        // larger kept: what the connections hold, not what their handshakes left in flight).
+        let settled = || async {
+            let first = proxy.rss();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            first.max(proxy.rss())
+        };
+        let base = settled().await;
+        for i in 0..conns {
+            open.push(idle_client(mqtts, pki.client_config(), false, &format!("idle-m{i}")).await);
+        }
+        let with_mqtts = settled().await;
+        for i in 0..conns {
+            open.push(idle_client(wss, pki.client_config(), true, &format!("idle-w{i}")).await);
+        }
+        let with_wss = settled().await;
+        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / conns as f64 / 1024.0;
+        let (mqtts_cost, wss_cost) = (per(base, with_mqtts), per(with_mqtts, with_wss));
+        eprintln!("{conns} idle connections each: MQTTS {mqtts_cost:.1} KiB, WSS {wss_cost:.1} KiB per connection");
+        let active = metric(admin, "mqttlb_connections_active{listener=\"wss\"}").await;
+        assert_eq!(active, (conns + 50) as f64, "the WSS clients are all connected");
+        assert!(wss_cost <= 1.25 * mqtts_cost, "WSS {wss_cost:.1} KiB vs MQTTS {mqtts_cost:.1} KiB per connection");
         drop(open);
         drop(proxy);
     })
