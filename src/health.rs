@@ -56,9 +56,6 @@ impl From<UdpProbeError> for ProbeError {
     }
 }
 
-/// Largest WebSocket frame a probe accepts (a CONNACK is 4 or 5 bytes; brokers may add properties).
-const PROBE_MAX_FRAME: usize = 64 * 1024;
-
 /// HAProxy-style rise/fall counter.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -198,7 +195,7 @@ pub async fn probe(health: &HealthConfig, server: &BackendServer) -> Result<(), 
             HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello => Ok(()), // probed over UDP above
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
             HealthCheckKind::Websocket => {
-                let mut ws = ws::connect(tcp, &server.address, &health.path, ws::frame_config(PROBE_MAX_FRAME))
+                let mut ws = ws::connect(tcp, &server.address, &health.path)
                     .await
                     .map_err(|e| ProbeError::WebSocket(e.to_string()))?;
                 mqtt_probe(&mut ws, health).await

@@ -8,9 +8,9 @@
 //! source reasons of `mqttlb_connections_rejected_total` are: `source_not_allowed` (outside the listener's
 //! `allowed_sources`, closed at accept), `ws_bad_path`, `ws_bad_upgrade`, `ws_no_subprotocol`, `ws_origin`,
 //! `ws_upgrade_too_large`, `ws_upgrade_timeout`, `ws_closed_before_upgrade` (the upgrade request), and
-//! `ws_text_frame`, `ws_frame_too_large`, `ws_protocol` (frames before the CONNECT was complete). The last three are
-//! also counted, whenever they happen, in `mqttlb_websocket_frame_errors_total`. The `coap` listeners' families
-//! (`mqttlb_udp_*`: datagrams and bytes each way, flows, evictions, drops by reason) are defined in [`udp`].
+//! `ws_text_frame`, `ws_protocol` (frames before the CONNECT was complete). The last two are also counted, whenever
+//! they happen, in `mqttlb_websocket_frame_errors_total`. The `coap` listeners' families (`mqttlb_udp_*`: datagrams
+//! and bytes each way, flows, evictions, drops by reason) are defined in [`udp`].
 
 pub mod certificate;
 mod process;
@@ -157,7 +157,7 @@ impl Metrics {
         );
         r.register(
             "websocket_frame_errors",
-            "WebSocket clients closed for breaking the frame rules (ws_text_frame, ws_frame_too_large, ws_protocol), \
+            "WebSocket clients closed for breaking the frame rules (ws_text_frame, ws_protocol), \
              per listener and reason",
             m.websocket_frame_errors.clone(),
         );

@@ -321,7 +321,6 @@ pub fn fuzz_policy() -> UpgradePolicy {
         path: "/mqtt".into(),
         allowed_origins: vec!["https://example.org".into()],
         timeout: Duration::from_secs(2),
-        frames: ws::frame_config(64 * 1024),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::listener::{accept_loop, Admission};
 use crate::metrics::Metrics;
 use crate::session::SessionContext;
 use crate::shutdown::Tasks;
-use crate::transport::ws::{self, UpgradePolicy};
+use crate::transport::ws::UpgradePolicy;
 use crate::udp::{self, UdpContext};
 
 use super::plan::Transport;
@@ -197,7 +197,6 @@ fn session_context(
             path: l.path.clone(),
             allowed_origins: l.allowed_origins.clone(),
             timeout: config.limits.handshake_timeout,
-            frames: ws::frame_config(config.limits.max_ws_frame_size),
         }),
         allowed_sources: l.allowed_sources.clone(),
         balancer,

@@ -276,7 +276,7 @@ impl Session {
         first_bytes: &[u8],
     ) -> Option<(ServerStream, ActiveGuard)> {
         let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };
-        upstream::open(&pool.config, candidates, &client, self.ctx.limits.max_ws_frame_size, first_bytes).await
+        upstream::open(&pool.config, candidates, &client, first_bytes).await
     }
 
     /// Relays until the end, then logs the connection's one `connection closed` line (see [`end`]).

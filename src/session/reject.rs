@@ -225,7 +225,7 @@ mod tests {
         {
             assert!(labels.contains(label), "{label}");
         }
-        assert_eq!(labels.len(), 14 + 8 + 3 + 16 - 1, "client_error is both an upgrade and a read failure");
+        assert_eq!(labels.len(), 14 + 8 + 2 + 16 - 1, "client_error is both an upgrade and a read failure");
     }
 
     #[test]

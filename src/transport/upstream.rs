@@ -30,7 +30,7 @@ enum Failure {
     Connect(std::io::Error),
     ConnectTimeout,
     ProxyHeader(std::io::Error),
-    Upgrade(tokio_tungstenite::tungstenite::Error),
+    Upgrade(ws::UpgradeError),
     UpgradeTimeout,
     FirstBytes(std::io::Error),
 }
@@ -55,11 +55,10 @@ pub async fn open(
     backend: &BackendConfig,
     candidates: &[Arc<BackendServer>],
     client: &ClientAddresses<'_>,
-    max_ws_frame_size: usize,
     first_bytes: &[u8],
 ) -> Option<(ServerStream, ActiveGuard)> {
     for server in candidates {
-        match open_one(backend, server, client, max_ws_frame_size, first_bytes).await {
+        match open_one(backend, server, client, first_bytes).await {
             Ok(opened) => return Some(opened),
             Err(failure) => {
                 let (what, error) = failure.describe();
@@ -75,7 +74,6 @@ async fn open_one(
     backend: &BackendConfig,
     server: &Arc<BackendServer>,
     client: &ClientAddresses<'_>,
-    max_ws_frame_size: usize,
     first_bytes: &[u8],
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
@@ -95,9 +93,8 @@ async fn open_one(
     let mut stream = if backend.protocol == BackendProtocol::Websocket {
         tcp.write_all(&head).await.map_err(Failure::ProxyHeader)?;
         head.clear();
-        let frames = ws::frame_config(max_ws_frame_size);
-        // Boxed: inline, this state (2.5 KB) would size every session's task, WebSocket or not.
-        let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path, frames));
+        // Boxed: inline, this state would size every session's task, WebSocket or not.
+        let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path));
         let upgraded = tokio::time::timeout(backend.connect_timeout, upgrade).await;
         ServerStream::Ws(Box::new(upgraded.map_err(|_| Failure::UpgradeTimeout)?.map_err(Failure::Upgrade)?))
     } else {

@@ -25,39 +25,41 @@
 //!
 //! # Frames
 //!
-//! tungstenite does the frame codec: masking (client frames must be masked), fragmentation and continuation frames,
-//! control frames between fragments, pong answers to pings, the close handshake, and the size caps, which are checked
-//! on the frame header before any payload is buffered (`limits.max_ws_frame_size`, for a frame and for a message).
-//! [`WsIo`] reads binary payloads as a byte stream (MQTT packets need not align with frames [MQTT-6.0.0-2]: one
-//! packet may span frames and one frame may hold several packets) and writes each buffer as one binary frame. A text
-//! frame is an error [MQTT-6.0.0-1]. A client that breaks these rules is closed with close code 1003 (text), 1009
-//! (too large) or 1002 (other protocol errors), and the violation is reported ([`WsIo::violation`]).
+//! Ours, streamed ([`stream`], over the format of [`frame`]): the payload of binary and continuation frames is
+//! passed on as it arrives, unmasked on the way, and never gathered into messages, so a connection holds no more
+//! than the caller's read buffer whatever the frames or messages declare. MQTT packets need not align with frames
+//! [MQTT-6.0.0-2]: one packet may span frames and one frame may hold several packets. Client frames must be masked
+//! and server frames not, reserved bits must be clear, control frames whole and at most 125 bytes, a continuation
+//! must continue a message, a 64-bit length must not set its top bit; a ping gets a pong, a close gets a close. A
+//! text frame is an error [MQTT-6.0.0-1]. A peer that breaks these rules is closed with close code 1003 (text) or
+//! 1002 (other protocol errors), and the violation is reported ([`WsIo::violation`]). There is no size limit on
+//! frames or messages: `limits.max_ws_frame_size` is accepted for compatibility and limits nothing (the MQTT packet
+//! size is the brokers' to limit, and the first packet's is `limits.max_connect_size`).
+//!
+//! # A WebSocket backend
+//!
+//! [`connect`] ([`client`]) upgrades a connection to a server (for `websocket` backends and health checks) and
+//! speaks the client side of the same codec.
+
+mod client;
+mod frame;
+mod key;
+mod stream;
+
+pub use client::{connect, UpgradeError};
+pub use stream::{WsIo, MAX_WRITE_FRAME};
 
 use std::io;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Bytes, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
-use tracing::debug;
 
 /// Largest upgrade request (request line and headers) read from a client.
 pub const MAX_UPGRADE_REQUEST: usize = 8 * 1024;
 
 /// Most header lines in an upgrade request.
 const MAX_HEADERS: usize = 64;
-
-/// Largest binary frame we send: a write of more is split.
-const MAX_WRITE_FRAME: usize = 64 * 1024;
 
 /// How long an error answer may take to write before the connection is just closed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -70,30 +72,27 @@ const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 pub enum Violation {
     #[error("text frame: MQTT over WebSocket is carried in binary frames only")]
     TextFrame,
-    #[error("frame or message larger than limits.max_ws_frame_size")]
-    FrameTooLarge,
     #[error("WebSocket protocol error")]
     Protocol,
 }
 
 impl Violation {
     /// Every violation, for label enumeration.
-    pub const ALL: [Violation; 3] = [Violation::TextFrame, Violation::FrameTooLarge, Violation::Protocol];
+    pub const ALL: [Violation; 2] = [Violation::TextFrame, Violation::Protocol];
 
     /// The `reason` label of the metrics.
     pub fn label(self) -> &'static str {
         match self {
             Violation::TextFrame => "ws_text_frame",
-            Violation::FrameTooLarge => "ws_frame_too_large",
             Violation::Protocol => "ws_protocol",
         }
     }
 
-    fn close_code(self) -> CloseCode {
+    /// The code of the close frame that ends the connection (RFC 6455 section 7.4.1).
+    fn close_code(self) -> u16 {
         match self {
-            Violation::TextFrame => CloseCode::Unsupported,
-            Violation::FrameTooLarge => CloseCode::Size,
-            Violation::Protocol => CloseCode::Protocol,
+            Violation::TextFrame => 1003,
+            Violation::Protocol => 1002,
         }
     }
 }
@@ -101,17 +100,6 @@ impl Violation {
 /// The [`Violation`] an I/O error returned by a [`WsIo`] stands for, if it is one.
 pub fn violation(e: &io::Error) -> Option<Violation> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<Violation>()).copied()
-}
-
-/// The frame settings of every WebSocket: frames and messages up to `max_frame_size` bytes in, small buffers.
-pub fn frame_config(max_frame_size: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        // Frames go to the transport as they are made; the relay flushes when its reader has nothing more.
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * MAX_WRITE_FRAME)
-        .max_frame_size(Some(max_frame_size))
-        .max_message_size(Some(max_frame_size))
 }
 
 /// What a WebSocket listener accepts.
@@ -123,8 +111,6 @@ pub struct UpgradePolicy {
     pub allowed_origins: Vec<String>,
     /// Deadline for the whole request.
     pub timeout: Duration,
-    /// Frame settings of the upgraded connection.
-    pub frames: WebSocketConfig,
 }
 
 /// Why a client's upgrade failed: the `reason` label of the rejected counter.
@@ -297,10 +283,7 @@ pub fn check_request(head: &[u8], policy: &UpgradePolicy) -> Result<Accepted, Up
     let protocol = header_tokens(headers, "sec-websocket-protocol")
         .find(|t| SUBPROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(t)))
         .ok_or(refuse(400, UpgradeFailure::NoSubprotocol, "Sec-WebSocket-Protocol must offer mqtt (or mqttv3.1)"))?;
-    Ok(Accepted {
-        accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        protocol: protocol.to_owned(),
-    })
+    Ok(Accepted { accept_key: key::accept_key(key.as_bytes()), protocol: protocol.to_owned() })
 }
 
 enum HeadError {
@@ -395,159 +378,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(TIMEOUT.reason),
     }
     let early_frames = buf.split_off(end);
-    let ws = WebSocketStream::from_partially_read(stream, early_frames, Role::Server, Some(policy.frames)).await;
-    Ok(WsIo::new(ws))
-}
-
-/// Upgrades a connection to a WebSocket backend: `GET path` on `address` (the Host) with subprotocol `mqtt`;
-/// tungstenite checks the answer (101, accept key, and the subprotocol echoed).
-pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    address: &str,
-    path: &str,
-    frames: WebSocketConfig,
-) -> Result<WsIo<S>, tungstenite::Error> {
-    let mut request = format!("ws://{address}{path}").into_client_request()?;
-    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(frames)).await?;
-    Ok(WsIo::new(ws))
-}
-
-/// A WebSocket as a byte stream: reads yield the payloads of binary frames, writes are sent as binary frames,
-/// shutdown sends a close frame (with the code of the client's violation, if any) and then shuts the transport.
-pub struct WsIo<S> {
-    ws: WebSocketStream<S>,
-    /// The unread rest of the last binary message.
-    pending: Bytes,
-    read_closed: bool,
-    close_sent: bool,
-    violation: Option<Violation>,
-}
-
-impl<S> WsIo<S> {
-    pub fn new(ws: WebSocketStream<S>) -> WsIo<S> {
-        WsIo { ws, pending: Bytes::new(), read_closed: false, close_sent: false, violation: None }
-    }
-
-    /// What the peer did wrong, once it did.
-    pub fn violation(&self) -> Option<Violation> {
-        self.violation
-    }
-
-    /// After our close frame: reads (and drops) what the peer still sends until its close frame, so that the
-    /// close handshake completes before the transport is closed. Nothing to wait for once the peer has closed or
-    /// the frame stream has failed. Bound it with a timeout.
-    pub async fn linger(&mut self)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        use futures_util::StreamExt;
-        if self.read_closed || matches!(self.violation, Some(Violation::FrameTooLarge | Violation::Protocol)) {
-            return;
-        }
-        while let Some(Ok(m)) = self.ws.next().await {
-            if let Message::Close(_) = m {
-                break;
-            }
-        }
-        self.read_closed = true;
-    }
-
-    fn violated(&mut self, v: Violation, detail: &dyn std::fmt::Display) -> io::Error {
-        debug!(violation = v.label(), %detail, "WebSocket peer broke the protocol");
-        self.violation = Some(v);
-        io::Error::new(io::ErrorKind::InvalidData, v)
-    }
-}
-
-fn write_error(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        tungstenite::Error::ConnectionClosed
-        | tungstenite::Error::AlreadyClosed
-        | tungstenite::Error::Protocol(ProtocolError::SendAfterClosing) => io::ErrorKind::BrokenPipe.into(),
-        other => io::Error::other(other.to_string()),
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.read_closed {
-                return Poll::Ready(Ok(()));
-            }
-            let message = match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
-                None => {
-                    this.read_closed = true;
-                    continue;
-                }
-                Some(Ok(m)) => m,
-                Some(Err(tungstenite::Error::Io(e))) => return Poll::Ready(Err(e)),
-                // The peer dropped TCP without a close frame: an end, as for a TCP client.
-                Some(Err(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
-                    this.read_closed = true;
-                    continue;
-                }
-                Some(Err(e @ tungstenite::Error::Capacity(_))) => {
-                    return Poll::Ready(Err(this.violated(Violation::FrameTooLarge, &e)))
-                }
-                Some(Err(e @ (tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_)))) => {
-                    return Poll::Ready(Err(this.violated(Violation::Protocol, &e)))
-                }
-                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
-            };
-            match message {
-                Message::Binary(data) => this.pending = data,
-                Message::Text(_) => return Poll::Ready(Err(this.violated(Violation::TextFrame, &"text frame"))),
-                Message::Close(_) => {
-                    // tungstenite queued the answering close frame; send it now rather than at the next write.
-                    this.read_closed = true;
-                    let _ = Pin::new(&mut this.ws).poll_flush(cx);
-                }
-                // Pings are answered by tungstenite; pongs and raw frames carry nothing for us.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(write_error)?;
-        let n = buf.len().min(MAX_WRITE_FRAME);
-        let payload = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-        Pin::new(&mut this.ws).start_send(Message::Binary(payload)).map_err(write_error)?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws).poll_flush(cx).map_err(write_error)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.close_sent {
-            // Best effort: when the peer closed first, tungstenite has answered already and refuses another.
-            if ready!(Pin::new(&mut this.ws).poll_ready(cx)).is_ok() {
-                let code = this.violation.map_or(CloseCode::Normal, Violation::close_code);
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static("") };
-                let _ = Pin::new(&mut this.ws).start_send(Message::Close(Some(frame)));
-            }
-            this.close_sent = true;
-        }
-        let _ = ready!(Pin::new(&mut this.ws).poll_close(cx));
-        Pin::new(this.ws.get_mut()).poll_shutdown(cx)
-    }
+    Ok(WsIo::new(stream, stream::Role::Server, early_frames))
 }
 
 #[cfg(test)]
@@ -559,7 +390,6 @@ mod tests {
             path: "/mqtt".into(),
             allowed_origins: vec!["https://maps.example.org".into()],
             timeout: Duration::from_secs(1),
-            frames: frame_config(1 << 20),
         }
     }
 
