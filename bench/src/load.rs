@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::client::TlsStream;
@@ -45,12 +45,27 @@ pub struct Target {
     next_id: AtomicU64,
     /// Prefix of client ids and topics, unique per target and run.
     tag: String,
+    /// Plain MQTT over TCP (no TLS): the connection-rate load of phase `plain`.
+    pub plain: bool,
 }
 
 impl Target {
     pub fn new(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, tag: &str) -> Target {
         let sources = (2..=9).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
-        Target { addr, tls, sources, next_source: AtomicUsize::new(0), next_id: AtomicU64::new(0), tag: tag.to_owned() }
+        Target {
+            addr,
+            tls,
+            sources,
+            next_source: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            tag: tag.to_owned(),
+            plain: false,
+        }
+    }
+
+    /// A target whose clients speak plain MQTT over TCP (`tls` is kept but unused).
+    pub fn plain(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, tag: &str) -> Target {
+        Target { plain: true, ..Target::new(addr, tls, tag) }
     }
 
     fn source(&self) -> Ipv4Addr {
@@ -85,22 +100,42 @@ impl Target {
         tokio::time::timeout(STEP, async {
             let tcp = tcp_connect(self.source(), self.addr).await.map_err(|_| "tcp_connect")?;
             let connector = TlsConnector::from(Arc::clone(&self.tls));
-            let mut s = connector.connect(crate::tls::server_name(), tcp).await.map_err(|_| "tls_handshake")?;
-            s.write_all(&mqtt::connect(&id, keep_alive)).await.map_err(|_| "write_connect")?;
-            s.flush().await.map_err(|_| "write_connect")?;
-            let mut ack = [0u8; 4];
-            s.read_exact(&mut ack).await.map_err(|_| "no_connack")?;
-            if ack[0] >> 4 != mqtt::CONNACK || ack[1] != 2 {
-                return Err("bad_connack");
-            }
-            if ack[3] != 0 {
-                return Err("connack_refused");
-            }
-            Ok(s)
+            let s = connector.connect(crate::tls::server_name(), tcp).await.map_err(|_| "tls_handshake")?;
+            mqtt_connect(s, &id, keep_alive).await
         })
         .await
         .unwrap_or(Err("connect_timeout"))
     }
+
+    /// TCP connect (from the next source address), CONNECT, CONNACK accepted: no TLS.
+    pub async fn open_plain(&self, keep_alive: u16) -> Result<TcpStream, &'static str> {
+        let id = self.client_id();
+        tokio::time::timeout(STEP, async {
+            let tcp = tcp_connect(self.source(), self.addr).await.map_err(|_| "tcp_connect")?;
+            mqtt_connect(tcp, &id, keep_alive).await
+        })
+        .await
+        .unwrap_or(Err("connect_timeout"))
+    }
+}
+
+/// CONNECT on an open stream, then the CONNACK, which must accept.
+async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    id: &str,
+    keep_alive: u16,
+) -> Result<S, &'static str> {
+    s.write_all(&mqtt::connect(id, keep_alive)).await.map_err(|_| "write_connect")?;
+    s.flush().await.map_err(|_| "write_connect")?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.map_err(|_| "no_connack")?;
+    if ack[0] >> 4 != mqtt::CONNACK || ack[1] != 2 {
+        return Err("bad_connack");
+    }
+    if ack[3] != 0 {
+        return Err("connack_refused");
+    }
+    Ok(s)
 }
 
 async fn tcp_connect(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
@@ -125,7 +160,7 @@ async fn tcp_connect(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
 
 /// DISCONNECT, then wait (bounded) for the server side to close, then close our side. Errors after DISCONNECT are
 /// not the server's fault: a broker that terminates TLS itself closes without a TLS close_notify.
-async fn close(mut s: Stream) -> Option<&'static str> {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Option<&'static str> {
     let r = tokio::time::timeout(STEP, async {
         if s.write_all(&mqtt::DISCONNECT).await.is_err() || s.flush().await.is_err() {
             return Some("write_disconnect");
@@ -190,12 +225,8 @@ pub async fn conn_rate(target: Arc<Target>, workers: usize, dur: Duration) -> Co
             let mut lat = Vec::with_capacity(4096);
             let mut resumed = 0u64;
             while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match target.open(60).await {
-                    Ok(s) => {
-                        let connack = t0.elapsed();
-                        let was_resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                        let err = close(s).await;
+                match cycle(&target).await {
+                    Ok((connack, was_resumed, err)) => {
                         if let Some(e) = err {
                             errors.add(e, 1);
                         } else if Instant::now() <= deadline {
@@ -223,6 +254,20 @@ pub async fn conn_rate(target: Arc<Target>, workers: usize, dur: Duration) -> Co
         }
     }
     ConnRate { completed: connack_us.len() as u64, secs: dur.as_secs_f64(), connack_us, resumed, errors: errors.take() }
+}
+
+/// One connection cycle: open, then close; the time to CONNACK, whether TLS resumed, and the error of the close.
+async fn cycle(target: &Target) -> Result<(Duration, bool, Option<&'static str>), &'static str> {
+    let t0 = Instant::now();
+    if target.plain {
+        let s = target.open_plain(60).await?;
+        let connack = t0.elapsed();
+        return Ok((connack, false, close(s).await));
+    }
+    let s = target.open(60).await?;
+    let connack = t0.elapsed();
+    let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((connack, resumed, close(s).await))
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -51,8 +51,9 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,resume,tput,idle,udp (default all); resume: the connection
-                          rate with clients that resume their TLS session
+  --phases LIST           comma-separated: conn,resume,plain,tput,idle,udp (default all); resume: the
+                          connection rate with clients that resume their TLS session; plain: the same cycle
+                          without TLS (plain listeners)
   --only LIST             run only these phases (as --phases), writing into bench/target/only unless --out
                           says otherwise: `--only udp` runs the UDP section alone
   --udp-secs S            UDP section: each load per path and round (default 4; quick: 1)
@@ -151,7 +152,7 @@ fn parse_args() -> Result<Opts, String> {
         window: 1000,
         idle_conns: None,
         paths: PathKind::ALL.to_vec(),
-        phases: vec!["conn".into(), "resume".into(), "tput".into(), "idle".into(), "udp".into()],
+        phases: vec!["conn".into(), "resume".into(), "plain".into(), "tput".into(), "idle".into(), "udp".into()],
         mqtt_lb: manifest_dir().join("../target/release/mqtt-lb"),
         compare: None,
         logs: true,
@@ -182,7 +183,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut out_given = false;
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
-        match phases.iter().find(|p| !["conn", "resume", "tput", "idle", "udp"].contains(&p.as_str())) {
+        match phases.iter().find(|p| !["conn", "resume", "plain", "tput", "idle", "udp"].contains(&p.as_str())) {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
             None => Ok(phases),
         }
@@ -304,6 +305,8 @@ struct Peer {
     target: Arc<Target>,
     /// The same address, for clients that resume their TLS sessions (one store shared by every worker).
     resume: Arc<Target>,
+    /// Its listener without TLS (the broker's plain listener for direct): the plain connection cycle.
+    plain: Arc<Target>,
     /// The proxy's process (none for the direct path).
     proxy: Option<Proc>,
 }
@@ -380,22 +383,24 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main = opts.phases.iter().any(|p| p == "conn" || p == "resume" || p == "tput");
+    let needs_main = opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput"].contains(&p.as_str()));
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
     if needs_main {
         let b = Broker::start(&setup.dir, "mosquitto", &setup.pki.cert, &setup.pki.key).await?;
         for &kind in &opts.paths {
-            let (proxy, addr) = start_path(&setup, kind, &b, "main").await?;
+            let (proxy, addr, plain_addr) = start_path(&setup, kind, &b, "main").await?;
             let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &short(kind)));
+            let plain =
+                Arc::new(Target::plain(plain_addr, Arc::clone(&setup.client_tls), &format!("{}p", short(kind))));
             let desc = target.describe().await.map_err(|e| format!("{}: {e}", kind.name()))?;
             log(format!("{} on {addr}: {desc}", kind.name()));
             meta.tls.insert(kind.name().to_owned(), json!(desc));
             // A session store per path: a ticket from one server is no use on another.
             let resuming = setup.pki.client_config(setup.full_verify, true)?;
             let resume = Arc::new(Target::new(addr, resuming, &format!("{}r", short(kind))));
-            peers.push(Peer { kind, target, resume, proxy });
+            peers.push(Peer { kind, target, resume, plain, proxy });
         }
         broker = Some(b);
     }
@@ -426,10 +431,14 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         log(format!("round {}/{}: order {}", round + 1, opts.rounds, names.join(", ")));
         let mut r = report::Round::new(round + 1, &names);
         if let Some(b) = &broker {
-            for phase in ["conn", "resume"].into_iter().filter(|p| opts.phases.iter().any(|o| o == p)) {
+            for phase in ["conn", "resume", "plain"].into_iter().filter(|p| opts.phases.iter().any(|o| o == p)) {
                 for &i in &order {
                     let Some(peer) = peers.get(i) else { continue };
-                    let target = if phase == "resume" { &peer.resume } else { &peer.target };
+                    let target = match phase {
+                        "resume" => &peer.resume,
+                        "plain" => &peer.plain,
+                        _ => &peer.target,
+                    };
                     let run = probe(&setup, b, peer.proxy.as_ref()).start();
                     let c = load::conn_rate(Arc::clone(target), opts.workers, Duration::from_secs_f64(opts.conn_secs))
                         .await;
@@ -555,18 +564,19 @@ fn short(kind: PathKind) -> String {
     }
 }
 
-/// Starts the proxy of a path (none for direct) in front of `broker`; returns it and the address clients use.
+/// Starts the proxy of a path (none for direct) in front of `broker`; returns it, the address TLS clients use and
+/// the one plain MQTT clients use.
 async fn start_path(
     setup: &Setup,
     kind: PathKind,
     broker: &Broker,
     tag: &str,
-) -> Result<(Option<Proc>, std::net::SocketAddr), String> {
+) -> Result<(Option<Proc>, std::net::SocketAddr, std::net::SocketAddr), String> {
     let (dir, pki) = (setup.dir.as_path(), &setup.pki);
     let (bin, name) = match (kind, &setup.compare) {
-        (PathKind::Direct, _) => return Ok((None, broker.tls)),
+        (PathKind::Direct, _) => return Ok((None, broker.tls, broker.plain)),
         (PathKind::Haproxy, _) => {
-            let (p, a) = procs::start_haproxy(
+            let (p, a, plain) = procs::start_haproxy(
                 dir,
                 tag,
                 &pki.combined,
@@ -576,15 +586,16 @@ async fn start_path(
                 setup.logs,
             )
             .await?;
-            return Ok((Some(p), a));
+            return Ok((Some(p), a, plain));
         }
         (PathKind::MqttLb, _) => (setup.mqtt_lb.as_path(), "mqtt-lb"),
         (PathKind::MqttLbBase, Some(base)) => (base.as_path(), "mqtt-lb-base"),
         (PathKind::MqttLbBase, None) => return Err("path mqtt-lb-base needs --compare".into()),
     };
     let keys = kind == PathKind::MqttLb;
-    let (p, a) = procs::start_mqtt_lb(bin, name, dir, tag, pki, keys, broker.plain, setup.threads, setup.logs).await?;
-    Ok((Some(p), a))
+    let (p, a, plain) =
+        procs::start_mqtt_lb(bin, name, dir, tag, pki, keys, broker.plain, setup.threads, setup.logs).await?;
+    Ok((Some(p), a, plain))
 }
 
 /// One path of the UDP section: where the senders send, and the proxy's process (none for direct).
@@ -676,7 +687,7 @@ async fn pause(budget: &mut Duration) {
 async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Value, String> {
     let tag = format!("idle{}-{}", round + 1, kind.name());
     let broker = Broker::start(&setup.dir, &format!("mosquitto-{tag}"), &setup.pki.cert, &setup.pki.key).await?;
-    let (proxy, addr) = start_path(setup, kind, &broker, &tag).await?;
+    let (proxy, addr, _) = start_path(setup, kind, &broker, &tag).await?;
     let pid = proxy.as_ref().map_or(broker.proc.pid, |p| p.pid);
     let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &format!("{}i", short(kind))));
     // Warm up: code paths, thread-local caches, the first allocations of each worker thread.

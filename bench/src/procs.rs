@@ -200,10 +200,12 @@ pub fn haproxy_binary() -> PathBuf {
     }
 }
 
-/// HAProxy's configuration: the WIS2 reference frontend/backend on loopback. With `logs`, one line per connection
+/// HAProxy's configuration: the WIS2 reference frontend/backend on loopback, and the same frontend without TLS on
+/// `plain` (the plain connection-rate load). With `logs`, one line per connection
 /// to stdout (`option tcplog`), as in the reference; mqtt-lb logs one line per connection at its default level.
 pub fn haproxy_config(
     bind: SocketAddr,
+    plain: SocketAddr,
     pem: &Path,
     broker: SocketAddr,
     maxconn: u64,
@@ -227,6 +229,13 @@ pub fn haproxy_config(
          \n\
          frontend mqtts_frontend\n\
          \x20 bind {bind} ssl crt {pem}\n\
+         \x20 mode tcp\n\
+         \x20 tcp-request inspect-delay 10s\n\
+         \x20 tcp-request content reject unless {{ req.payload(0,0),mqtt_is_valid }}\n\
+         \x20 default_backend mqtt_backend\n\
+         \n\
+         frontend mqtt_frontend\n\
+         \x20 bind {plain}\n\
          \x20 mode tcp\n\
          \x20 tcp-request inspect-delay 10s\n\
          \x20 tcp-request content reject unless {{ req.payload(0,0),mqtt_is_valid }}\n\
@@ -269,11 +278,13 @@ pub fn spawn_checked_mqtt_lb(bin: &Path, name: &str, cfg: &Path, log: &Path, log
     Proc::spawn(name, cmd, log)
 }
 
-/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe); with
+/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe), and
+/// the same without TLS on `plain` (the plain connection-rate load); with
 /// `ticket_keys`, session tickets sealed by the key file (`tls.ticket_keys`), as a pair of instances would run (a
 /// `--compare` binary older than the key runs without it).
 pub fn mqtt_lb_config(
     bind: SocketAddr,
+    plain: SocketAddr,
     pki: &crate::tls::Pki,
     ticket_keys: bool,
     broker: SocketAddr,
@@ -286,6 +297,10 @@ pub fn mqtt_lb_config(
          \x20   bind: \"{bind}\"\n\
          \x20   protocol: mqtt\n\
          \x20   tls: {{ cert: \"{cert}\", key: \"{key}\"{keys} }}\n\
+         \x20   backend: brokers\n\
+         \x20 - name: mqtt\n\
+         \x20   bind: \"{plain}\"\n\
+         \x20   protocol: mqtt\n\
          \x20   backend: brokers\n\
          backends:\n\
          \x20 - name: brokers\n\
@@ -315,12 +330,12 @@ pub async fn start_haproxy(
     maxconn: u64,
     threads: usize,
     logs: bool,
-) -> Result<(Proc, SocketAddr), String> {
+) -> Result<(Proc, SocketAddr, SocketAddr), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let bind = loopback(free_port()?);
+        let (bind, plain) = (loopback(free_port()?), loopback(free_port()?));
         let cfg = dir.join(format!("haproxy-{tag}.cfg"));
-        std::fs::write(&cfg, haproxy_config(bind, pem, broker, maxconn, threads, logs))
+        std::fs::write(&cfg, haproxy_config(bind, plain, pem, broker, maxconn, threads, logs))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let check = Command::new(haproxy_binary())
             .arg("-c")
@@ -340,7 +355,7 @@ pub async fn start_haproxy(
         cmd.arg("-db").arg("-f").arg(&cfg);
         let mut proc = Proc::spawn("haproxy", cmd, &dir.join(format!("haproxy-{tag}.log")))?;
         match proc.wait_accepting(bind).await {
-            Ok(()) => return Ok((proc, bind)),
+            Ok(()) => return Ok((proc, bind, plain)),
             Err(e) => last = e,
         }
     }
@@ -359,16 +374,16 @@ pub async fn start_mqtt_lb(
     broker: SocketAddr,
     threads: usize,
     logs: bool,
-) -> Result<(Proc, SocketAddr), String> {
+) -> Result<(Proc, SocketAddr, SocketAddr), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let bind = loopback(free_port()?);
+        let (bind, plain) = (loopback(free_port()?), loopback(free_port()?));
         let cfg = dir.join(format!("{name}-{tag}.yaml"));
-        std::fs::write(&cfg, mqtt_lb_config(bind, pki, ticket_keys, broker, threads))
+        std::fs::write(&cfg, mqtt_lb_config(bind, plain, pki, ticket_keys, broker, threads))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let mut proc = spawn_checked_mqtt_lb(bin, name, &cfg, &dir.join(format!("{name}-{tag}.log")), logs)?;
         match proc.wait_accepting(bind).await {
-            Ok(()) => return Ok((proc, bind)),
+            Ok(()) => return Ok((proc, bind, plain)),
             Err(e) => last = e,
         }
     }

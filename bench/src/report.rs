@@ -182,7 +182,7 @@ impl Round {
         }
     }
 
-    /// A connection-rate load: `phase` is `conn` (full handshakes) or `resume` (resumed ones).
+    /// A connection-rate load: `phase` is `conn` (full handshakes), `resume` (resumed ones) or `plain` (no TLS).
     pub fn conn(&mut self, phase: &str, path: PathKind, mut c: ConnRate, cpu: Value) {
         let rate = c.completed as f64 / c.secs;
         let p50 = percentile(&mut c.connack_us, 50.0);
@@ -334,6 +334,11 @@ fn rows(r: &Results) -> Vec<(String, String)> {
         ("resume.p99".to_owned(), "resumed TLS: time to CONNACK p99 (ms)".to_owned()),
         ("resume.cpu_us".to_owned(), "resumed TLS: proxy CPU per connection (µs)".to_owned()),
         ("resume.syscalls".to_owned(), "resumed TLS: proxy system calls per connection".to_owned()),
+        ("plain.rate".to_owned(), "plain MQTT: connections/s (no TLS, CONNECT/CONNACK + DISCONNECT)".to_owned()),
+        ("plain.p50".to_owned(), "plain MQTT: time to CONNACK p50 (ms)".to_owned()),
+        ("plain.p99".to_owned(), "plain MQTT: time to CONNACK p99 (ms)".to_owned()),
+        ("plain.cpu_us".to_owned(), "plain MQTT: proxy CPU per connection (µs)".to_owned()),
+        ("plain.syscalls".to_owned(), "plain MQTT: proxy system calls per connection".to_owned()),
     ];
     for (size, label) in [("64", "64 B"), ("1k", "1 KiB")] {
         v.push((format!("tput{size}.rate"), format!("QoS 0 {label}, saturated: delivered msg/s")));
@@ -940,7 +945,7 @@ impl Results {
              |---|---|---|---|---|---|---|---|---|"
         );
         if let Some(phases) = cpu.as_object() {
-            for phase in ["conn", "resume", "tput64", "paced64", "tput1k", "paced1k"] {
+            for phase in ["conn", "resume", "plain", "tput64", "paced64", "tput1k", "paced1k"] {
                 let Some(per_path) = phases.get(phase).and_then(|p| p.as_object()) else { continue };
                 for p in &self.paths {
                     let Some(c) = per_path.get(p.name()) else { continue };

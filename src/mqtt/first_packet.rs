@@ -33,7 +33,9 @@ pub async fn read_first_packet<S: AsyncRead + Unpin>(
     s: &mut S,
     max: usize,
 ) -> Result<(Vec<u8>, usize), FirstPacketError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    // One chunk from the start: the first read grows the buffer to a chunk anyway, and a smaller start would
+    // cost every connection a reallocation.
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
         if let Some(&first) = buf.first() {
             if first >> 4 != 1 {

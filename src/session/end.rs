@@ -95,6 +95,8 @@ pub struct ClientSide<'a, S> {
     last_read_disconnect: bool,
     /// The close reason and error once the relay returned; None if it was cut short.
     outcome: Option<(CloseReason, Option<std::io::Error>)>,
+    /// The relay shut the client's write half down (a FIN, after the server's EOF): nothing left to close.
+    write_shut: bool,
     line: EndLine<'a>,
 }
 
@@ -109,8 +111,14 @@ impl<'a, S> ClientSide<'a, S> {
             failed: None,
             last_read_disconnect: false,
             outcome: None,
+            write_shut: false,
             line,
         }
+    }
+
+    /// Whether the relay already shut the client's write half down.
+    pub fn write_shut(&self) -> bool {
+        self.write_shut
     }
 
     /// Records how the relay ended; `shutdown_notified`: the shutdown notice (an MQTT 5 DISCONNECT) was due.
@@ -222,6 +230,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientSide<'_, S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut *this.stream).poll_shutdown(cx);
+        this.write_shut |= matches!(r, Poll::Ready(Ok(())));
         this.note(r)
     }
 }

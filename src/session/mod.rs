@@ -119,16 +119,24 @@ impl Session {
             ListenerProtocol::Mqtt | ListenerProtocol::Websocket => self.mqtt(&mut stream).await,
             ListenerProtocol::Tcp => self.passthrough(&mut stream).await,
             // Never here: coap listeners are UDP sockets served by `crate::udp`.
-            ListenerProtocol::Coap => Ok(()),
+            ListenerProtocol::Coap => Ok(false),
         };
         if let Some(v) = stream.ws_violation() {
             let labels = ReasonLabels { listener: ctx.name.clone(), reason: v.label() };
             ctx.metrics.websocket_frame_errors.get_or_create(&labels).inc();
         }
-        if let Err(reject) = result {
-            refuse(&ctx.metrics, &ctx.name, reject, Some(&mut stream)).await;
+        let write_shut = match result {
+            Ok(shut) => shut,
+            Err(reject) => {
+                refuse(&ctx.metrics, &ctx.name, reject, Some(&mut stream)).await;
+                false
+            }
+        };
+        // A second shutdown of a TCP or TLS stream the relay already shut down sends nothing: skip its system
+        // call and timer. A WebSocket stream is closed here in any case (its close frame, then the linger).
+        if !write_shut || matches!(stream, ClientStream::Ws(_)) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
         if let ClientStream::Ws(ws) = &mut stream {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.linger()).await;
         }
@@ -191,8 +199,9 @@ impl Session {
         Ok(ClientStream::Tls(Box::new(tls)))
     }
 
-    /// An MQTT client: first packet, identity, placement, upstream, relay.
-    async fn mqtt(&self, stream: &mut ClientStream) -> Result<(), Reject> {
+    /// An MQTT client: first packet, identity, placement, upstream, relay. Ok says whether the relay shut the
+    /// client's write half down.
+    async fn mqtt(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         let (connect, buf) = self.first_packet(stream).await?;
         let version = Some(connect.version);
         self.check_identity(&connect)?;
@@ -213,17 +222,15 @@ impl Session {
         // The CONNECT bytes went to the server: free them rather than keep them for the life of the relay.
         let sent_first = buf.len();
         drop(buf);
-        self.relay(stream, server, guard, Some(&connect.client_id), sent_first, notice).await;
-        Ok(())
+        Ok(self.relay(stream, server, guard, Some(&connect.client_id), sent_first, notice).await)
     }
 
-    /// A raw TCP client: place it (by source address for `client-id` balance) and relay.
-    async fn passthrough(&self, stream: &mut ClientStream) -> Result<(), Reject> {
+    /// A raw TCP client: place it (by source address for `client-id` balance) and relay. Ok as for [`Self::mqtt`].
+    async fn passthrough(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         let ip = self.peer.ip().to_string();
         let (pool, candidates) = self.placement(Some(ip.as_bytes()), None)?;
         let (server, guard) = self.upstream(&pool, &candidates, &[]).await.ok_or(Reject::ServerConnectFailed(None))?;
-        self.relay(stream, server, guard, None, 0, None).await;
-        Ok(())
+        Ok(self.relay(stream, server, guard, None, 0, None).await)
     }
 
     /// The first packet, read under `connect_timeout` and `max_connect_size`, and validated as a CONNECT. Returns
@@ -280,7 +287,8 @@ impl Session {
     }
 
     /// Relays until the end, then logs the connection's one `connection closed` line (see [`end`]).
-    /// `sent_first` is the number of client bytes already sent to the server (the buffered CONNECT).
+    /// `sent_first` is the number of client bytes already sent to the server (the buffered CONNECT). Returns
+    /// whether the relay shut the client's write half down.
     async fn relay(
         &self,
         stream: &mut ClientStream,
@@ -289,7 +297,7 @@ impl Session {
         client_id: Option<&str>,
         sent_first: usize,
         notice: Option<ShutdownNotice>,
-    ) {
+    ) -> bool {
         let s = guard.server();
         // Relays ended by the shutdown notice (a DISCONNECT 0x8B to the client) are logged as `shutdown`.
         let notified = notice.as_ref().map(|n| n.token.clone());
@@ -316,5 +324,6 @@ impl Session {
             () = s.relays_closed() => RelayEnd::ServerDown,
         };
         client.finish(end, notified.as_ref().is_some_and(CancellationToken::is_cancelled));
+        client.write_shut()
     }
 }

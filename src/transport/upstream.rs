@@ -100,9 +100,15 @@ async fn open_one(
     } else {
         ServerStream::Tcp(tcp)
     };
-    head.extend_from_slice(first_bytes);
-    if !head.is_empty() {
-        write_flushed(&mut stream, &head).await.map_err(Failure::FirstBytes)?;
+    // Without a header (the usual case) the first bytes go as they are, not copied behind an empty one.
+    let out = if head.is_empty() {
+        first_bytes
+    } else {
+        head.extend_from_slice(first_bytes);
+        &head
+    };
+    if !out.is_empty() {
+        write_flushed(&mut stream, out).await.map_err(Failure::FirstBytes)?;
         server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
     }
     Ok((stream, guard))
