@@ -73,14 +73,6 @@ fn plain(yaml: &str) -> String {
     yaml.lines().filter(|l| !l.trim_start().starts_with("tls:")).map(|l| format!("{l}\n")).collect()
 }
 
-/// The first id `prefix-N` that `placement` puts on `server`.
-fn id_on(placement: &Placement, prefix: &str, server: &str) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| placement.place(id) == server)
-        .unwrap_or_else(|| panic!("no id with prefix {prefix} placed on {server}"))
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Raw MQTT, for clients that misbehave on purpose and for exact bytes.
 

@@ -24,14 +24,6 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-/// The first id `prefix-N` that `placement` puts on `server`.
-fn id_on(placement: &Placement, prefix: &str, server: &str) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| placement.place(id) == server)
-        .unwrap_or_else(|| panic!("no id with prefix {prefix} placed on {server}"))
-}
-
 /// The placement hash as documented in `src/balancer/selection.rs`, computed here independently of the library:
 /// xxHash64 with the fixed seed 0x6d71_7474_6c62_0001 over `server ++ [0xFF] ++ client_id`. Fixed algorithm and seed
 /// are what make instances in different processes (and versions) agree.

@@ -42,7 +42,7 @@ pub use broker::{Mosquitto, WHOAMI_TOPIC};
 pub use client::{connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version};
 pub use cluster::Cluster;
 pub use pki::TestPki;
-pub use proxy::{Placement, TestProxy};
+pub use proxy::{id_on, Placement, TestProxy};
 pub use proxy_yaml::{yaml_for, ProxyYaml};
 pub use raw_mqtt::{connect_packet_v311, connect_packet_v5, tls_connect, tls_exchange};
 pub use time::{bounded, eventually, free_port, init_tracing, wait_accepting, STEP_TIMEOUT};

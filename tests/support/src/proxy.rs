@@ -116,3 +116,11 @@ impl Placement {
         counts
     }
 }
+
+/// The first id `prefix-N` that `placement` puts on `server`.
+pub fn id_on(placement: &Placement, prefix: &str, server: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| placement.place(id) == server)
+        .unwrap_or_else(|| panic!("no id with prefix {prefix} placed on {server}"))
+}
