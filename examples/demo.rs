@@ -8,12 +8,9 @@
 //!
 //! Run it with `scripts/demo.sh` (installs mosquitto if needed) or `cargo run --example demo`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use mqtt_lb_testkit::*;
 
 const IDS: [&str; 12] = [
     "wis2-gb-fr-meteofrance",

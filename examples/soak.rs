@@ -20,9 +20,6 @@
 //! Run it with `scripts/soak.sh [minutes]`, or
 //! `cargo run --release --example soak -- --proxy target/release/mqtt-lb --minutes 30 --out soak-results`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use mqtt_lb_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

@@ -73,41 +73,6 @@ fn plain(yaml: &str) -> String {
     yaml.lines().filter(|l| !l.trim_start().starts_with("tls:")).map(|l| format!("{l}\n")).collect()
 }
 
-/// The first id `prefix-N` that `placement` puts on `server`.
-fn id_on(placement: &Placement, prefix: &str, server: &str) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| placement.place(id) == server)
-        .unwrap_or_else(|| panic!("no id with prefix {prefix} placed on {server}"))
-}
-
-/// Brokers `b0..` and a PKI in a temp dir; fields drop in order (brokers are killed before their directory goes).
-struct Cluster {
-    brokers: Vec<Mosquitto>,
-    pki: TestPki,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let mut brokers = Vec::with_capacity(n);
-        for i in 0..n {
-            brokers.push(Mosquitto::start(dir.path(), &format!("b{i}")).await);
-        }
-        Cluster { brokers, pki, dir }
-    }
-
-    /// The harness's proxy configuration for these brokers plus `extra` servers (name, address).
-    fn yaml(&self, extra: &[(&str, SocketAddr)]) -> ProxyYaml {
-        let refs: Vec<&Mosquitto> = self.brokers.iter().collect();
-        let mut y = yaml_for(&self.pki, &refs);
-        y.servers.extend(extra.iter().map(|(name, addr)| ((*name).to_owned(), addr.to_string(), 1)));
-        y
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Raw MQTT, for clients that misbehave on purpose and for exact bytes.
 
@@ -202,7 +167,7 @@ async fn a_broker_killed_mid_stream_closes_only_its_clients_and_nothing_leaks() 
     let _serial = serial().await;
     bounded(Duration::from_secs(60), "test", async {
         let mut cluster = Cluster::start(2).await;
-        let proxy = TestProxy::start(&cluster.yaml(&[]).build()).await;
+        let proxy = TestProxy::start(&cluster.yaml().build()).await;
         let tls = cluster.pki.client_config();
         let placement = Placement::new(&proxy.config);
         // One connection through the proxy first, so that lazily created state (TLS session cache, metrics
@@ -396,7 +361,7 @@ async fn black_hole_brokers_time_out_and_clients_go_elsewhere_or_get_server_unav
         // Accepts, never answers; MQTT health probes every 200 ms, timeout 500 ms, fall 2.
         let silent = SilentBroker::start().await;
         let started = Instant::now();
-        let proxy = TestProxy::start(&cluster.yaml(&[("silent", silent.addr)]).build()).await;
+        let proxy = TestProxy::start(&cluster.yaml().server("silent", silent.addr).build()).await;
         let placement = Placement::new(&proxy.config);
         let id = id_on(&placement, "to-silent", "silent");
         proxy.wait_server_up("silent", false, Duration::from_secs(5)).await;
@@ -412,7 +377,8 @@ async fn black_hole_brokers_time_out_and_clients_go_elsewhere_or_get_server_unav
         // Connects hang; no health checks, so only the connect timeout can save the client.
         let hole = SynBlackHole::start().await;
         let with_b0 = cluster
-            .yaml(&[("hole", hole.addr)])
+            .yaml()
+            .server("hole", hole.addr)
             .health("none", "1s", "1s", 1, 1)
             .build()
             .replace("connect_timeout: 2s", "connect_timeout: 500ms");
@@ -426,7 +392,7 @@ async fn black_hole_brokers_time_out_and_clients_go_elsewhere_or_get_server_unav
         assert_eq!(metric(proxy.admin, errors).await, 1.0);
         proxy.stop().await;
 
-        let alone = ProxyYaml { servers: vec![("hole".into(), hole.addr.to_string(), 1)], ..cluster.yaml(&[]) }
+        let alone = ProxyYaml { servers: vec![("hole".into(), hole.addr.to_string(), 1)], ..cluster.yaml() }
             .health("none", "1s", "1s", 1, 1)
             .build()
             .replace("connect_timeout: 2s", "connect_timeout: 500ms");
@@ -488,7 +454,7 @@ async fn a_broker_resetting_after_connack_ends_only_its_client() {
         let tls = cluster.pki.client_config();
         let (rst_addr, resets, rst_task) = resetting_broker().await;
         // Health checks off: a probe of the fake would be refused by it and take it down before the test.
-        let yaml = cluster.yaml(&[("rst", rst_addr)]).health("none", "1s", "1s", 1, 1).build();
+        let yaml = cluster.yaml().server("rst", rst_addr).health("none", "1s", "1s", 1, 1).build();
         let proxy = TestProxy::start(&yaml).await;
         let placement = Placement::new(&proxy.config);
         let (id_ok, id_rst) = (id_on(&placement, "steady", "b0"), id_on(&placement, "doomed", "rst"));
@@ -676,7 +642,7 @@ async fn five_thousand_clients_connecting_at_once_all_get_their_connack() {
     }
     bounded(Duration::from_secs(60), "test", async {
         let cluster = Cluster::start(2).await;
-        let yaml = plain(&cluster.yaml(&[]).build()).replace("connect_timeout: 2s", "connect_timeout: 10s");
+        let yaml = plain(&cluster.yaml().build()).replace("connect_timeout: 2s", "connect_timeout: 10s");
         let proxy = TestProxy::start(&yaml).await;
         let addr = proxy.mqtts;
         let start = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
@@ -756,7 +722,7 @@ async fn a_half_open_client_is_closed_after_the_brokers_keepalive_and_its_relay_
     bounded(Duration::from_secs(45), "test", async {
         let cluster = Cluster::start(1).await;
         let tls = cluster.pki.client_config();
-        let proxy = TestProxy::start(&cluster.yaml(&[]).build()).await;
+        let proxy = TestProxy::start(&cluster.yaml().build()).await;
         let mut silent = tls_connect(proxy.mqtts, tls).await.expect("TLS");
         mqtt_handshake(&mut silent, "half-open", 1).await;
         let t = Instant::now();

@@ -20,41 +20,8 @@ const FALL: u32 = 2;
 /// Slack for scheduling on a loaded 2-core machine, on top of rise/fall x interval.
 const HEALTH_MARGIN: Duration = Duration::from_millis(1500);
 
-/// Fields drop in order: brokers are killed before their directory goes.
-struct Cluster {
-    brokers: Vec<Mosquitto>,
-    pki: TestPki,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `n` brokers named `b0`, `b1`, ... and a PKI, in a fresh temp dir.
-    async fn start(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let mut brokers = Vec::with_capacity(n);
-        for i in 0..n {
-            brokers.push(Mosquitto::start(dir.path(), &format!("b{i}")).await);
-        }
-        Cluster { brokers, pki, _dir: dir }
-    }
-
-    fn yaml(&self) -> ProxyYaml {
-        let refs: Vec<&Mosquitto> = self.brokers.iter().collect();
-        yaml_for(&self.pki, &refs)
-    }
-}
-
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-/// The first id `prefix-N` that `placement` puts on `server`.
-fn id_on(placement: &Placement, prefix: &str, server: &str) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| placement.place(id) == server)
-        .unwrap_or_else(|| panic!("no id with prefix {prefix} placed on {server}"))
 }
 
 /// The placement hash as documented in `src/balancer/selection.rs`, computed here independently of the library:

@@ -807,15 +807,9 @@ async fn sighup_reloads_the_running_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_keeps_clients_moves_new_ones_and_maint_stops_probes() {
     bounded(Duration::from_secs(45), "drain", async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let mut brokers = Vec::new();
-        for i in 0..3 {
-            brokers.push(Mosquitto::start(dir.path(), &format!("b{i}")).await);
-        }
-        let refs: Vec<&Mosquitto> = brokers.iter().collect();
-        let proxy = TestProxy::start(&yaml_for(&pki, &refs).build()).await;
-        let tls = pki.client_config();
+        let cluster = Cluster::start(3).await;
+        let proxy = TestProxy::start(&cluster.yaml().build()).await;
+        let tls = cluster.tls();
         let placement = Placement::new(&proxy.config);
 
         // Four ids of each broker.

@@ -36,66 +36,39 @@ const MAX_PACKET: usize = 32 << 20;
 // ---------------------------------------------------------------------------------------------------------------
 // Set-up.
 
-/// Brokers with a WebSocket listener each, a PKI; fields drop in order (brokers die before their directory).
-struct Env {
-    brokers: Vec<Mosquitto>,
-    pki: TestPki,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    async fn start(n: usize) -> Env {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let mut brokers = Vec::with_capacity(n);
-        for i in 0..n {
-            brokers.push(Mosquitto::start_with_websockets(dir.path(), &format!("b{i}")).await);
-        }
-        Env { brokers, pki, _dir: dir }
+/// The proxy configuration in front of `cluster` (started with websockets). With `probes`, `mqtt` and `websocket`
+/// health probes run every 200 ms; without, there is no probing at all (so that nothing but clients could reach a
+/// broker). `extra_limits` (more keys of `limits`) and `wss_extra` (more keys of the `wss` listener) are spliced in,
+/// each starting with a comma.
+fn ws_yaml(cluster: &Cluster, probes: bool, extra_limits: &str, wss_extra: &str) -> String {
+    let tls = format!("{{ cert: \"{}\", key: \"{}\" }}", cluster.pki.cert.display(), cluster.pki.key.display());
+    let (check, ws_check) = if probes { ("mqtt", "websocket") } else { ("none", "none") };
+    let mut y = format!(
+        "listeners:\n\
+         \x20 - {{ name: mqtts, bind: \"127.0.0.1:0\", protocol: mqtt, tls: {tls}, backend: brokers }}\n\
+         \x20 - {{ name: wss, bind: \"127.0.0.1:0\", protocol: websocket, tls: {tls}, backend: brokers{wss_extra} }}\n\
+         \x20 - {{ name: wss_ws, bind: \"127.0.0.1:0\", protocol: websocket, path: /mqtt, tls: {tls}, backend: brokers_ws }}\n\
+         backends:\n\
+         \x20 - name: brokers\n\
+         \x20   connect_timeout: 2s\n\
+         \x20   health: {{ check: {check}, interval: 200ms, timeout: 500ms, rise: 2, fall: 2 }}\n\
+         \x20   servers:\n"
+    );
+    for b in &cluster.brokers {
+        y.push_str(&format!("      - {{ name: {}, address: \"127.0.0.1:{}\" }}\n", b.name, b.port));
     }
-
-    /// The proxy configuration. With `probes`, `mqtt` and `websocket` health probes run every 200 ms; without,
-    /// there is no probing at all (so that nothing but clients could reach a broker). `extra_limits` (more keys of
-    /// `limits`) and `wss_extra` (more keys of the `wss` listener) are spliced in, each starting with a comma.
-    fn yaml(&self, probes: bool, extra_limits: &str, wss_extra: &str) -> String {
-        let tls = format!("{{ cert: \"{}\", key: \"{}\" }}", self.pki.cert.display(), self.pki.key.display());
-        let (check, ws_check) = if probes { ("mqtt", "websocket") } else { ("none", "none") };
-        let mut y = format!(
-            "listeners:\n\
-             \x20 - {{ name: mqtts, bind: \"127.0.0.1:0\", protocol: mqtt, tls: {tls}, backend: brokers }}\n\
-             \x20 - {{ name: wss, bind: \"127.0.0.1:0\", protocol: websocket, tls: {tls}, backend: brokers{wss_extra} }}\n\
-             \x20 - {{ name: wss_ws, bind: \"127.0.0.1:0\", protocol: websocket, path: /mqtt, tls: {tls}, backend: brokers_ws }}\n\
-             backends:\n\
-             \x20 - name: brokers\n\
-             \x20   connect_timeout: 2s\n\
-             \x20   health: {{ check: {check}, interval: 200ms, timeout: 500ms, rise: 2, fall: 2 }}\n\
-             \x20   servers:\n"
-        );
-        for b in &self.brokers {
-            y.push_str(&format!("      - {{ name: {}, address: \"127.0.0.1:{}\" }}\n", b.name, b.port));
-        }
-        y.push_str(&format!(
-            "  - name: brokers_ws\n    protocol: websocket\n    path: /mqtt\n    connect_timeout: 2s\n\
-             \x20   health: {{ check: {ws_check}, interval: 200ms, timeout: 500ms, rise: 2, fall: 2 }}\n    servers:\n"
-        ));
-        for b in &self.brokers {
-            let ws = b.ws_port.expect("brokers started with websockets");
-            y.push_str(&format!("      - {{ name: {}, address: \"127.0.0.1:{ws}\" }}\n", b.name));
-        }
-        y.push_str("admin: { bind: \"127.0.0.1:0\" }\n");
-        y.push_str(&format!("limits: {{ handshake_timeout: 2s{extra_limits} }}\n"));
-        y.push_str("shutdown: { grace: 0s, drain_timeout: 2s }\n");
-        y
+    y.push_str(&format!(
+        "  - name: brokers_ws\n    protocol: websocket\n    path: /mqtt\n    connect_timeout: 2s\n\
+         \x20   health: {{ check: {ws_check}, interval: 200ms, timeout: 500ms, rise: 2, fall: 2 }}\n    servers:\n"
+    ));
+    for b in &cluster.brokers {
+        let ws = b.ws_port.expect("brokers started with websockets");
+        y.push_str(&format!("      - {{ name: {}, address: \"127.0.0.1:{ws}\" }}\n", b.name));
     }
-
-    fn tls(&self) -> Arc<rustls::ClientConfig> {
-        self.pki.client_config()
-    }
-
-    /// Every broker's count of TCP connections so far.
-    fn connections_seen(&self) -> Vec<usize> {
-        self.brokers.iter().map(Mosquitto::connections_seen).collect()
-    }
+    y.push_str("admin: { bind: \"127.0.0.1:0\" }\n");
+    y.push_str(&format!("limits: {{ handshake_timeout: 2s{extra_limits} }}\n"));
+    y.push_str("shutdown: { grace: 0s, drain_timeout: 2s }\n");
+    y
 }
 
 fn addr(proxy: &TestProxy, listener: &str) -> SocketAddr {
@@ -431,8 +404,8 @@ fn fragment(bytes: &[u8], first: bool, last: bool) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_sub_over_wss_to_mqtt_and_websocket_backends_v311_and_v5() {
     bounded(TEST_LIMIT, "pub/sub over WSS", async {
-        let env = Env::start(2).await;
-        let proxy = TestProxy::start(&env.yaml(true, "", "")).await;
+        let env = Cluster::start_with_websockets(2).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, true, "", "")).await;
         let placement = Placement::new(&proxy.config);
         for b in &env.brokers {
             // `websocket` probes (upgrade + CONNECT/CONNACK inside it) find the brokers' WebSocket ports up.
@@ -483,8 +456,8 @@ async fn pub_sub_over_wss_to_mqtt_and_websocket_backends_v311_and_v5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_lands_on_the_same_broker_over_mqtts_and_wss() {
     bounded(TEST_LIMIT, "same broker over 8883 and 443", async {
-        let env = Env::start(3).await;
-        let proxy = TestProxy::start(&env.yaml(true, "", "")).await;
+        let env = Cluster::start_with_websockets(3).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, true, "", "")).await;
         for b in &env.brokers {
             wait_backend_up(&proxy, "brokers", &b.name).await;
             wait_backend_up(&proxy, "brokers_ws", &b.name).await;
@@ -533,9 +506,9 @@ const UPGRADE: &str = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websock
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_upgrades_get_http_answers_are_counted_and_reach_no_broker() {
     bounded(TEST_LIMIT, "malformed upgrades", async {
-        let env = Env::start(1).await;
+        let env = Cluster::start_with_websockets(1).await;
         let origins = ", allowed_origins: [\"https://maps.example.org\"]";
-        let proxy = TestProxy::start(&env.yaml(false, "", origins)).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, false, "", origins)).await;
         let wss = addr(&proxy, "wss");
         let before = env.connections_seen();
 
@@ -589,9 +562,10 @@ async fn malformed_upgrades_get_http_answers_are_counted_and_reach_no_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_and_invalid_connects_are_refused_in_websocket_terms_and_reach_no_broker() {
     bounded(TEST_LIMIT, "bad frames", async {
-        let env = Env::start(1).await;
+        let env = Cluster::start_with_websockets(1).await;
         // A CONNECT over 1 KiB is refused; the 1 KiB frame size is accepted and limits nothing.
-        let proxy = TestProxy::start(&env.yaml(false, ", max_connect_size: 1KiB, max_ws_frame_size: 1KiB", "")).await;
+        let proxy =
+            TestProxy::start(&ws_yaml(&env, false, ", max_connect_size: 1KiB, max_ws_frame_size: 1KiB", "")).await;
         let wss = addr(&proxy, "wss");
         let before = env.connections_seen();
 
@@ -677,7 +651,7 @@ async fn bad_frames_and_invalid_connects_are_refused_in_websocket_terms_and_reac
 
 /// Through `listener`: a CONNECT in 1-byte frames, a SUBSCRIBE as a fragmented message with a ping between its
 /// fragments, two PINGREQs in one frame, then the close handshake.
-async fn frames_are_a_byte_stream(env: &Env, proxy: &TestProxy, listener: &str) {
+async fn frames_are_a_byte_stream(env: &Cluster, proxy: &TestProxy, listener: &str) {
     let id = format!("tiny-frames-{listener}");
     let mut ws = ws_open(addr(proxy, listener), env.tls(), Some("mqtt")).await.unwrap();
     for byte in connect_packet_v311(&id) {
@@ -732,8 +706,8 @@ async fn frames_are_a_byte_stream(env: &Env, proxy: &TestProxy, listener: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_frames_fragments_pings_and_packed_frames_are_one_byte_stream() {
     bounded(TEST_LIMIT, "frames as a byte stream", async {
-        let env = Env::start(1).await;
-        let proxy = TestProxy::start(&env.yaml(false, "", "")).await;
+        let env = Cluster::start_with_websockets(1).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, false, "", "")).await;
         frames_are_a_byte_stream(&env, &proxy, "wss").await;
         frames_are_a_byte_stream(&env, &proxy, "wss_ws").await;
 
@@ -770,8 +744,8 @@ async fn tiny_frames_fragments_pings_and_packed_frames_are_one_byte_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_health_check_follows_the_brokers_websocket_listener() {
     bounded(TEST_LIMIT, "websocket health check", async {
-        let mut env = Env::start(1).await;
-        let proxy = TestProxy::start(&env.yaml(true, "", "")).await;
+        let mut env = Cluster::start_with_websockets(1).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, true, "", "")).await;
         // Servers start up; the probes must keep them up. Both backends probe the same broker (`mqtt` on its
         // MQTT port, `websocket` on its WebSocket port), so wait for several probe clients in its log.
         let probes = || env.brokers[0].client_ids_seen().iter().filter(|id| id.starts_with("mqtt-lb-probe-")).count();
@@ -812,8 +786,8 @@ async fn websocket_health_check_follows_the_brokers_websocket_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_1_and_16_mib_pass_each_way_over_wss_to_both_backends() {
     bounded(Duration::from_secs(240), "large messages over WSS", async {
-        let env = Env::start(1).await;
-        let proxy = TestProxy::start(&env.yaml(false, "", "")).await;
+        let env = Cluster::start_with_websockets(1).await;
+        let proxy = TestProxy::start(&ws_yaml(&env, false, "", "")).await;
         let payload = |size: usize| -> Vec<u8> { (0..size).map(|i| (i % 251) as u8).collect() };
         let connect = |listener: &'static str, id: &'static str, version| {
             let (addr, tls) = (addr(&proxy, listener), env.tls());
