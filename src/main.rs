@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::error;
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "mqtt-lb", version, about = "MQTT-aware, TLS-terminating load balancer for MQTT broker clusters")]
@@ -77,6 +77,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every client holds two sockets (its own and its broker's), and sockets are files. Many environments start
+/// processes with a soft open-file limit far below the hard one (1024 in most shells and in containerd 2.x
+/// containers, whose hard limit is 524,288), which would cap a balancer at about 500 clients: raise the soft limit
+/// to the hard one, as HAProxy does, and say so when even that is short of `max_connections` (0: unlimited).
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(64);
+            if max_connections > 0 && limit < needed {
+                warn!(limit, needed, "the open-file limit is below 2 x limits.max_connections + 64: raise LimitNOFILE");
+            } else {
+                info!(limit, "open-file limit");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 fn run(path: PathBuf) -> ExitCode {
     if path == std::path::Path::new("-") {
         eprintln!("error: --config -: `run` needs a file, which a reload reads again; standard input is for `check`");
@@ -90,6 +108,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_open_file_limit(config.limits.max_connections);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Named for `top -H` and `ps -L`.
     builder.thread_name("mqtt-lb-worker");

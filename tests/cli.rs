@@ -381,3 +381,43 @@ fn a_missing_certificate_or_key_says_how_to_get_a_test_one() {
     assert!(text.contains("listeners[0].tls.key: cannot read") && text.contains("certs/server.key"), "{text}");
     assert!(text.contains(hint), "{text}");
 }
+
+/// The soft open-file limit (and so the number of clients) is not left at a low default: `run` raises it to the hard
+/// limit at start. Started from a shell whose soft limit is 1024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
+    bounded(Duration::from_secs(30), "open-file limit", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "b1").await;
+        let admin_port = free_port();
+        let yaml = yaml_for(&pki, &[&broker]).build().replacen(
+            "admin: { bind: \"127.0.0.1:0\" }",
+            &format!("admin: {{ bind: \"127.0.0.1:{admin_port}\" }}"),
+            1,
+        );
+        let path = dir.path().join("lb.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 1024 && exec \"$0\" run --config \"$1\"", BIN])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mqtt-lb");
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+        let up =
+            eventually(Duration::from_secs(10), || async move { try_http_get(admin, "/healthz").await.ok() }).await;
+        assert!(up.is_some(), "mqtt-lb answers");
+        let pid = child.id().expect("pid");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits of mqtt-lb");
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+        let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers.len(), 2, "{line}");
+        assert_eq!(numbers.first(), numbers.get(1), "soft limit raised to the hard one: {line}");
+        assert_ne!(numbers.first(), Some(&"1024"), "the hard limit of this test run is above 1024: {line}");
+        let _ = child.kill().await;
+    })
+    .await;
+}
