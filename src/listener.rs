@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, Instrument};
@@ -20,26 +20,38 @@ use crate::session::{connection_span, Session, SessionContext};
 use arc_swap::ArcSwap;
 
 /// Admission limits shared by every listener: connections overall and per source IP.
+///
+/// The limits are replaced by a reload; the counts are not: a successor ([`Admission::successor`]) shares the open
+/// connections, the per-IP counts and, while the rate is the same, the per-IP rate buckets, so that a reload never
+/// lets an address past its limit.
 pub struct Admission {
-    total: Option<Arc<Semaphore>>,
+    max_connections: usize,
+    /// Client connections open now, every listener together.
+    open: Arc<AtomicUsize>,
     per_ip_max: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    rate: Option<RateLimiter>,
+    per_ip: Arc<PerIpCounts>,
+    rate: Option<Arc<RateLimiter>>,
+    /// (rate, burst) of `rate`, to tell whether a successor can keep its buckets.
+    rate_settings: (u32, u32),
 }
+
+/// Open client connections per source address (addresses with none are removed).
+type PerIpCounts = Mutex<HashMap<IpAddr, usize>>;
 
 /// Addresses the per-IP rate limiter remembers at most (a bounded table; see [`RateLimiter`]).
 const RATE_TABLE_SIZE: usize = 100_000;
 
-/// A connection's place in the limits, released on drop.
+/// A connection's place in the limits, released on drop (into the counts its admission shares with successors).
 pub struct AdmissionTicket {
-    _permit: Option<OwnedSemaphorePermit>,
-    ip: Option<(IpAddr, Arc<Admission>)>,
+    open: Arc<AtomicUsize>,
+    ip: Option<(IpAddr, Arc<PerIpCounts>)>,
 }
 
 impl Drop for AdmissionTicket {
     fn drop(&mut self) {
-        if let Some((ip, admission)) = self.ip.take() {
-            let mut map = admission.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some((ip, per_ip)) = self.ip.take() {
+            let mut map = per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = map.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -53,40 +65,65 @@ impl Drop for AdmissionTicket {
 impl Admission {
     /// The admission rules of `limits`: connections overall, per IP, and new connections per second per IP.
     pub fn from_limits(limits: &Limits) -> Arc<Admission> {
-        Arc::new(Admission {
-            total: (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections))),
+        Arc::new(Admission::with_counts(limits, Arc::default(), Arc::default(), None))
+    }
+
+    /// The admission of `limits` after a reload: the counts of this one go on (see [`Admission`]); the rate buckets
+    /// too, unless the rate or the burst changed (then every address starts with a full bucket of the new size).
+    pub fn successor(&self, limits: &Limits) -> Arc<Admission> {
+        let same_rate = rate_settings(limits) == self.rate_settings;
+        let rate = if same_rate { self.rate.clone() } else { None };
+        Arc::new(Admission::with_counts(limits, Arc::clone(&self.open), Arc::clone(&self.per_ip), rate))
+    }
+
+    fn with_counts(
+        limits: &Limits,
+        open: Arc<AtomicUsize>,
+        per_ip: Arc<PerIpCounts>,
+        rate: Option<Arc<RateLimiter>>,
+    ) -> Admission {
+        let (per_second, burst) = rate_settings(limits);
+        let rate =
+            rate.or_else(|| (per_second > 0).then(|| Arc::new(RateLimiter::new(per_second, burst, RATE_TABLE_SIZE))));
+        Admission {
+            max_connections: limits.max_connections,
+            open,
             per_ip_max: limits.max_connections_per_ip,
-            per_ip: Mutex::new(HashMap::new()),
-            rate: (limits.max_connection_rate_per_ip > 0).then(|| {
-                RateLimiter::new(limits.max_connection_rate_per_ip, limits.connection_rate_burst, RATE_TABLE_SIZE)
-            }),
-        })
+            per_ip,
+            rate,
+            rate_settings: (per_second, burst),
+        }
     }
 
     /// Admits a connection from `ip`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AdmissionTicket, Reject> {
+    pub fn admit(&self, ip: IpAddr) -> Result<AdmissionTicket, Reject> {
         if let Some(rate) = &self.rate {
             if !rate.allow(ip, std::time::Instant::now()) {
                 return Err(Reject::RateLimited);
             }
         }
-        let permit = match &self.total {
-            None => None,
-            Some(s) => Some(Arc::clone(s).try_acquire_owned().map_err(|_| Reject::MaxConnections)?),
-        };
-        let ip = if self.per_ip_max > 0 {
+        let max = if self.max_connections == 0 { usize::MAX } else { self.max_connections };
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| Reject::MaxConnections)?;
+        // From here the ticket owns the place it took in `open`.
+        let mut ticket = AdmissionTicket { open: Arc::clone(&self.open), ip: None };
+        if self.per_ip_max > 0 {
             let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = map.entry(ip).or_insert(0);
             if *n >= self.per_ip_max {
                 return Err(Reject::MaxConnectionsPerIp);
             }
             *n += 1;
-            Some((ip, Arc::clone(self)))
-        } else {
-            None
-        };
-        Ok(AdmissionTicket { _permit: permit, ip })
+            ticket.ip = Some((ip, Arc::clone(&self.per_ip)));
+        }
+        Ok(ticket)
     }
+}
+
+/// `(max_connection_rate_per_ip, connection_rate_burst)` of `limits`.
+fn rate_settings(limits: &Limits) -> (u32, u32) {
+    (limits.max_connection_rate_per_ip, limits.connection_rate_burst)
 }
 
 /// Accepts until `shutdown`; each connection runs as a task in `tracker` until it ends or `close` is cancelled.

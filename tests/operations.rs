@@ -1619,3 +1619,45 @@ async fn a_server_given_by_host_name_is_looked_up_once_not_per_connection() {
     })
     .await;
 }
+
+/// A reload that changes `limits` keeps the counts: an address at its `max_connections_per_ip` stays there (the
+/// counts started again from zero before, so every such reload let it open as many again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_limits_keeps_the_per_ip_counts() {
+    bounded(Duration::from_secs(30), "per-IP counts across reloads", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pki = TestPki::new(dir.path());
+        let broker = Mosquitto::start(dir.path(), "b0").await;
+        let yaml = |timeout: &str| {
+            let limits = format!("max_connections_per_ip: 2, connect_timeout: {timeout}");
+            yaml_for(&pki, &[&broker]).health("none", "1h", "1s", 1, 1).limits(&limits).build()
+        };
+        let proxy = FileProxy::start(dir.path().join("lb.yaml"), &yaml("10s")).await;
+        let front = proxy.addr("mqtts");
+        let tls = pki.client_config();
+        let mut held = Vec::new();
+        for n in 0..2 {
+            let c = MqttClient::connect(front, Some(tls.clone()), &format!("held-{n}"), Version::V4).await;
+            held.push(c.expect("under the per-IP limit"));
+        }
+        for timeout in ["9s", "8s"] {
+            proxy.write(&yaml(timeout));
+            proxy.reload.reload().await.expect("reload with other limits");
+            let refused = MqttClient::connect(front, Some(tls.clone()), "one-more", Version::V4).await;
+            assert!(refused.is_err(), "a third connection from 127.0.0.1 after a reload of the limits");
+        }
+        let series = "mqttlb_connections_rejected_total{listener=\"mqtts\",reason=\"max_connections_per_ip\"}";
+        assert_eq!(metric(proxy.admin, series).await, 2.0);
+        // A slot freed under the old limits is free under the new ones.
+        held.pop().expect("a held client").disconnect().await;
+        let again = eventually(Duration::from_secs(5), || {
+            let tls = tls.clone();
+            async move { MqttClient::connect(front, Some(tls), "after-close", Version::V4).await.ok() }
+        })
+        .await;
+        assert!(again.is_some(), "a freed slot admits a new client");
+        drop(held);
+        proxy.stop().await;
+    })
+    .await;
+}

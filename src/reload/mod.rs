@@ -12,8 +12,8 @@
 //! - backends are matched by name; each server of the new pool takes over the health and administrative state of
 //!   the server with the same name, and probes restart with the new health settings; relays to removed servers go
 //!   on until they end;
-//! - admission limits are replaced only when they changed (their connection counts start again from the new
-//!   connections). The admin endpoint's address and `workers` are not reloaded (a warning says so).
+//! - admission limits are replaced only when they changed, and their counts carry over: connections open now, per
+//!   source IP, and the per-IP rate buckets while the rate and burst stay the same. The admin endpoint's address and `workers` are not reloaded (a warning says so).
 
 pub mod plan;
 pub mod running;
@@ -27,7 +27,6 @@ use tracing::warn;
 use crate::balancer::backend::BackendServer;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{self, Config, ConfigError};
-use crate::listener::Admission;
 use plan::{ListenerStep, Plan, PoolStep, ServerStep, Transport};
 use running::{Running, Socket};
 
@@ -103,7 +102,8 @@ pub fn apply(running: &mut Running, plan: &Plan, new: Config) -> Result<Reloaded
     swap_pools(running, plan, &new);
     running.start_health();
     if plan.admission_changed {
-        running.admission.store(Admission::from_limits(&new.limits));
+        let successor = running.admission.load().successor(&new.limits);
+        running.admission.store(successor);
     }
     if plan.workers_changed {
         warn!("workers changed: a restart is needed for the number of threads to change");
