@@ -8,7 +8,7 @@
 //!   with its send time and a sequence number, so the subscriber measures end-to-end latency and sees every loss.
 //!   Saturated (each publisher keeps up to `window` messages in flight, refilling in one write) or paced (a fixed
 //!   rate per publisher, one write per message).
-//! - [`open_idle`] / [`close_idle`]: many connected, silent clients (also the set-up of [`crate::storm`]).
+//! - [`open_idle`] / [`close_idle`]: many connected, silent clients.
 //!
 //! Every client connects from one of several loopback source addresses (127.0.0.2 to .9), so that tens of
 //! thousands of connections do not exhaust the ephemeral ports of one address. Every wait is bounded.
@@ -96,16 +96,21 @@ impl Target {
 
     /// TCP connect (from the next source address), TLS handshake, CONNECT, CONNACK accepted.
     pub async fn open(&self, keep_alive: u16) -> Result<Stream, &'static str> {
-        self.open_within(keep_alive, STEP).await
+        self.open_as(&self.tls, keep_alive, STEP).await
     }
 
-    /// [`Target::open`] bounded by `bound` instead of one step: a client of a reconnect storm may wait in the
-    /// listen queue and behind thousands of handshakes.
-    pub async fn open_within(&self, keep_alive: u16, bound: Duration) -> Result<Stream, &'static str> {
+    /// [`Target::open`] with a client configuration of its own (a device's own session store), bounded by `bound`
+    /// (a client of a reconnect storm may wait in the listen queue and behind thousands of handshakes).
+    pub async fn open_as(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        keep_alive: u16,
+        bound: Duration,
+    ) -> Result<Stream, &'static str> {
         let id = self.client_id();
         tokio::time::timeout(bound, async {
             let tcp = tcp_connect(self.source(), self.addr).await.map_err(|_| "tcp_connect")?;
-            let connector = TlsConnector::from(Arc::clone(&self.tls));
+            let connector = TlsConnector::from(Arc::clone(tls));
             let s = connector.connect(crate::tls::server_name(), tcp).await.map_err(|_| "tls_handshake")?;
             mqtt_connect(s, &id, keep_alive).await
         })

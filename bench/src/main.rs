@@ -482,16 +482,18 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
                     let Some(peer) = peers.get(i) else { continue };
                     for resume in [false, true] {
                         let phase = if resume { "storm_resumed" } else { "storm_full" };
-                        // A fresh store per storm: it holds only the tickets of this storm's first connections.
-                        let (tls, tag) = if resume {
-                            (setup.pki.client_config(setup.full_verify, true)?, format!("{}R{round}", short(peer.kind)))
+                        // With tickets: each client a store of its own, fresh, as each device keeps its own.
+                        let n = results.storm_clients;
+                        let (clients, tag) = if resume {
+                            let own = (0..n).map(|_| tls::with_own_sessions(&setup.client_tls)).collect();
+                            (own, format!("{}R{round}", short(peer.kind)))
                         } else {
-                            (Arc::clone(&setup.client_tls), format!("{}F{round}", short(peer.kind)))
+                            (vec![Arc::clone(&setup.client_tls); n], format!("{}F{round}", short(peer.kind)))
                         };
-                        let target = Arc::new(Target::new(peer.target.addr, tls, &tag));
+                        let target = Arc::new(Target::new(peer.target.addr, Arc::clone(&setup.client_tls), &tag));
                         let tls_end = peer.proxy.as_ref().map_or(b.proc.pid, |p| p.pid);
                         let probe = probe(&setup, b, peer.proxy.as_ref());
-                        let s = storm::storm(target, results.storm_clients, tls_end, &probe).await;
+                        let s = storm::storm(target, clients, tls_end, &probe).await;
                         log(format!(
                             "  {phase:13} {:12} {} of {} clients reconnected in {:.3} s, resumed {}, errors {:?}",
                             peer.kind.name(),

@@ -8,16 +8,21 @@
 //! one; the open-files limit is per process, so [`clients_allowed`] takes the smallest share over the processes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::load::{self, Errors, Target};
+use rustls::ClientConfig;
+
+use crate::load::{self, Errors, Stream, Target};
 use crate::procs::Probe;
 
 /// Bound of one client's reconnect: the whole storm must fit (thousands of handshakes queue behind each other).
 const RECONNECT_BOUND: Duration = Duration::from_secs(60);
+/// Bound of one client's first connection (50 at a time, as the other loads).
+const CONNECT_BOUND: Duration = Duration::from_secs(10);
 /// Bound of the wait for the TLS end to release the cut connections' descriptors.
 const RELEASE_BOUND: Duration = Duration::from_secs(30);
 /// Descriptors kept free in every process for everything but the clients (listeners, logs, health checks...).
@@ -69,34 +74,39 @@ pub fn clients_allowed(procs: &[(&str, u32, u64)]) -> (usize, String) {
     (usize::try_from(n).unwrap_or(1000), format!("{} (margin {FD_MARGIN}); smallest: {name}", why.join("; ")))
 }
 
-/// Runs one storm through `target` with `n` clients. `tls_end` is the process that terminates TLS, whose
-/// descriptors of the cut connections must be released before the reconnect (it holds the limit's worth).
-pub async fn storm(target: Arc<Target>, n: usize, tls_end: u32, probe: &Probe) -> Storm {
+/// Runs one storm through `target`, a client per configuration in `clients` (each with its own session store, or
+/// all without). `tls_end` is the process that terminates TLS, whose descriptors of the cut connections must be
+/// released before the reconnect (it holds the limit's worth).
+pub async fn storm(target: Arc<Target>, clients: Vec<Arc<ClientConfig>>, tls_end: u32, probe: &Probe) -> Storm {
+    let n = clients.len();
+    let clients = Arc::new(clients);
     let baseline = open_fds(tls_end).unwrap_or(0);
-    let (held, mut errors) = load::open_idle(Arc::clone(&target), n, 50).await;
+    let errs = Arc::new(Errors::default());
+    let held = connect_all(&target, &clients, &errs).await;
     let connected = held.len();
     // The cut: every connection closed at once, without DISCONNECT, as a failed instance's are.
     drop(held);
     let released = Instant::now();
     while open_fds(tls_end).is_some_and(|fds| fds > baseline + 16) {
         if released.elapsed() > RELEASE_BOUND {
-            *errors.entry("cut_not_released").or_insert(0) += 1;
+            errs.add("cut_not_released", 1);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let errs = Arc::new(Errors::default());
     let (gate, opened) = watch::channel(None::<Instant>);
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (target, errs, mut opened) = (Arc::clone(&target), Arc::clone(&errs), opened.clone());
+    for i in 0..n {
+        let (target, clients, errs, mut opened) =
+            (Arc::clone(&target), Arc::clone(&clients), Arc::clone(&errs), opened.clone());
         tasks.push(tokio::spawn(async move {
             let t0 = match opened.wait_for(|t| t.is_some()).await {
                 Ok(t) => (*t).unwrap_or_else(Instant::now),
                 Err(_) => return (None, Duration::ZERO),
             };
-            let r = target.open_within(300, RECONNECT_BOUND).await;
+            let Some(tls) = clients.get(i) else { return (None, Duration::ZERO) };
+            let r = target.open_as(tls, 300, RECONNECT_BOUND).await;
             let took = t0.elapsed();
             match r {
                 Ok(s) => (Some(s), took),
@@ -129,8 +139,38 @@ pub async fn storm(target: Arc<Target>, n: usize, tls_end: u32, probe: &Probe) -
         streams.iter().filter(|s| s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)).count()
             as u64;
     let reconnected = streams.len() as u64;
-    for (k, v) in errs.take().into_iter().chain(load::close_idle(streams, 50).await) {
+    let mut errors = errs.take();
+    for (k, v) in load::close_idle(streams, 50).await {
         *errors.entry(k).or_insert(0) += v;
     }
     Storm { clients: n, connected, reconnected, secs: last.as_secs_f64(), connack_us, resumed, errors, cpu }
+}
+
+/// The first connection of every client (50 at a time), each with its own configuration: where a client keeps
+/// sessions, it now holds the tickets of this connection.
+async fn connect_all(target: &Arc<Target>, clients: &Arc<Vec<Arc<ClientConfig>>>, errs: &Arc<Errors>) -> Vec<Stream> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (target, clients, errs, next) =
+            (Arc::clone(target), Arc::clone(clients), Arc::clone(errs), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(tls) = clients.get(next.fetch_add(1, Ordering::Relaxed)) {
+                match target.open_as(tls, 300, CONNECT_BOUND).await {
+                    Ok(s) => held.push(s),
+                    Err(e) => errs.add(e, 1),
+                }
+            }
+            held
+        }));
+    }
+    let mut all = Vec::with_capacity(clients.len());
+    for t in tasks {
+        match t.await {
+            Ok(h) => all.extend(h),
+            Err(_) => errs.add("client_panicked", 1),
+        }
+    }
+    all
 }

@@ -92,7 +92,15 @@ impl Pki {
     }
 }
 
-/// The sessions of a fleet of clients of one server: every TLS 1.3 ticket received (up to 50,000), each used once.
+/// A device's own client configuration: `base` with a session store of its own (rustls's, a few tickets), so that it
+/// resumes with a ticket of its own last connection, as each client of the failover storm does.
+pub fn with_own_sessions(base: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut config = base.clone();
+    config.resumption = Resumption::in_memory_sessions(4);
+    Arc::new(config)
+}
+
+/// The sessions of a fleet of clients of one server: every TLS 1.3 ticket received (up to 10,000), each used once.
 /// rustls's own store keeps 8 tickets per server name, which 50 concurrent clients of one name exhaust, so that most
 /// of them would do a full handshake; devices each keep their own ticket.
 #[derive(Debug, Default)]
@@ -102,9 +110,8 @@ struct FleetSessions {
     kx_hint: Mutex<Option<NamedGroup>>,
 }
 
-/// Tickets kept at most: far more than the workers use at once, and two per client of the reconnect storm (servers
-/// send two tickets per connection), whose clients are limited by the open-files limit.
-const FLEET_TICKETS: usize = 50_000;
+/// Tickets kept at most: far more than the workers use at once.
+const FLEET_TICKETS: usize = 10_000;
 
 impl ClientSessionStore for FleetSessions {
     fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
