@@ -96,10 +96,21 @@ impl Target {
 
     /// TCP connect (from the next source address), TLS handshake, CONNECT, CONNACK accepted.
     pub async fn open(&self, keep_alive: u16) -> Result<Stream, &'static str> {
+        self.open_as(&self.tls, keep_alive, STEP).await
+    }
+
+    /// [`Target::open`] with a client configuration of its own (a device's own session store), bounded by `bound`
+    /// (a client of a reconnect storm may wait in the listen queue and behind thousands of handshakes).
+    pub async fn open_as(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        keep_alive: u16,
+        bound: Duration,
+    ) -> Result<Stream, &'static str> {
         let id = self.client_id();
-        tokio::time::timeout(STEP, async {
+        tokio::time::timeout(bound, async {
             let tcp = tcp_connect(self.source(), self.addr).await.map_err(|_| "tcp_connect")?;
-            let connector = TlsConnector::from(Arc::clone(&self.tls));
+            let connector = TlsConnector::from(Arc::clone(tls));
             let s = connector.connect(crate::tls::server_name(), tcp).await.map_err(|_| "tls_handshake")?;
             mqtt_connect(s, &id, keep_alive).await
         })

@@ -10,6 +10,7 @@
 //! - [`mqtt`]: the hand-written packets;
 //! - [`procs`]: the child processes, their configurations, /proc sampling;
 //! - [`load`]: the three loads (connection rate, throughput/latency, idle connections);
+//! - [`storm`]: the failover storm (every client cut at once, then all reconnecting at once);
 //! - [`udp`]: the UDP section, CoAP requests to libcoap's coap-server directly, through mqtt-lb's `protocol: coap`
 //!   listener and (when installed) through nginx's UDP stream proxy;
 //! - [`stats`] and [`report`]: percentiles, median/min/max, ratios, the JSON and the markdown.
@@ -19,6 +20,7 @@ mod mqtt;
 mod procs;
 mod report;
 mod stats;
+mod storm;
 mod tls;
 mod udp;
 
@@ -51,9 +53,12 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,resume,plain,tput,idle,udp (default all); resume: the
+  --phases LIST           comma-separated: conn,resume,plain,tput,idle,storm,udp (default all); resume: the
                           connection rate with clients that resume their TLS session; plain: the same cycle
-                          without TLS (plain listeners)
+                          without TLS (plain listeners); storm: N clients cut at once and reconnecting at once,
+                          with and without resumption
+  --storm-clients N       storm: clients (default: as many as the open-files limit of every process allows;
+                          quick: 1,000)
   --only LIST             run only these phases (as --phases), writing into bench/target/only unless --out
                           says otherwise: `--only udp` runs the UDP section alone
   --udp-secs S            UDP section: each load per path and round (default 4; quick: 1)
@@ -113,6 +118,7 @@ pub struct Opts {
     pub pairs: usize,
     pub window: u64,
     pub idle_conns: Option<usize>,
+    pub storm_clients: Option<usize>,
     pub paths: Vec<PathKind>,
     pub phases: Vec<String>,
     pub mqtt_lb: PathBuf,
@@ -151,8 +157,17 @@ fn parse_args() -> Result<Opts, String> {
         pairs: 4,
         window: 1000,
         idle_conns: None,
+        storm_clients: None,
         paths: PathKind::ALL.to_vec(),
-        phases: vec!["conn".into(), "resume".into(), "plain".into(), "tput".into(), "idle".into(), "udp".into()],
+        phases: vec![
+            "conn".into(),
+            "resume".into(),
+            "plain".into(),
+            "tput".into(),
+            "idle".into(),
+            "storm".into(),
+            "udp".into(),
+        ],
         mqtt_lb: manifest_dir().join("../target/release/mqtt-lb"),
         compare: None,
         logs: true,
@@ -176,6 +191,7 @@ fn parse_args() -> Result<Opts, String> {
         o.paced_secs = 1.0;
         o.warmup_secs = 0.25;
         o.idle_conns = Some(1000);
+        o.storm_clients = Some(1000);
         o.quiet_wait = 10.0;
         o.udp_secs = 1.0;
         o.out = manifest_dir().join("target/quick");
@@ -183,7 +199,8 @@ fn parse_args() -> Result<Opts, String> {
     let mut out_given = false;
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
-        match phases.iter().find(|p| !["conn", "resume", "plain", "tput", "idle", "udp"].contains(&p.as_str())) {
+        match phases.iter().find(|p| !["conn", "resume", "plain", "tput", "idle", "storm", "udp"].contains(&p.as_str()))
+        {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
             None => Ok(phases),
         }
@@ -205,6 +222,7 @@ fn parse_args() -> Result<Opts, String> {
             "--pairs" => o.pairs = num(val()?)?.max(1.0) as usize,
             "--window" => o.window = num(val()?)?.max(1.0) as u64,
             "--idle-conns" => o.idle_conns = Some(num(val()?)?.max(1.0) as usize),
+            "--storm-clients" => o.storm_clients = Some(num(val()?)?.max(1.0) as usize),
             "--paths" => {
                 o.paths = val()?
                     .split(',')
@@ -383,7 +401,7 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main = opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput"].contains(&p.as_str()));
+    let needs_main = opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm"].contains(&p.as_str()));
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
@@ -401,6 +419,11 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
             let resuming = setup.pki.client_config(setup.full_verify, true)?;
             let resume = Arc::new(Target::new(addr, resuming, &format!("{}r", short(kind))));
             peers.push(Peer { kind, target, resume, plain, proxy });
+        }
+        if opts.phases.iter().any(|p| p == "storm") {
+            let n = storm_clients(opts, soft, &b, &peers);
+            results.storm_clients = n;
+            meta.settings["storm_clients"] = json!(n);
         }
         broker = Some(b);
     }
@@ -452,6 +475,37 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
                     ));
                     r.conn(phase, peer.kind, c, cpu);
                     pause(&mut quiet_budget).await;
+                }
+            }
+            if opts.phases.iter().any(|p| p == "storm") {
+                for &i in &order {
+                    let Some(peer) = peers.get(i) else { continue };
+                    for resume in [false, true] {
+                        let phase = if resume { "storm_resumed" } else { "storm_full" };
+                        // With tickets: each client a store of its own, fresh, as each device keeps its own.
+                        let n = results.storm_clients;
+                        let (clients, tag) = if resume {
+                            let own = (0..n).map(|_| tls::with_own_sessions(&setup.client_tls)).collect();
+                            (own, format!("{}R{round}", short(peer.kind)))
+                        } else {
+                            (vec![Arc::clone(&setup.client_tls); n], format!("{}F{round}", short(peer.kind)))
+                        };
+                        let target = Arc::new(Target::new(peer.target.addr, Arc::clone(&setup.client_tls), &tag));
+                        let tls_end = peer.proxy.as_ref().map_or(b.proc.pid, |p| p.pid);
+                        let probe = probe(&setup, b, peer.proxy.as_ref());
+                        let s = storm::storm(target, clients, tls_end, &probe).await;
+                        log(format!(
+                            "  {phase:13} {:12} {} of {} clients reconnected in {:.3} s, resumed {}, errors {:?}",
+                            peer.kind.name(),
+                            s.reconnected,
+                            s.clients,
+                            s.secs,
+                            s.resumed,
+                            s.errors
+                        ));
+                        r.storm(phase, peer.kind, s);
+                        pause(&mut quiet_budget).await;
+                    }
                 }
             }
             if opts.phases.iter().any(|p| p == "tput") {
@@ -553,6 +607,21 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
     println!("{ratios}");
     log(format!("wrote {} and {} in {:.0} s", json_path.display(), md_path.display(), meta.total_secs));
     Ok(errors)
+}
+
+/// Clients of the storm: `--storm-clients` if given, at most what every process's open-files limit allows (the
+/// generator one descriptor per client, a proxy two, mosquitto one); logged with the reason.
+fn storm_clients(opts: &Opts, soft: u64, broker: &Broker, peers: &[Peer]) -> usize {
+    let mut procs = vec![("generator", std::process::id(), 1), ("mosquitto", broker.proc.pid, 1)];
+    for p in peers {
+        if let Some(proc) = &p.proxy {
+            procs.push((p.kind.name(), proc.pid, 2));
+        }
+    }
+    let (allowed, why) = storm::clients_allowed(&procs);
+    let n = opts.storm_clients.map_or(allowed, |n| n.min(allowed));
+    log(format!("storm: {n} clients (open files: generator soft limit {soft}; {why})"));
+    n
 }
 
 fn short(kind: PathKind) -> String {

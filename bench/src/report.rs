@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::load::{ConnRate, Tput};
 use crate::stats::{ms, percentile, summarize};
+use crate::storm::Storm;
 use crate::udp::{UdpLoad, UdpPath};
 use crate::{Opts, PathKind};
 
@@ -293,6 +294,41 @@ impl Round {
         );
     }
 
+    /// A failover storm: `phase` is `storm_full` (clients without tickets) or `storm_resumed` (each with its own).
+    pub fn storm(&mut self, phase: &str, path: PathKind, mut s: Storm) {
+        let p50 = percentile(&mut s.connack_us, 50.0);
+        let p99 = percentile(&mut s.connack_us, 99.0);
+        let errors = error_count(&s.errors);
+        let resumed_pct =
+            (s.reconnected > 0).then(|| (s.resumed as f64 * 1000.0 / s.reconnected as f64).round() / 10.0);
+        let proxy_secs = s.cpu["processes"]["proxy"]["cpu_secs"].as_f64();
+        self.value(&format!("{phase}.secs"), path, Some((s.secs * 1000.0).round() / 1000.0));
+        self.value(&format!("{phase}.p50"), path, ms(p50).as_f64());
+        self.value(&format!("{phase}.p99"), path, ms(p99).as_f64());
+        self.value(&format!("{phase}.resumed_pct"), path, resumed_pct);
+        self.value(&format!("{phase}.cpu_secs"), path, proxy_secs.map(|c| (c * 1000.0).round() / 1000.0));
+        self.value(&format!("{phase}.cpu_us"), path, proxy_cpu_us(&s.cpu, s.reconnected));
+        self.value("errors", path, Some(errors as f64));
+        self.cpu.push((phase.to_owned(), path.name(), s.cpu.clone()));
+        insert(
+            &mut self.json,
+            phase,
+            path.name(),
+            json!({
+                "clients": s.clients,
+                "connected_before_cut": s.connected,
+                "reconnected": s.reconnected,
+                "resumed": s.resumed,
+                "secs_until_all_connack": s.secs,
+                "connack_p50_ms": ms(p50),
+                "connack_p99_ms": ms(p99),
+                "errors": errors,
+                "error_kinds": s.errors,
+                "cpu": s.cpu,
+            }),
+        );
+    }
+
     pub fn idle(&mut self, path: PathKind, v: Value) {
         self.value("idle.kib", path, v["kib_per_conn"].as_f64());
         self.value("errors", path, v["errors"].as_f64());
@@ -315,6 +351,8 @@ pub struct Results {
     mqtt_phases: bool,
     paths: Vec<PathKind>,
     idle_conns: usize,
+    /// Clients of the failover storm (0 without the `storm` phase).
+    pub storm_clients: usize,
     paced_rate: u32,
     pairs: usize,
     window: u64,
@@ -358,6 +396,16 @@ fn rows(r: &Results) -> Vec<(String, String)> {
         v.push((format!("paced{size}.p99"), format!("QoS 0 {label}, paced: latency p99 (ms)")));
     }
     v.push(("idle.kib".to_owned(), format!("RSS per idle TLS connection (KiB), {} connections", r.idle_conns)));
+    let n = r.storm_clients;
+    for (phase, what) in [("storm_full", "no tickets"), ("storm_resumed", "each with a ticket")] {
+        let storm = format!("failover storm, {n} clients {what}");
+        v.push((format!("{phase}.secs"), format!("{storm}: time until all have their CONNACK (s)")));
+        v.push((format!("{phase}.p50"), format!("{storm}: time to CONNACK p50 (ms)")));
+        v.push((format!("{phase}.p99"), format!("{storm}: time to CONNACK p99 (ms)")));
+        v.push((format!("{phase}.resumed_pct"), format!("{storm}: handshakes that resumed (%)")));
+        v.push((format!("{phase}.cpu_secs"), format!("{storm}: proxy CPU during the storm (s)")));
+        v.push((format!("{phase}.cpu_us"), format!("{storm}: proxy CPU per connection (µs)")));
+    }
     v.push(("errors".to_owned(), "errors (all loads, per round)".to_owned()));
     v
 }
@@ -401,6 +449,7 @@ impl Results {
             mqtt_phases: opts.phases.iter().any(|p| p != "udp"),
             paths: opts.paths.clone(),
             idle_conns,
+            storm_clients: 0,
             paced_rate: opts.paced_rate,
             pairs: opts.pairs,
             window: opts.window,
@@ -945,7 +994,9 @@ impl Results {
              |---|---|---|---|---|---|---|---|---|"
         );
         if let Some(phases) = cpu.as_object() {
-            for phase in ["conn", "resume", "plain", "tput64", "paced64", "tput1k", "paced1k"] {
+            for phase in
+                ["conn", "resume", "plain", "tput64", "paced64", "tput1k", "paced1k", "storm_full", "storm_resumed"]
+            {
                 let Some(per_path) = phases.get(phase).and_then(|p| p.as_object()) else { continue };
                 for p in &self.paths {
                     let Some(c) = per_path.get(p.name()) else { continue };

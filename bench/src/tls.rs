@@ -92,6 +92,14 @@ impl Pki {
     }
 }
 
+/// A device's own client configuration: `base` with a session store of its own (rustls's, a few tickets), so that it
+/// resumes with a ticket of its own last connection, as each client of the failover storm does.
+pub fn with_own_sessions(base: &rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    let mut config = base.clone();
+    config.resumption = Resumption::in_memory_sessions(4);
+    Arc::new(config)
+}
+
 /// The sessions of a fleet of clients of one server: every TLS 1.3 ticket received (up to 10,000), each used once.
 /// rustls's own store keeps 8 tickets per server name, which 50 concurrent clients of one name exhaust, so that most
 /// of them would do a full handshake; devices each keep their own ticket.
