@@ -583,7 +583,7 @@ async fn coap_flood(lb: SocketAddr, load: Arc<Load>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         for _ in 0..50 {
             n = n.wrapping_add(1);
-            let sent = if n % 10 == 0 {
+            let sent = if n.is_multiple_of(10) {
                 socket.send_to(&[0x30], lb).await
             } else {
                 socket.send_to(&coap_get(false, n), lb).await
