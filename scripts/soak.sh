@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Soak test: mqtt-lb (release build) in front of three mosquitto brokers under mixed real load (steady pub/sub
-# clients, connect/disconnect churn, bad clients, half-open clients) for a given time; samples the proxy's RSS, open
-# fds, threads and connections every 10 s into soak-results/soak-<time>.csv and writes a summary (.md). Fails on any
-# unexpected error, fd or connection leak, or memory that keeps growing. Not part of scripts/test.sh.
+# Soak test: mqtt-lb (release build) in front of three mosquitto brokers and three libcoap coap-servers under mixed
+# real load (steady MQTTS, WSS and CoAP clients, connect/disconnect churn, bad clients, half-open clients, connection
+# and CoAP floods) for a given time; samples the proxy's RSS, open fds, threads and connections every 10 s into
+# soak-results/soak-<time>.csv and writes a summary (.md) with round-trip p50/p99 and every refusal counter. Fails on
+# any unexpected error, fd or connection leak, memory that keeps growing, or CoAP devices going unanswered. Not part of
+# scripts/test.sh. See bench/SOAK.md.
 #
 #   scripts/soak.sh [minutes]        (default 30)
 #

@@ -21,11 +21,35 @@ pub enum Version {
     V5,
 }
 
-/// (host, transport) for a client of `addr`: TLS clients name `localhost` (a SAN of the test certificate).
-fn transport(tls: Option<Arc<rustls::ClientConfig>>) -> (&'static str, rumqttc::Transport) {
-    match tls {
-        None => ("127.0.0.1", rumqttc::Transport::tcp()),
-        Some(cfg) => ("localhost", rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(cfg))),
+/// How a test client reaches the proxy or a broker.
+#[derive(Clone)]
+pub enum Via {
+    /// Plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls(Arc<rustls::ClientConfig>),
+    /// MQTT over WebSocket over TLS, at `/mqtt` with subprotocol `mqtt`.
+    Wss(Arc<rustls::ClientConfig>),
+}
+
+impl From<Option<Arc<rustls::ClientConfig>>> for Via {
+    fn from(tls: Option<Arc<rustls::ClientConfig>>) -> Via {
+        tls.map_or(Via::Tcp, Via::Tls)
+    }
+}
+
+/// (host, transport) for a client of `addr`: TLS clients name `localhost` (a SAN of the test certificate); over
+/// WebSocket rumqttc takes the whole URL as the host.
+fn transport(addr: SocketAddr, via: Via) -> (String, rumqttc::Transport) {
+    match via {
+        Via::Tcp => ("127.0.0.1".to_owned(), rumqttc::Transport::tcp()),
+        Via::Tls(cfg) => {
+            ("localhost".to_owned(), rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(cfg)))
+        }
+        Via::Wss(cfg) => (
+            format!("wss://localhost:{}/mqtt", addr.port()),
+            rumqttc::Transport::wss_with_config(rumqttc::TlsConfiguration::Rustls(cfg)),
+        ),
     }
 }
 
@@ -35,7 +59,15 @@ pub async fn connect_v4(
     tls: Option<Arc<rustls::ClientConfig>>,
     client_id: &str,
 ) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
-    let (host, transport) = transport(tls);
+    connect_v4_via(addr, tls.into(), client_id).await
+}
+
+async fn connect_v4_via(
+    addr: SocketAddr,
+    via: Via,
+    client_id: &str,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), String> {
+    let (host, transport) = transport(addr, via);
     let mut options = rumqttc::MqttOptions::new(client_id, host, addr.port());
     options.set_transport(transport);
     options.set_keep_alive(Duration::from_secs(30));
@@ -61,7 +93,15 @@ pub async fn connect_v5(
     tls: Option<Arc<rustls::ClientConfig>>,
     client_id: &str,
 ) -> Result<(v5::AsyncClient, v5::EventLoop), String> {
-    let (host, transport) = transport(tls);
+    connect_v5_via(addr, tls.into(), client_id).await
+}
+
+async fn connect_v5_via(
+    addr: SocketAddr,
+    via: Via,
+    client_id: &str,
+) -> Result<(v5::AsyncClient, v5::EventLoop), String> {
+    let (host, transport) = transport(addr, via);
     let mut options = v5::MqttOptions::new(client_id, host, addr.port());
     options.set_transport(transport);
     options.set_keep_alive(Duration::from_secs(30));
@@ -119,9 +159,19 @@ impl MqttClient {
         client_id: &str,
         version: Version,
     ) -> Result<MqttClient, String> {
+        MqttClient::connect_via(addr, tls.into(), client_id, version).await
+    }
+
+    /// [`MqttClient::connect`] over TCP, TLS or WebSocket over TLS.
+    pub async fn connect_via(
+        addr: SocketAddr,
+        via: Via,
+        client_id: &str,
+        version: Version,
+    ) -> Result<MqttClient, String> {
         let conn = match version {
-            Version::V4 => connect_v4(addr, tls, client_id).await.map(|(c, e)| Conn::V4(c, Box::new(e)))?,
-            Version::V5 => connect_v5(addr, tls, client_id).await.map(|(c, e)| Conn::V5(c, Box::new(e)))?,
+            Version::V4 => connect_v4_via(addr, via, client_id).await.map(|(c, e)| Conn::V4(c, Box::new(e)))?,
+            Version::V5 => connect_v5_via(addr, via, client_id).await.map(|(c, e)| Conn::V5(c, Box::new(e)))?,
         };
         Ok(MqttClient { id: client_id.to_owned(), conn, inbox: VecDeque::new(), closed: None })
     }

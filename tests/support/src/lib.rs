@@ -39,7 +39,9 @@ pub mod time;
 
 pub use admin::{http_get, metric, metric_in, try_http_get};
 pub use broker::{Mosquitto, WHOAMI_TOPIC};
-pub use client::{connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version};
+pub use client::{
+    connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version, Via,
+};
 pub use cluster::Cluster;
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
