@@ -1,15 +1,17 @@
 //! The keepalived pair, run for real: network namespaces for two balancer hosts (`a`, `b`), the brokers' host (`k`)
 //! and a client host (`c`) on one bridge; real keepalived (VRRP) on `a` and `b` with the shipped
-//! `deploy/keepalived/keepalived.conf`, changed only in its addresses (and `script_user`, see [`keepalived_conf`]);
-//! the mqtt-lb binary on both with one configuration; two mosquitto brokers; MQTT 3.1.1 and 5 clients (rumqttc, in
-//! the client namespace) connected to the floating IP, each one reconnecting whenever its connection ends.
+//! `deploy/keepalived/keepalived.conf`, changed only in its addresses (and `script_user`, see [`keepalived_conf`]),
+//! and the shipped `deploy/keepalived/90-mqtt-lb-floating-ip.conf` sysctls; the mqtt-lb binary on both with one
+//! configuration; two mosquitto brokers; MQTT 3.1.1 and 5 clients (rumqttc, in the client namespace) connected to
+//! the floating IP, each one reconnecting whenever its connection ends.
 //!
 //! Three failures of the host holding the IP, in turn: SIGTERM to its mqtt-lb (the IP must move during
-//! `shutdown.grace`, no client is refused, MQTT 5 clients get DISCONNECT 0x8B), SIGKILL to its mqtt-lb, and its
-//! interface taken down. Each time every client must come back through the IP to the broker it had, and the times
-//! from the failure to the IP moving, to the first and to the last client reconnected are printed.
+//! `shutdown.grace`, no client is refused, every idle MQTT 5 client gets DISCONNECT 0x8B at the end of the grace,
+//! every idle 3.1.1 client is closed at the end of the drain), SIGKILL to its mqtt-lb, and its interface taken
+//! down. Each time every client must come back through the IP to the broker it had, and the times from the failure
+//! to the IP moving, to the first and to the last client reconnected are printed.
 //!
-//! Needs root (namespaces), `ip`, keepalived, mosquitto and curl; without them the test says so and passes, unless
+//! Needs root (namespaces), `ip`, `sysctl`, keepalived, mosquitto and curl; without them the test says so and passes, unless
 //! `MQTT_LB_REQUIRE_TOOLS=1`. Everything it creates is removed on drop, also after a failed assertion.
 
 mod common;
@@ -29,6 +31,9 @@ const VIP: &str = "10.83.0.10";
 /// Host part of each namespace's address.
 const HOSTS: [(&str, u8); 4] = [("a", 11), ("b", 12), ("k", 20), ("c", 50)];
 const SHIPPED_CONF: &str = include_str!("../deploy/keepalived/keepalived.conf");
+const SHIPPED_SYSCTLS: &str = include_str!("../deploy/keepalived/90-mqtt-lb-floating-ip.conf");
+/// The test's mqtt-lb `shutdown.drain_timeout`: 3.1.1 clients are closed this long after the grace.
+const DRAIN: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------------------------------
 // The lab: namespaces, processes, and their removal.
@@ -172,7 +177,7 @@ impl Drop for Lab {
 fn keepalived_conf(host: &str) -> String {
     let (me, peer) = if host == "a" { ("11", "12") } else { ("12", "11") };
     let conf = SHIPPED_CONF
-        .replace("192.0.2.10/24", &format!("{VIP}/24"))
+        .replace("192.0.2.10/", &format!("{VIP}/"))
         .replace("192.0.2.11", &format!("{SUBNET}.{me}"))
         .replace("192.0.2.12", &format!("{SUBNET}.{peer}"))
         .replace("script_user keepalived_script", "script_user nobody");
@@ -190,8 +195,18 @@ fn lb_config() -> String {
         "listeners:\n  - {{ name: mqtt, bind: \"0.0.0.0:1883\", protocol: mqtt, backend: brokers }}\n\
          backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 500ms, timeout: 500ms }}\n    servers:\n\
          \x20     - {{ name: b1, address: \"{SUBNET}.20:1883\" }}\n      - {{ name: b2, address: \"{SUBNET}.20:1884\" }}\n\
-         admin: {{ bind: \"127.0.0.1:9100\" }}\nshutdown: {{ drain_timeout: 3s }}\n"
+         admin: {{ bind: \"127.0.0.1:9100\" }}\nshutdown: {{ drain_timeout: {}s }}\n",
+        DRAIN.as_secs()
     )
+}
+
+/// Applies the shipped sysctl file (`key = value` lines) inside `host`'s namespace, as `sysctl --system` would.
+fn apply_shipped_sysctls(lab: &Lab, host: &str) {
+    let settings = SHIPPED_SYSCTLS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for setting in settings {
+        let setting: String = setting.split_whitespace().collect();
+        assert!(lab.exec_ok(host, &["sysctl", "-qw", &setting]), "sysctl -w {setting} on {host}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -282,6 +297,8 @@ impl Client {
 /// One connection of a client: connect, learn the broker, stay until the connection ends. Prints `up` and `down`
 /// (or `fail` when it could not get in).
 async fn one_connection(version: &str, id: &str, host: &str, active: &tokio::sync::watch::Receiver<bool>) {
+    // A client named `busy` sends from the start, as a device publishing often.
+    let busy = id.contains("busy");
     let mut client = Client::new(version, id, host, 1883);
     match tokio::time::timeout(Duration::from_secs(3), client.poll()).await {
         Ok(Ok(Seen::ConnAck(true))) => {}
@@ -304,7 +321,7 @@ async fn one_connection(version: &str, id: &str, host: &str, active: &tokio::syn
                 Ok(_) => {}
                 Err(e) => return println!("EV down {id} {e}"),
             },
-            _ = beat.tick() => if *active.borrow() { client.heartbeat() },
+            _ = beat.tick() => if busy || *active.borrow() { client.heartbeat() },
         }
     }
 }
@@ -345,7 +362,9 @@ fn missing_prerequisite() -> Option<String> {
     if root != Some(true) {
         return Some("not root: cannot create network namespaces".into());
     }
-    for tool in ["/usr/sbin/keepalived", "/usr/sbin/mosquitto", "/usr/bin/mosquitto_pub", "/usr/bin/curl"] {
+    for tool in
+        ["/usr/sbin/keepalived", "/usr/sbin/sysctl", "/usr/sbin/mosquitto", "/usr/bin/mosquitto_pub", "/usr/bin/curl"]
+    {
         if !Path::new(tool).exists() {
             return Some(format!("{tool} missing (scripts/install-deps.sh installs it)"));
         }
@@ -370,6 +389,17 @@ async fn time_until(since: Instant, limit: Duration, mut check: impl FnMut() -> 
 fn events_since(events: &Events, since: Instant, kind: &str) -> Vec<Event> {
     let all = events.lock().unwrap_or_else(|p| p.into_inner());
     all.iter().filter(|e| e.at >= since && e.kind == kind).cloned().collect()
+}
+
+/// How each of `ids` saw its connection end (its first `down` after `since`); panics if one has none.
+fn connection_ends(events: &Events, ids: &[String], since: Instant) -> BTreeMap<String, Event> {
+    let mut ends: BTreeMap<String, Event> = BTreeMap::new();
+    for e in events_since(events, since, "down") {
+        ends.entry(e.id.clone()).or_insert(e);
+    }
+    let missing: Vec<&String> = ids.iter().filter(|id| !ends.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "clients whose connection never ended: {missing:?}");
+    ends
 }
 
 /// When every client was back after `since`: (first, last) times from `since` and each client's broker.
@@ -434,11 +464,12 @@ async fn keepalived_pair_fails_over() {
         }
     };
     let mut lab = lab;
-    bounded(Duration::from_secs(75), "keepalived pair", pair_scenarios(&mut lab)).await;
+    bounded(Duration::from_secs(90), "keepalived pair", pair_scenarios(&mut lab)).await;
 }
 
 /// Starts keepalived on `host` with the adapted shipped configuration.
 fn start_keepalived(lab: &mut Lab, host: &str) {
+    apply_shipped_sysctls(lab, host);
     let conf = lab.path(&format!("keepalived-{host}.conf"));
     std::fs::write(&conf, keepalived_conf(host)).expect("keepalived config");
     let file = |kind: &str| lab.path(&format!("keepalived-{host}.{kind}.pid")).to_string_lossy().into_owned();
@@ -511,14 +542,11 @@ async fn pair_scenarios(lab: &mut Lab) {
     let elected = elected.unwrap_or_else(|| panic!("a never took the IP:\n{}", lab.log("keepalived-a")));
     eprintln!("a holds {VIP} {elected:?} after keepalived started");
 
-    let ids: Vec<String> = (0..4).flat_map(|i| [format!("fo-v5-{i}"), format!("fo-v4-{i}")]).collect();
+    let mut ids: Vec<String> = (0..4).flat_map(|i| [format!("fo-v5-{i}"), format!("fo-v4-{i}")]).collect();
+    ids.extend(["fo-v5-busy".to_owned(), "fo-v4-busy".to_owned()]);
     let started = Instant::now();
     let (mut helper, events) = start_clients(lab, &ids);
     let placed = all_back(&events, &ids, started, Duration::from_secs(10)).await.brokers;
-    // Clients that send every 250 ms: a connection to the host that lost the IP shows as dead at the next message.
-    if let Some(stdin) = helper.stdin.as_mut() {
-        stdin.write_all(b"active\n").await.expect("tell the clients to send");
-    }
     let on: Vec<&str> = placed.values().map(String::as_str).collect();
     assert!(on.contains(&"b1") && on.contains(&"b2"), "clients on both brokers: {placed:?}");
     let mut report = Vec::new();
@@ -528,24 +556,47 @@ async fn pair_scenarios(lab: &mut Lab) {
         report.push(format!("{what}: IP moved {moved:.1?}, first client back {first:.1?}, all back {last:.1?}"));
     };
 
-    // 1. SIGTERM to a's mqtt-lb: the IP moves during the grace, nobody is refused, MQTT 5 clients are told to go.
+    // 1. SIGTERM to a's mqtt-lb: the IP moves during the grace, nobody is refused, MQTT 5 clients are told to go at
+    // its end and 3.1.1 clients are closed at the end of the drain. Most clients are idle (as subscribers and sensors
+    // between readings are); the two busy ones send after the move, reach b, which resets them (docs/deployment.md):
+    // they come back earlier, to the same broker, and are not refused either.
     let t0 = Instant::now();
     lab.signal("mqtt-lb-a", "TERM");
     let moved = time_until(t0, Duration::from_secs(10), || lab.holds_vip("b")).await.expect("the IP moves to b");
-    assert!(moved < mqtt_lb::config::DEFAULT_SHUTDOWN_GRACE, "the IP moved within shutdown.grace: {moved:?}");
-    let back = all_back(&events, &ids, t0, Duration::from_secs(15)).await;
+    let grace = mqtt_lb::config::DEFAULT_SHUTDOWN_GRACE;
+    assert!(moved < grace, "the IP moved within shutdown.grace: {moved:?}");
+    let back = all_back(&events, &ids, t0, grace + DRAIN + Duration::from_secs(5)).await;
     let fails = events_since(&events, t0, "fail");
     assert!(fails.is_empty(), "no client refused during a planned stop: {fails:?}");
-    // Once the IP has left a, a can no longer send from it: its DISCONNECT at the end of the grace reaches nobody,
-    // and clients learn of the move from the new holder's RST to their next packet.
-    let downs = events_since(&events, t0, "down");
-    let told: Vec<&Event> = downs.iter().filter(|e| e.detail.contains("ServerShuttingDown")).collect();
+    let told = connection_ends(&events, &ids, t0);
     measure("SIGTERM  ", moved, &back);
-    eprintln!("SIGTERM: {} of {} connection ends were a DISCONNECT 0x8B; ends: {downs:?}", told.len(), downs.len());
+    let mut busy_ends = Vec::new();
+    for (id, end) in &told {
+        let after = end.at - t0;
+        if id.contains("busy") {
+            busy_ends.push(format!("{id} at {after:.1?}: {}", end.detail));
+        } else if id.contains("v5") {
+            let disconnect = end.detail.contains("ServerShuttingDown");
+            assert!(disconnect && after >= grace, "{id}: DISCONNECT 0x8B at the end of the grace, got {end:?}");
+        } else {
+            assert!(after >= grace + DRAIN, "{id}: closed at the end of the drain, not before: {end:?}");
+        }
+    }
+    eprintln!("SIGTERM: how the busy clients' connections ended: {busy_ends:?}");
+    let idle = |v: &str, id: &str| id.contains(v) && !id.contains("busy");
+    let ends = |v: &str| told.iter().filter(|(id, _)| idle(v, id)).map(|(_, e)| e.at - t0).max();
+    let (v5, v4) = (ends("v5").unwrap_or_default(), ends("v4").unwrap_or_default());
+    let told_at =
+        format!("SIGTERM  : last MQTT 5 DISCONNECT 0x8B read {v5:.1?}, last 3.1.1 connection closed {v4:.1?}");
     lab.stop("mqtt-lb-a", "TERM");
     let skip = lab.log("keepalived-a").lines().count();
     start_lb(lab, "a").await;
     wait_backup(lab, "a", skip).await;
+    // From now on the clients send every 250 ms: a connection to the host that lost its interface shows as dead
+    // at the next message (the new holder resets it), not only at the 60 s keep-alive.
+    if let Some(stdin) = helper.stdin.as_mut() {
+        stdin.write_all(b"active\n").await.expect("tell the clients to send");
+    }
 
     // 2. SIGKILL to b's mqtt-lb: clients are refused until the IP moves, then all come back.
     let t0 = Instant::now();
@@ -564,8 +615,9 @@ async fn pair_scenarios(lab: &mut Lab) {
     let back = all_back(&events, &ids, t0, Duration::from_secs(15)).await;
     measure("link down", moved, &back);
 
+    report.push(told_at);
     for line in &report {
-        eprintln!("failover, {} clients (half MQTT 5, half 3.1.1): {line}", ids.len());
+        eprintln!("failover, {} clients (half MQTT 5, half 3.1.1; 2 busy): {line}", ids.len());
     }
     let _ = helper.kill().await;
 }

