@@ -342,7 +342,8 @@ pub struct Limits {
     pub strict_v31_client_id: bool,
 }
 
-/// `limits.connection_rate_table_size` by default: about 10 MB of buckets.
+/// `limits.connection_rate_table_size` by default: up to about 20 MB of buckets (a hash entry and an ordered-set
+/// entry per address, about 200 bytes).
 pub const DEFAULT_RATE_TABLE_SIZE: usize = 100_000;
 
 /// `shutdown.grace` by default. The shipped keepalived check (interval 2 s, fall 2) sees two failures 2-4 s after

@@ -11,7 +11,7 @@ use super::runtime::{AdminConfig, Config, Limits, LogConfig, ShutdownConfig, DEF
 use super::schema::{FileAdmin, FileConfig, FileLimits, Workers};
 use super::ConfigError;
 
-/// `limits.connection_rate_table_size` at most: about 1 GB of buckets.
+/// `limits.connection_rate_table_size` at most: up to about 2 GB of buckets.
 const MAX_RATE_TABLE_SIZE: usize = 10_000_000;
 
 mod backends;
