@@ -34,7 +34,7 @@
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
 //! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
-//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP, with
+//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded table, with
 //! [`token_bucket`], which also counts the datagram rate of UDP flows),
 //! [`reload`] (one planner for listeners of every protocol, pools and admission: [`reload::plan`] decides from the
 //! old and new configuration, [`reload::apply`] executes on the [`reload::running`] state), and [`server`], which

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, Instrument};
 
 use crate::config::source_allowed;
 use crate::config::Limits;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimiter, RateTableMetrics};
 use crate::session::reject::Reject;
 use crate::session::{connection_span, Session, SessionContext};
 use arc_swap::ArcSwap;
@@ -24,6 +24,11 @@ use arc_swap::ArcSwap;
 /// The limits are replaced by a reload; the counts are not: a successor ([`Admission::successor`]) shares the open
 /// connections, the per-IP counts and, while the rate is the same, the per-IP rate buckets, so that a reload never
 /// lets an address past its limit.
+///
+/// A connection from a listener's `trusted_proxies` is admitted in two steps: at accept against `max_connections`
+/// only ([`Admission::admit_proxy`]: the proxy carries many clients, and its header phase is bounded by that and by
+/// `handshake_timeout`), then, once its PROXY header names the client, against the per-IP limits of that client
+/// ([`Admission::admit_client`]).
 pub struct Admission {
     max_connections: usize,
     /// Client connections open now, every listener together.
@@ -33,13 +38,12 @@ pub struct Admission {
     rate: Option<Arc<RateLimiter>>,
     /// (rate, burst) of `rate`, to tell whether a successor can keep its buckets.
     rate_settings: (u32, u32),
+    rate_table: RateTableMetrics,
 }
 
-/// Open client connections per source address (addresses with none are removed).
+/// Open client connections per source address. Addresses with none are removed, so the table holds no more
+/// addresses than there are connections open, and each step is one hash look-up.
 type PerIpCounts = Mutex<HashMap<IpAddr, usize>>;
-
-/// Addresses the per-IP rate limiter remembers at most (a bounded table; see [`RateLimiter`]).
-const RATE_TABLE_SIZE: usize = 100_000;
 
 /// A connection's place in the limits, released on drop (into the counts its admission shares with successors).
 pub struct AdmissionTicket {
@@ -63,9 +67,10 @@ impl Drop for AdmissionTicket {
 }
 
 impl Admission {
-    /// The admission rules of `limits`: connections overall, per IP, and new connections per second per IP.
-    pub fn from_limits(limits: &Limits) -> Arc<Admission> {
-        Arc::new(Admission::with_counts(limits, Arc::default(), Arc::default(), None))
+    /// The admission rules of `limits`: connections overall, per IP, and new connections per second per IP (its
+    /// table shown in `rate_table`).
+    pub fn from_limits(limits: &Limits, rate_table: RateTableMetrics) -> Arc<Admission> {
+        Arc::new(Admission::with_counts(limits, Arc::default(), Arc::default(), None, rate_table))
     }
 
     /// The admission of `limits` after a reload: the counts of this one go on (see [`Admission`]); the rate buckets
@@ -73,7 +78,11 @@ impl Admission {
     pub fn successor(&self, limits: &Limits) -> Arc<Admission> {
         let same_rate = rate_settings(limits) == self.rate_settings;
         let rate = if same_rate { self.rate.clone() } else { None };
-        Arc::new(Admission::with_counts(limits, Arc::clone(&self.open), Arc::clone(&self.per_ip), rate))
+        if let Some(rate) = &rate {
+            rate.resize(limits.connection_rate_table_size, std::time::Instant::now());
+        }
+        let (open, per_ip) = (Arc::clone(&self.open), Arc::clone(&self.per_ip));
+        Arc::new(Admission::with_counts(limits, open, per_ip, rate, self.rate_table.clone()))
     }
 
     fn with_counts(
@@ -81,10 +90,15 @@ impl Admission {
         open: Arc<AtomicUsize>,
         per_ip: Arc<PerIpCounts>,
         rate: Option<Arc<RateLimiter>>,
+        rate_table: RateTableMetrics,
     ) -> Admission {
         let (per_second, burst) = rate_settings(limits);
-        let rate =
-            rate.or_else(|| (per_second > 0).then(|| Arc::new(RateLimiter::new(per_second, burst, RATE_TABLE_SIZE))));
+        let size = limits.connection_rate_table_size;
+        let new_table = || Arc::new(RateLimiter::new(per_second, burst, size, rate_table.clone()));
+        let rate = rate.or_else(|| (per_second > 0).then(new_table));
+        if rate.is_none() {
+            rate_table.entries.set(0);
+        }
         Admission {
             max_connections: limits.max_connections,
             open,
@@ -92,32 +106,55 @@ impl Admission {
             per_ip,
             rate,
             rate_settings: (per_second, burst),
+            rate_table,
         }
     }
 
     /// Admits a connection from `ip`, or says which limit refuses it.
     pub fn admit(&self, ip: IpAddr) -> Result<AdmissionTicket, Reject> {
-        if let Some(rate) = &self.rate {
-            if !rate.allow(ip, std::time::Instant::now()) {
-                return Err(Reject::RateLimited);
-            }
-        }
+        self.within_rate(ip)?;
+        let mut ticket = self.admit_proxy()?;
+        self.count_per_ip(&mut ticket, ip)?;
+        Ok(ticket)
+    }
+
+    /// Admits a trusted proxy's connection before its header: `max_connections` only.
+    pub fn admit_proxy(&self) -> Result<AdmissionTicket, Reject> {
         let max = if self.max_connections == 0 { usize::MAX } else { self.max_connections };
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map_err(|_| Reject::MaxConnections)?;
         // From here the ticket owns the place it took in `open`.
-        let mut ticket = AdmissionTicket { open: Arc::clone(&self.open), ip: None };
-        if self.per_ip_max > 0 {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n >= self.per_ip_max {
-                return Err(Reject::MaxConnectionsPerIp);
-            }
-            *n += 1;
-            ticket.ip = Some((ip, Arc::clone(&self.per_ip)));
+        Ok(AdmissionTicket { open: Arc::clone(&self.open), ip: None })
+    }
+
+    /// The client at `ip` that a trusted proxy's header names, on the proxy's `ticket`: the per-IP rate and count.
+    pub fn admit_client(&self, ticket: &mut AdmissionTicket, ip: IpAddr) -> Result<(), Reject> {
+        self.within_rate(ip)?;
+        self.count_per_ip(ticket, ip)
+    }
+
+    /// Takes one of `ip`'s new-connection tokens.
+    fn within_rate(&self, ip: IpAddr) -> Result<(), Reject> {
+        match &self.rate {
+            Some(rate) if !rate.allow(ip, std::time::Instant::now()) => Err(Reject::RateLimited),
+            _ => Ok(()),
         }
-        Ok(ticket)
+    }
+
+    /// Counts `ticket`'s connection under `ip` (released when the ticket drops).
+    fn count_per_ip(&self, ticket: &mut AdmissionTicket, ip: IpAddr) -> Result<(), Reject> {
+        if self.per_ip_max == 0 || ticket.ip.is_some() {
+            return Ok(());
+        }
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.per_ip_max {
+            return Err(Reject::MaxConnectionsPerIp);
+        }
+        *n += 1;
+        ticket.ip = Some((ip, Arc::clone(&self.per_ip)));
+        Ok(())
     }
 }
 
@@ -162,7 +199,10 @@ pub async fn accept_loop(
         let ctx = current.load_full();
         ctx.listener_metrics.accepted.inc();
         let span = connection_span(&ctx.name, peer);
-        let admitted = if source_allowed(&ctx.allowed_sources, peer.ip()) {
+        // A trusted proxy's clients are admitted once its header names them (see [`Admission`]).
+        let admitted = if ctx.from_trusted_proxy(peer.ip()) {
+            admission.load().admit_proxy()
+        } else if source_allowed(&ctx.allowed_sources, peer.ip()) {
             admission.load().admit(peer.ip())
         } else {
             Err(Reject::SourceNotAllowed)
@@ -177,12 +217,12 @@ pub async fn accept_loop(
             }
         };
         let close = close.clone();
+        // The session holds the admission ticket for as long as it runs.
+        let session = Session::new(ctx, peer, ticket, Arc::clone(&admission));
         let session = async move {
-            // The admission ticket is held for as long as the session runs.
-            let _ticket = ticket;
             // Past the drain deadline `close` fires: dropping the session closes both of its sockets.
             tokio::select! {
-                () = Session::new(ctx, peer).run(stream) => {}
+                () = session.run(stream) => {}
                 () = close.cancelled() => {}
             }
         };

@@ -24,6 +24,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::rate_limit::RateTableMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
@@ -100,6 +102,8 @@ pub struct Metrics {
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
     pub udp: udp::UdpFamilies,
+    /// The per-IP connection rate table (`limits.max_connection_rate_per_ip`).
+    pub rate_table: RateTableMetrics,
 }
 
 impl Default for Metrics {
@@ -134,6 +138,7 @@ impl Metrics {
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
+            rate_table: RateTableMetrics::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -222,6 +227,16 @@ impl Metrics {
             "End of validity (notAfter) of the serving certificate of a TLS listener, as a Unix time",
             Unit::Seconds,
             m.tls_certificate_expiry.clone(),
+        );
+        r.register(
+            "connection_rate_table_entries",
+            "Addresses the per-IP connection rate table holds now",
+            m.rate_table.entries.clone(),
+        );
+        r.register(
+            "connection_rate_table_evictions",
+            "Per-IP rate buckets not yet refilled that were evicted to admit a new address (the table was full)",
+            m.rate_table.evictions.clone(),
         );
         m.udp.register(r);
         // Read from /proc at scrape time: a handful of small files, whatever the number of connections.

@@ -52,6 +52,14 @@ impl TokenBucket {
         self.refilled(rate, now) >= rate.burst
     }
 
+    /// When the bucket will have refilled completely (the past if it already has). Ordering buckets of one rate by
+    /// this instant orders them by how full they are at any moment, the fullest first.
+    pub fn full_at(&self, rate: Rate) -> Instant {
+        let missing = ((rate.burst - self.tokens) / rate.per_second).max(0.0);
+        let wait = std::time::Duration::try_from_secs_f64(missing).unwrap_or_default();
+        self.updated.checked_add(wait).unwrap_or(self.updated)
+    }
+
     fn refilled(&self, rate: Rate, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         (self.tokens + elapsed * rate.per_second).min(rate.burst)
@@ -86,6 +94,18 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!(b.is_full(rate, later));
         assert_eq!((0..10).filter(|_| b.take(rate, later)).count(), 3, "a minute of quiet still gives only the burst");
+    }
+
+    #[test]
+    fn full_at_is_when_the_refill_reaches_the_burst() {
+        let rate = Rate::new(4, 8);
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(rate, t0);
+        assert_eq!(b.full_at(rate), t0, "a full bucket is full now");
+        assert!(b.take(rate, t0) && b.take(rate, t0));
+        let full = b.full_at(rate);
+        assert_eq!(full, t0 + Duration::from_millis(500), "2 tokens at 4/s");
+        assert!(!b.is_full(rate, full - Duration::from_millis(1)) && b.is_full(rate, full));
     }
 
     #[test]

@@ -335,10 +335,16 @@ pub struct Limits {
     pub max_connection_rate_per_ip: u32,
     /// Bursts allowed above that rate (bucket size); defaults to the rate.
     pub connection_rate_burst: u32,
+    /// Addresses the rate table remembers at most; a new address evicts the fullest bucket of a full table.
+    pub connection_rate_table_size: usize,
     /// MQTT 3.1 client identifiers over 23 characters are refused (0x02), as the 3.1 text says; off by default, as
     /// in brokers.
     pub strict_v31_client_id: bool,
 }
+
+/// `limits.connection_rate_table_size` by default: up to about 20 MB of buckets (a hash entry and an ordered-set
+/// entry per address, about 200 bytes).
+pub const DEFAULT_RATE_TABLE_SIZE: usize = 100_000;
 
 /// `shutdown.grace` by default. The shipped keepalived check (interval 2 s, fall 2) sees two failures 2-4 s after
 /// the signal and the backup takes the IP at once; a cloud L4 balancer probing every 2 s with threshold 2 sees it as

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::runtime::{
     BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
-    ShutdownDisconnect, DEFAULT_SHUTDOWN_GRACE,
+    ShutdownDisconnect, DEFAULT_RATE_TABLE_SIZE, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::units::{DurationValue, SizeValue};
 
@@ -205,6 +205,7 @@ pub(super) struct FileLimits {
     pub(super) max_ws_frame_size: Option<SizeValue>,
     pub(super) max_connection_rate_per_ip: u32,
     pub(super) connection_rate_burst: Option<u32>,
+    pub(super) connection_rate_table_size: usize,
     pub(super) strict_v31_client_id: bool,
 }
 
@@ -220,6 +221,7 @@ impl Default for FileLimits {
             max_ws_frame_size: None,
             max_connection_rate_per_ip: 0,
             connection_rate_burst: None,
+            connection_rate_table_size: DEFAULT_RATE_TABLE_SIZE,
             strict_v31_client_id: false,
         }
     }

@@ -213,6 +213,8 @@ fn websocket_and_tcp_errors_name_the_key() {
         ),
         ("max_connect_size: 1KiB", "max_connect_size: 2KiB, max_ws_frame_size: 1KiB", "limits.max_ws_frame_size"),
         ("max_connect_size: 1KiB", "max_ws_frame_size: 1 lot", "limits.max_ws_frame_size"),
+        ("max_connect_size: 1KiB", "connection_rate_table_size: 0", "limits.connection_rate_table_size"),
+        ("max_connect_size: 1KiB", "connection_rate_table_size: 10000001", "limits.connection_rate_table_size"),
         ("protocol: websocket\n    path", "protocol: websockets\n    path", "listeners[1].protocol"),
     ];
     for (from, to, key) in cases {

@@ -94,7 +94,7 @@ impl Running {
             state_file::restore(path, &pools);
         }
         let mut running = Running {
-            admission: Arc::new(ArcSwap::new(Admission::from_limits(&config.limits))),
+            admission: Arc::new(ArcSwap::new(Admission::from_limits(&config.limits, metrics.rate_table.clone()))),
             config,
             metrics,
             pools,

@@ -15,10 +15,11 @@
 pub mod end;
 pub mod reject;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -28,6 +29,7 @@ use tracing::{debug, field, Span};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
+use crate::listener::{Admission, AdmissionTicket};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
 use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
@@ -48,7 +50,8 @@ pub struct SessionContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `websocket` listeners: what the upgrade accepts.
     pub ws: Option<UpgradePolicy>,
-    /// When not empty, the only client addresses accepted (checked by the accept loop).
+    /// When not empty, the only client addresses accepted (checked by the accept loop, or after the PROXY header of
+    /// a trusted proxy).
     pub allowed_sources: Vec<Cidr>,
     pub balancer: Arc<Balancer>,
     pub limits: Limits,
@@ -62,6 +65,14 @@ pub struct SessionContext {
     pub require_identity: RequireIdentity,
     /// The server's shutdown token and the MQTT 5 DISCONNECT reason to send when it fires (`shutdown.disconnect`).
     pub shutdown_notice: Option<(CancellationToken, u8)>,
+}
+
+impl SessionContext {
+    /// Whether a connection from `ip` comes from one of the listener's `trusted_proxies` (and starts with a PROXY
+    /// header).
+    pub fn from_trusted_proxy(&self, ip: IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && crate::config::source_allowed(&self.trusted_proxies, ip)
+    }
 }
 
 /// The span every log line of one connection is written in: the listener and the TCP peer, then the client a
@@ -81,6 +92,10 @@ pub struct Session {
     /// The verified client certificate's names (mTLS) and the TLS version, once the handshake is done.
     tls_info: Option<proxy_protocol::TlsInfo>,
     identity: Option<PeerIdentity>,
+    /// The connection's place in the admission limits, held until the session ends.
+    ticket: AdmissionTicket,
+    /// The admission limits of the moment: a trusted proxy's client is admitted once its header is read.
+    admission: Arc<ArcSwap<Admission>>,
 }
 
 /// Keeps the listener's active-connections gauge up while a session lives.
@@ -96,8 +111,13 @@ impl Drop for ActiveListener<'_> {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Session {
-    pub fn new(ctx: Arc<SessionContext>, peer: SocketAddr) -> Session {
-        Session { ctx, peer, local: None, started: Instant::now(), tls_info: None, identity: None }
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        peer: SocketAddr,
+        ticket: AdmissionTicket,
+        admission: Arc<ArcSwap<Admission>>,
+    ) -> Session {
+        Session { ctx, peer, local: None, started: Instant::now(), tls_info: None, identity: None, ticket, admission }
     }
 
     /// The whole path; run inside [`connection_span`].
@@ -142,10 +162,14 @@ impl Session {
         }
     }
 
-    /// From a trusted proxy: its PROXY header, under `limits.handshake_timeout`, names the real client.
+    /// From a trusted proxy: its PROXY header, under `limits.handshake_timeout`, names the real client, which is
+    /// then admitted as a direct client is at accept: `allowed_sources`, then the per-IP limits. A refusal here
+    /// closes the connection without an answer, as at accept (no CONNACK: the client's version is not known yet).
+    /// A header without a client address (v2 `LOCAL`, v1 `UNKNOWN`: the proxy's own health checks) counts under the
+    /// proxy's address, which `trusted_proxies` already allows.
     async fn proxy_header(&mut self, tcp: &mut TcpStream) -> Result<(), Reject> {
         let ctx = &self.ctx;
-        if ctx.trusted_proxies.is_empty() || !crate::config::source_allowed(&ctx.trusted_proxies, self.peer.ip()) {
+        if !ctx.from_trusted_proxy(self.peer.ip()) {
             return Ok(());
         }
         let received = proxy_protocol::read_header(tcp, ctx.limits.handshake_timeout).await.map_err(|e| {
@@ -157,8 +181,11 @@ impl Session {
             debug!("PROXY header");
             self.peer = source;
             self.local = received.destination.or(self.local);
+            if !crate::config::source_allowed(&ctx.allowed_sources, source.ip()) {
+                return Err(Reject::SourceNotAllowed);
+            }
         }
-        Ok(())
+        self.admission.load().admit_client(&mut self.ticket, self.peer.ip())
     }
 
     /// TLS (under `limits.handshake_timeout`) and, on `websocket` listeners, the upgrade.

@@ -39,13 +39,13 @@ impl Side {
 /// Why a client was not relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
-    /// Not in the listener's `allowed_sources` (at accept).
+    /// Not in the listener's `allowed_sources` (at accept, or after a trusted proxy's header).
     SourceNotAllowed,
-    /// Over `max_connection_rate_per_ip` (at accept).
+    /// Over `max_connection_rate_per_ip` (at accept, or after a trusted proxy's header).
     RateLimited,
     /// Over `max_connections` (at accept).
     MaxConnections,
-    /// Over `max_connections_per_ip` (at accept).
+    /// Over `max_connections_per_ip` (at accept, or after a trusted proxy's header).
     MaxConnectionsPerIp,
     /// A trusted proxy's PROXY header was missing or malformed.
     ProxyProtocolInvalid,

@@ -61,6 +61,13 @@ impl LbProcess {
         .await
     }
 
+    /// SIGTERM, then asserts a clean exit within 5 s.
+    pub async fn stop(mut self) {
+        self.signal("TERM");
+        let exited = self.wait_exit(Duration::from_secs(5)).await.expect("mqtt-lb exits on SIGTERM");
+        assert!(exited.success(), "exit status {exited}");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

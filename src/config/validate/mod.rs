@@ -11,6 +11,9 @@ use super::runtime::{AdminConfig, Config, Limits, LogConfig, ShutdownConfig, DEF
 use super::schema::{FileAdmin, FileConfig, FileLimits, Workers};
 use super::ConfigError;
 
+/// `limits.connection_rate_table_size` at most: up to about 2 GB of buckets.
+const MAX_RATE_TABLE_SIZE: usize = 10_000_000;
+
 mod backends;
 mod coap;
 mod formats;
@@ -121,6 +124,7 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
         max_connection_rate_per_ip: l.max_connection_rate_per_ip,
         connection_rate_burst: l.connection_rate_burst.unwrap_or(l.max_connection_rate_per_ip),
+        connection_rate_table_size: l.connection_rate_table_size,
         strict_v31_client_id: l.strict_v31_client_id,
     };
     if l.connection_rate_burst.is_some() && limits.max_connection_rate_per_ip == 0 {
@@ -128,6 +132,9 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
     }
     if limits.max_connection_rate_per_ip > 0 && limits.connection_rate_burst == 0 {
         return Err(c.err("limits.connection_rate_burst", "must be at least 1"));
+    }
+    if !(1..=MAX_RATE_TABLE_SIZE).contains(&limits.connection_rate_table_size) {
+        return Err(c.err("limits.connection_rate_table_size", "must be between 1 and 10000000"));
     }
     // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
     if !(16..=256 << 20).contains(&limits.max_connect_size) {
