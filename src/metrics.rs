@@ -72,6 +72,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+fn queue_wait_histogram() -> Histogram {
+    // 1 ms .. ~33 s: waits end at queue_timeout, which is at most limits.connect_timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The registry and every metric family.
@@ -96,6 +101,8 @@ pub struct Metrics {
     pub server_dns_lookups: Family<ServerLabels, Counter>,
     pub probe_seconds: HistogramFamily<ServerLabels>,
     pub probe_failures: Family<ServerLabels, Counter>,
+    pub server_queued: Family<ServerLabels, Gauge>,
+    pub server_queue_wait_seconds: HistogramFamily<ServerLabels>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
@@ -131,6 +138,8 @@ impl Metrics {
             server_connect_seconds: Family::new_with_constructor(latency_histogram),
             probe_seconds: Family::new_with_constructor(latency_histogram),
             probe_failures: Family::default(),
+            server_queued: Family::default(),
+            server_queue_wait_seconds: Family::new_with_constructor(queue_wait_histogram),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
@@ -216,6 +225,17 @@ impl Metrics {
             m.probe_seconds.clone(),
         );
         r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
+        r.register(
+            "server_queued_clients",
+            "Clients waiting now for the server's max_connections or max_connection_rate",
+            m.server_queued.clone(),
+        );
+        r.register_with_unit(
+            "server_queue_wait",
+            "Time clients of a capped server waited for it (0 when admitted at once), admitted or refused",
+            Unit::Seconds,
+            m.server_queue_wait_seconds.clone(),
+        );
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -261,6 +281,8 @@ impl Metrics {
             dns_lookups: self.server_dns_lookups.get_or_create(&l).clone(),
             probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
+            queued: self.server_queued.get_or_create(&l).clone(),
+            queue_wait_seconds: self.server_queue_wait_seconds.get_or_create(&l).clone(),
         }
     }
 
@@ -270,6 +292,7 @@ impl Metrics {
         let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
         self.server_up.remove(&l);
         self.server_connections_active.remove(&l);
+        self.server_queued.remove(&l);
         for state in ["ready", "drain", "maint"] {
             self.server_state.remove(&ServerStateLabels {
                 backend: l.backend.clone(),
@@ -317,6 +340,9 @@ pub struct ServerMetrics {
     pub dns_lookups: Counter,
     pub probe_seconds: Histogram,
     pub probe_failures: Counter,
+    /// `mqttlb_server_queued_clients`.
+    pub queued: Gauge,
+    pub queue_wait_seconds: Histogram,
 }
 
 /// The one-hot `mqttlb_server_state` series of one server.
