@@ -55,6 +55,14 @@ pub struct ServerStateLabels {
     pub state: &'static str,
 }
 
+/// `mqttlb_server_queue_refusals_total`: `server_busy` or `server_queue_full`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerReasonLabels {
+    pub backend: String,
+    pub server: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: ReloadResult,
@@ -103,6 +111,7 @@ pub struct Metrics {
     pub probe_failures: Family<ServerLabels, Counter>,
     pub server_queued: Family<ServerLabels, Gauge>,
     pub server_queue_wait_seconds: HistogramFamily<ServerLabels>,
+    pub server_queue_refusals: Family<ServerReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
@@ -140,6 +149,7 @@ impl Metrics {
             probe_failures: Family::default(),
             server_queued: Family::default(),
             server_queue_wait_seconds: Family::new_with_constructor(queue_wait_histogram),
+            server_queue_refusals: Family::default(),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
@@ -236,6 +246,12 @@ impl Metrics {
             Unit::Seconds,
             m.server_queue_wait_seconds.clone(),
         );
+        r.register(
+            "server_queue_refusals",
+            "Clients of the server refused because it stayed at a cap: reason server_busy (waited until \
+             queue_timeout or the connect deadline) or server_queue_full (max_queue clients waiting already)",
+            m.server_queue_refusals.clone(),
+        );
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -283,6 +299,8 @@ impl Metrics {
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
             queued: self.server_queued.get_or_create(&l).clone(),
             queue_wait_seconds: self.server_queue_wait_seconds.get_or_create(&l).clone(),
+            queue_timeouts: self.server_queue_refusal(&l, "server_busy"),
+            queue_full: self.server_queue_refusal(&l, "server_queue_full"),
         }
     }
 
@@ -300,6 +318,12 @@ impl Metrics {
                 state,
             });
         }
+    }
+
+    /// Created with the server, so that each reason has a series (at 0) from the start.
+    fn server_queue_refusal(&self, l: &ServerLabels, reason: &'static str) -> Counter {
+        let labels = ServerReasonLabels { backend: l.backend.clone(), server: l.server.clone(), reason };
+        self.server_queue_refusals.get_or_create(&labels).clone()
     }
 
     fn server_state_gauge(&self, l: &ServerLabels, state: &'static str) -> Gauge {
@@ -343,6 +367,10 @@ pub struct ServerMetrics {
     /// `mqttlb_server_queued_clients`.
     pub queued: Gauge,
     pub queue_wait_seconds: Histogram,
+    /// `mqttlb_server_queue_refusals_total{reason="server_busy"}`.
+    pub queue_timeouts: Counter,
+    /// `mqttlb_server_queue_refusals_total{reason="server_queue_full"}`.
+    pub queue_full: Counter,
 }
 
 /// The one-hot `mqttlb_server_state` series of one server.

@@ -127,6 +127,11 @@ async fn a_wait_past_queue_timeout_or_beyond_max_queue_is_answered_server_busy()
         assert!(waiter.await.expect("task").is_err(), "the waiter is refused at its timeout");
         assert_eq!(metric(admin, &rejected("server_queue_full")).await, 1.0);
         assert_eq!(metric(admin, &rejected("server_busy")).await, 3.0);
+        let per_server = |reason: &str| {
+            format!("mqttlb_server_queue_refusals_total{{backend=\"brokers\",server=\"b1\",reason=\"{reason}\"}}")
+        };
+        assert_eq!(metric(admin, &per_server("server_busy")).await, 3.0);
+        assert_eq!(metric(admin, &per_server("server_queue_full")).await, 1.0);
 
         let on_b2 = b2.client_ids_seen();
         assert!(ids.iter().all(|id| !on_b2.contains(id)), "no refused client went to b2 instead: {on_b2:?}");

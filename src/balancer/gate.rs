@@ -158,6 +158,7 @@ impl Gate {
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= max_queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.queue_full.inc();
             return Err(Refused::QueueFull);
         }
         self.metrics.queued.inc();
@@ -166,7 +167,10 @@ impl Gate {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         self.metrics.queued.dec();
         self.metrics.queue_wait_seconds.observe(start.elapsed().as_secs_f64());
-        admitted.map_err(|_| Refused::Timeout)
+        admitted.map_err(|_| {
+            self.metrics.queue_timeouts.inc();
+            Refused::Timeout
+        })
     }
 
     /// At the head of the queue: a free slot, then the next token.
