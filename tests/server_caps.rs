@@ -1,7 +1,7 @@
 //! Per-server caps through the real binary and real mosquitto brokers: `servers[].max_connections` makes a client
 //! wait in its server's queue (and get in when a relay ends), a wait past `backends[].queue_timeout` or beyond
-//! `max_queue` is answered "server busy" (5: 0x89, 3.1.1: 0x03), a waiting client is never sent to the other server,
-//! and `servers[].max_connection_rate` is what the broker sees, counted at the broker's listening socket.
+//! `max_queue` is answered "server busy" (5: 0x89, 3.1.1: 0x03), or sooner at the client's connect deadline, a
+//! waiting client is never sent to the other server, and `servers[].max_connection_rate` is what the broker sees, counted at the broker's listening socket.
 
 #[path = "common/binary.rs"]
 mod binary;
@@ -14,23 +14,44 @@ use std::time::{Duration, Instant};
 
 use binary::LbProcess;
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A listener `mqtt` (plain) in front of `b1` (with `caps` as extra keys) and `b2`; `backend` holds extra backend
 /// keys. Health checks are off: only clients' relays reach the brokers. Returns the config path, the listener and
 /// the admin address.
 fn write_config(dir: &Path, b1: &str, caps: &str, b2: &str, backend: &str) -> (PathBuf, SocketAddr, SocketAddr) {
+    write_config_with(dir, b1, caps, b2, backend, "10s")
+}
+
+/// [`write_config`] with the client's connect deadline, `limits.connect_timeout`.
+fn write_config_with(
+    dir: &Path,
+    b1: &str,
+    caps: &str,
+    b2: &str,
+    backend: &str,
+    connect_timeout: &str,
+) -> (PathBuf, SocketAddr, SocketAddr) {
     let (port, admin_port) = (free_port(), free_port());
     let yaml = format!(
         "listeners:\n  - {{ name: mqtt, bind: \"127.0.0.1:{port}\", protocol: mqtt, backend: brokers }}\n\
          backends:\n  - name: brokers\n    health: {{ check: none }}\n{backend}    servers:\n\
          \x20     - {{ name: b1, address: \"{b1}\"{caps} }}\n      - {{ name: b2, address: \"{b2}\" }}\n\
          admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n\
-         limits: {{ connect_timeout: 10s }}\n"
+         limits: {{ connect_timeout: {connect_timeout} }}\n"
     );
     let path = dir.join("mqtt-lb.yaml");
     std::fs::write(&path, yaml).expect("write config");
     (path, SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from(([127, 0, 0, 1], admin_port)))
+}
+
+/// A temporary folder and brokers `b1` and `b2` writing their files in it.
+async fn two_brokers() -> (tempfile::TempDir, Mosquitto, Mosquitto) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let b1 = Mosquitto::start(dir.path(), "b1").await;
+    let b2 = Mosquitto::start(dir.path(), "b2").await;
+    (dir, b1, b2)
 }
 
 /// `n` client ids that the configuration at `config` places on `server`.
@@ -55,9 +76,7 @@ async fn wait_queued(admin: SocketAddr, n: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_max_connections_waits_and_gets_in_when_a_relay_ends() {
     bounded(Duration::from_secs(40), "max_connections queue", async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let b1 = Mosquitto::start(dir.path(), "b1").await;
-        let b2 = Mosquitto::start(dir.path(), "b2").await;
+        let (dir, b1, b2) = two_brokers().await;
         let (config, lb_addr, admin) =
             write_config(dir.path(), &b1.addr(), ", max_connections: 2", &b2.addr(), "    queue_timeout: 8s\n");
         let ids = ids_on(&config, "b1", "wait", 3);
@@ -92,9 +111,7 @@ async fn a_client_over_max_connections_waits_and_gets_in_when_a_relay_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_past_queue_timeout_or_beyond_max_queue_is_answered_server_busy() {
     bounded(Duration::from_secs(40), "server busy", async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let b1 = Mosquitto::start(dir.path(), "b1").await;
-        let b2 = Mosquitto::start(dir.path(), "b2").await;
+        let (dir, b1, b2) = two_brokers().await;
         let backend = "    queue_timeout: 600ms\n    max_queue: 1\n";
         let (config, lb_addr, admin) =
             write_config(dir.path(), &b1.addr(), ", max_connections: 1", &b2.addr(), backend);
@@ -140,6 +157,40 @@ async fn a_wait_past_queue_timeout_or_beyond_max_queue_is_answered_server_busy()
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_ends_at_the_clients_connect_deadline_when_that_comes_first() {
+    bounded(Duration::from_secs(30), "connect deadline", async {
+        let (dir, b1, b2) = two_brokers().await;
+        let (config, lb_addr, admin) = write_config_with(
+            dir.path(),
+            &b1.addr(),
+            ", max_connections: 1",
+            &b2.addr(),
+            "    queue_timeout: 1500ms\n",
+            "1500ms",
+        );
+        let ids = ids_on(&config, "b1", "late", 2);
+        let _lb = LbProcess::start(&config, admin).await;
+        let _holder = MqttClient::connect(lb_addr, None, &ids[0], Version::V4).await.expect("the one slot");
+
+        // A slow client: its CONNECT comes 1 s into its 1.5 s deadline, so it may wait 0.5 s, not queue_timeout.
+        let started = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(lb_addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tcp.write_all(&connect_packet_v5(&ids[1])).await.expect("send CONNECT");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .expect("closed")
+            .expect("read");
+        let elapsed = started.elapsed();
+        assert_eq!(answer, [0x20, 0x03, 0x00, 0x89, 0x00], "CONNACK server busy");
+        assert!(elapsed >= Duration::from_millis(1450), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(2200), "the wait ended at the connect deadline: {elapsed:?}");
+    })
+    .await;
+}
+
 /// A TCP forwarder in front of a broker that notes when each connection is accepted: the broker's own view of its
 /// new-connection rate (mqtt-lb's metrics are not asked).
 async fn counting_forwarder(broker: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
@@ -174,9 +225,7 @@ async fn a_burst_reaches_the_broker_at_no_more_than_max_connection_rate() {
     bounded(Duration::from_secs(40), "max_connection_rate", async {
         const RATE: usize = 4;
         const CLIENTS: usize = 12;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let b1 = Mosquitto::start(dir.path(), "b1").await;
-        let b2 = Mosquitto::start(dir.path(), "b2").await;
+        let (dir, b1, b2) = two_brokers().await;
         let (front, accepts) = counting_forwarder(b1.socket_addr()).await;
         let caps = format!(", max_connection_rate: {RATE}");
         let (config, lb_addr, admin) =

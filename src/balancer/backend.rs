@@ -201,3 +201,35 @@ impl Drop for ActiveGuard {
         self.server.metrics.active.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn config(address: &str, max_connections: Option<usize>) -> ServerConfig {
+        ServerConfig {
+            name: "s".into(),
+            address: address.into(),
+            weight: 1,
+            dtls_cid_node_id: None,
+            max_connections,
+            max_connection_rate: None,
+        }
+    }
+
+    #[test]
+    fn a_new_max_connections_counts_the_relays_already_open_at_the_same_address() {
+        let m = Metrics::new();
+        let old = Arc::new(BackendServer::new(&config("127.0.0.1:1", None), m.server("b", "s")));
+        let open: Vec<ActiveGuard> = (0..2).filter_map(|_| old.gate.try_admit()).map(|s| old.track_slot(s)).collect();
+        assert_eq!(open.len(), 2);
+        let capped = old.successor(&config("127.0.0.1:1", Some(2)), m.server("b", "s"));
+        assert!(capped.gate.try_admit().is_none(), "2 relays open: at the new cap of 2");
+        drop(open);
+        assert!(capped.gate.try_admit().is_some(), "a relay ended: room again");
+        let moved = old.successor(&config("127.0.0.1:2", Some(1)), m.server("b", "s"));
+        let _one = old.gate.try_admit();
+        assert!(moved.gate.try_admit().is_some(), "another address: the old relays are not its own");
+    }
+}
