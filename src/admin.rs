@@ -254,6 +254,8 @@ mod tests {
                     address: "127.0.0.1:1".into(),
                     weight: 1,
                     dtls_cid_node_id: None,
+                    max_connections: None,
+                    max_connection_rate: None,
                 };
                 let s = BackendServer::new(&config, metrics.server("b", &config.name));
                 s.set_state(state);

@@ -21,7 +21,8 @@
 //!    ([`mqtt::boundary`]) and the health probe's packets ([`mqtt::probe`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`], their addresses resolved off the path by
 //!    [`balancer::address`]) and the choice of one ([`balancer::selection`]: weighted rendezvous hashing,
-//!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`].
+//!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`]; each
+//!    server's `max_connections` / `max_connection_rate` and the bounded queue for them in [`balancer::gate`].
 //! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
 //!    [`session::reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one
 //!    log line.
@@ -34,8 +35,9 @@
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
 //! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
-//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded table, with
-//! [`token_bucket`], which also counts the datagram rate of UDP flows),
+//! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded
+//! table, with [`token_bucket`], which also counts the datagram rate of UDP flows and spaces a server's new
+//! connections),
 //! [`reload`] (one planner for listeners of every protocol, pools and admission: [`reload::plan`] decides from the
 //! old and new configuration, [`reload::apply`] executes on the [`reload::running`] state), and [`server`], which
 //! binds, spawns, serves reload requests and awaits shutdown.

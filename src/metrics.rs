@@ -57,6 +57,14 @@ pub struct ServerStateLabels {
     pub state: &'static str,
 }
 
+/// `mqttlb_server_queue_refusals_total`: `server_busy` or `server_queue_full`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerReasonLabels {
+    pub backend: String,
+    pub server: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: ReloadResult,
@@ -72,6 +80,11 @@ pub enum ReloadResult {
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+fn queue_wait_histogram() -> Histogram {
+    // 1 ms .. ~33 s: waits end at queue_timeout, which is at most limits.connect_timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -98,6 +111,9 @@ pub struct Metrics {
     pub server_dns_lookups: Family<ServerLabels, Counter>,
     pub probe_seconds: HistogramFamily<ServerLabels>,
     pub probe_failures: Family<ServerLabels, Counter>,
+    pub server_queued: Family<ServerLabels, Gauge>,
+    pub server_queue_wait_seconds: HistogramFamily<ServerLabels>,
+    pub server_queue_refusals: Family<ServerReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
@@ -135,6 +151,9 @@ impl Metrics {
             server_connect_seconds: Family::new_with_constructor(latency_histogram),
             probe_seconds: Family::new_with_constructor(latency_histogram),
             probe_failures: Family::default(),
+            server_queued: Family::default(),
+            server_queue_wait_seconds: Family::new_with_constructor(queue_wait_histogram),
+            server_queue_refusals: Family::default(),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
@@ -221,6 +240,23 @@ impl Metrics {
             m.probe_seconds.clone(),
         );
         r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
+        r.register(
+            "server_queued_clients",
+            "Clients waiting now for the server's max_connections or max_connection_rate",
+            m.server_queued.clone(),
+        );
+        r.register_with_unit(
+            "server_queue_wait",
+            "Time clients of a capped server waited for it (0 when admitted at once), admitted or refused",
+            Unit::Seconds,
+            m.server_queue_wait_seconds.clone(),
+        );
+        r.register(
+            "server_queue_refusals",
+            "Clients of the server refused because it stayed at a cap: reason server_busy (waited until \
+             queue_timeout or the connect deadline) or server_queue_full (max_queue clients waiting already)",
+            m.server_queue_refusals.clone(),
+        );
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -276,6 +312,10 @@ impl Metrics {
             dns_lookups: self.server_dns_lookups.get_or_create(&l).clone(),
             probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
+            queued: self.server_queued.get_or_create(&l).clone(),
+            queue_wait_seconds: self.server_queue_wait_seconds.get_or_create(&l).clone(),
+            queue_timeouts: self.server_queue_refusal(&l, "server_busy"),
+            queue_full: self.server_queue_refusal(&l, "server_queue_full"),
         }
     }
 
@@ -285,6 +325,7 @@ impl Metrics {
         let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
         self.server_up.remove(&l);
         self.server_connections_active.remove(&l);
+        self.server_queued.remove(&l);
         for state in ["ready", "drain", "maint"] {
             self.server_state.remove(&ServerStateLabels {
                 backend: l.backend.clone(),
@@ -292,6 +333,12 @@ impl Metrics {
                 state,
             });
         }
+    }
+
+    /// Created with the server, so that each reason has a series (at 0) from the start.
+    fn server_queue_refusal(&self, l: &ServerLabels, reason: &'static str) -> Counter {
+        let labels = ServerReasonLabels { backend: l.backend.clone(), server: l.server.clone(), reason };
+        self.server_queue_refusals.get_or_create(&labels).clone()
     }
 
     fn server_state_gauge(&self, l: &ServerLabels, state: &'static str) -> Gauge {
@@ -332,6 +379,13 @@ pub struct ServerMetrics {
     pub dns_lookups: Counter,
     pub probe_seconds: Histogram,
     pub probe_failures: Counter,
+    /// `mqttlb_server_queued_clients`.
+    pub queued: Gauge,
+    pub queue_wait_seconds: Histogram,
+    /// `mqttlb_server_queue_refusals_total{reason="server_busy"}`.
+    pub queue_timeouts: Counter,
+    /// `mqttlb_server_queue_refusals_total{reason="server_queue_full"}`.
+    pub queue_full: Counter,
 }
 
 /// The one-hot `mqttlb_server_state` series of one server.

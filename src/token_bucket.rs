@@ -1,11 +1,12 @@
 //! A token bucket: up to `burst` tokens, refilled continuously at `per_second`; each event takes one token or is
-//! refused. The per-IP new-connection rate ([`crate::rate_limit`]) and the per-flow datagram rate of coap
-//! listeners ([`crate::udp`]) both count with it.
+//! refused. The per-IP new-connection rate ([`crate::rate_limit`]), the per-flow datagram rate of coap
+//! listeners ([`crate::udp`]) and a server's `max_connection_rate` ([`crate::balancer::gate`], which waits for
+//! the next token instead of refusing) all count with it.
 //!
 //! The bucket holds no rate of its own: the caller passes the current [`Rate`] at each step, so a reload's new
 //! limits apply to buckets that already exist.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How fast tokens come back and how many a bucket holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +61,15 @@ impl TokenBucket {
         self.updated.checked_add(wait).unwrap_or(self.updated)
     }
 
+    /// How long from `now` until a token is there (zero if one is).
+    pub fn until_next(&self, rate: Rate, now: Instant) -> Duration {
+        let missing = 1.0 - self.refilled(rate, now);
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(missing / rate.per_second)
+    }
+
     fn refilled(&self, rate: Rate, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         (self.tokens + elapsed * rate.per_second).min(rate.burst)
@@ -69,7 +79,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bursts_then_refills_at_the_rate() {
@@ -106,6 +115,18 @@ mod tests {
         let full = b.full_at(rate);
         assert_eq!(full, t0 + Duration::from_millis(500), "2 tokens at 4/s");
         assert!(!b.is_full(rate, full - Duration::from_millis(1)) && b.is_full(rate, full));
+    }
+
+    #[test]
+    fn until_next_says_when_the_next_token_comes() {
+        let rate = Rate::new(4, 1);
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(rate, t0);
+        assert_eq!(b.until_next(rate, t0), Duration::ZERO);
+        assert!(b.take(rate, t0));
+        let wait = b.until_next(rate, t0 + Duration::from_millis(100));
+        assert!(wait > Duration::from_millis(149) && wait <= Duration::from_millis(150), "{wait:?}");
+        assert!(b.take(rate, t0 + Duration::from_millis(250)), "a token a quarter second after the last");
     }
 
     #[test]

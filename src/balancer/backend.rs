@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::address::ServerAddress;
+use super::gate::{Gate, Slot};
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
 
@@ -63,12 +64,15 @@ pub struct BackendServer {
     active: Arc<AtomicUsize>,
     /// Woken when the relays to this server must end (`on_down: close`); shared like `active`.
     close_relays: Arc<tokio::sync::Notify>,
+    /// `max_connections` and `max_connection_rate`, and the clients waiting for them.
+    pub gate: Gate,
 }
 
 impl BackendServer {
     pub fn new(config: &ServerConfig, metrics: ServerMetrics) -> BackendServer {
         metrics.up.set(1);
         metrics.state.set(AdminState::Ready.as_str());
+        let gate = Gate::new(config.max_connections, config.max_connection_rate, Arc::default(), metrics.clone());
         BackendServer {
             name: config.name.clone(),
             address: config.address.clone(),
@@ -81,6 +85,7 @@ impl BackendServer {
             state: AtomicU8::new(AdminState::Ready as u8),
             active: Arc::new(AtomicUsize::new(0)),
             close_relays: Arc::new(tokio::sync::Notify::new()),
+            gate,
         }
     }
 
@@ -130,7 +135,7 @@ impl BackendServer {
 
     /// A server of a new configuration that takes over this one's health and administrative state (reload).
     /// At the same address, the relays already open stay this server's: counted in its connections (/servers,
-    /// least-conn) and closed with it (`on_down: close`).
+    /// least-conn), against its `max_connections`, and closed with it (`on_down: close`).
     pub fn successor(&self, config: &ServerConfig, metrics: ServerMetrics) -> BackendServer {
         let mut next = BackendServer::new(config, metrics);
         next.set_up(self.is_up());
@@ -140,6 +145,8 @@ impl BackendServer {
             next.active = Arc::clone(&self.active);
             next.close_relays = Arc::clone(&self.close_relays);
             next.resolved = Arc::clone(&self.resolved);
+            let slots = Arc::clone(self.gate.slots());
+            next.gate = Gate::new(config.max_connections, config.max_connection_rate, slots, next.metrics.clone());
         }
         next
     }
@@ -164,14 +171,22 @@ impl BackendServer {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.metrics.active.inc();
         self.metrics.connections.inc();
-        ActiveGuard { server: Arc::clone(self) }
+        ActiveGuard { server: Arc::clone(self), _slot: None }
+    }
+
+    /// Like [`BackendServer::track`], holding the relay's `slot` (its place under `max_connections`) as long.
+    pub fn track_slot(self: &Arc<Self>, slot: Slot) -> ActiveGuard {
+        let mut guard = self.track();
+        guard._slot = Some(slot);
+        guard
     }
 }
 
-/// Holds one count in a server's active connections.
+/// Holds one count in a server's active connections (and, for relays, the slot the gate gave).
 #[derive(Debug)]
 pub struct ActiveGuard {
     server: Arc<BackendServer>,
+    _slot: Option<Slot>,
 }
 
 impl ActiveGuard {
@@ -184,5 +199,37 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Ordering::Relaxed);
         self.server.metrics.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn config(address: &str, max_connections: Option<usize>) -> ServerConfig {
+        ServerConfig {
+            name: "s".into(),
+            address: address.into(),
+            weight: 1,
+            dtls_cid_node_id: None,
+            max_connections,
+            max_connection_rate: None,
+        }
+    }
+
+    #[test]
+    fn a_new_max_connections_counts_the_relays_already_open_at_the_same_address() {
+        let m = Metrics::new();
+        let old = Arc::new(BackendServer::new(&config("127.0.0.1:1", None), m.server("b", "s")));
+        let open: Vec<ActiveGuard> = (0..2).filter_map(|_| old.gate.try_admit()).map(|s| old.track_slot(s)).collect();
+        assert_eq!(open.len(), 2);
+        let capped = old.successor(&config("127.0.0.1:1", Some(2)), m.server("b", "s"));
+        assert!(capped.gate.try_admit().is_none(), "2 relays open: at the new cap of 2");
+        drop(open);
+        assert!(capped.gate.try_admit().is_some(), "a relay ended: room again");
+        let moved = old.successor(&config("127.0.0.1:2", Some(1)), m.server("b", "s"));
+        let _one = old.gate.try_admit();
+        assert!(moved.gate.try_admit().is_some(), "another address: the old relays are not its own");
     }
 }

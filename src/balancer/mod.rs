@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod backend;
+pub mod gate;
 pub mod selection;
 pub mod state_file;
 

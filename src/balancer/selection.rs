@@ -122,6 +122,8 @@ mod tests {
                     address: "127.0.0.1:1".into(),
                     weight: *w,
                     dtls_cid_node_id: None,
+                    max_connections: None,
+                    max_connection_rate: None,
                 };
                 Arc::new(BackendServer::new(&c, m.server("b", &c.name)))
             })

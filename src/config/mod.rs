@@ -104,4 +104,6 @@ fn read<'de, S: DeserializeSeed<'de>>(
 }
 
 #[cfg(test)]
+mod server_caps_tests;
+#[cfg(test)]
 mod tests;

@@ -292,7 +292,18 @@ pub struct BackendConfig {
     pub on_down: OnDown,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
+    /// How long a client may wait for its server's `max_connections` or `max_connection_rate` (also bounded by the
+    /// client's connect deadline, `limits.connect_timeout`) before it is refused "server busy".
+    pub queue_timeout: Duration,
+    /// Clients that may wait for one server at once; more are refused "server busy" at once.
+    pub max_queue: usize,
 }
+
+/// `backends[].queue_timeout` when not set (or `limits.connect_timeout`, if that is shorter).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `backends[].max_queue` when not set.
+pub const DEFAULT_MAX_QUEUE: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -305,6 +316,10 @@ pub struct ServerConfig {
     /// (Californium's `DTLS_CONNECTION_ID_NODE_ID`), so that a record's CID names its server on every instance.
     /// Unique within the backend.
     pub dtls_cid_node_id: Option<u8>,
+    /// Relays open to this server at most; None: no cap. A client beyond it waits ([`BackendConfig::queue_timeout`]).
+    pub max_connections: Option<usize>,
+    /// New relays to this server per second at most, evenly spaced; None: no cap.
+    pub max_connection_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

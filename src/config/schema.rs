@@ -116,6 +116,10 @@ pub(super) struct FileBackend {
     #[serde(default)]
     pub(super) health: FileHealth,
     pub(super) servers: Vec<FileServer>,
+    #[serde(default)]
+    pub(super) queue_timeout: Option<DurationValue>,
+    #[serde(default)]
+    pub(super) max_queue: Option<usize>,
 }
 
 fn default_backend_connect_timeout() -> DurationValue {
@@ -179,6 +183,10 @@ pub(super) struct FileServer {
     /// Wider than the byte it is, so that a value out of range gets a message saying the range.
     #[serde(default)]
     pub(super) dtls_cid_node_id: Option<i64>,
+    #[serde(default)]
+    pub(super) max_connections: Option<usize>,
+    #[serde(default)]
+    pub(super) max_connection_rate: Option<u32>,
 }
 
 fn default_weight() -> u32 {

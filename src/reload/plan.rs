@@ -2,7 +2,7 @@
 //! need a new one and which stop; which servers of each pool carry over; whether the admission limits change.
 //! Pure: nothing is bound, started or stopped here ([`super::apply`] executes the plan).
 
-use crate::config::{BackendConfig, Config, ListenerConfig, ListenerProtocol};
+use crate::config::{BackendConfig, Config, ListenerConfig, ListenerProtocol, ServerConfig};
 
 use super::ReloadError;
 
@@ -36,9 +36,9 @@ pub enum ListenerStep {
 /// What happens to one server of a pool that continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerStep {
-    /// The server at this index of the old pool, unchanged (same address and weight): the same object goes on.
+    /// The server at this index of the old pool, unchanged (same address, weight and caps): the same object goes on.
     Same(usize),
-    /// Same name, new address or weight: a successor takes over the health and administrative state of the server
+    /// Same name, new address, weight or caps: a successor takes over the health and administrative state of the server
     /// at this index of the old pool.
     Successor(usize),
     /// A server the old pool did not have.
@@ -149,6 +149,14 @@ fn same_socket(o: &ListenerConfig, l: &ListenerConfig) -> bool {
     Transport::of(o) == Transport::of(l) && o.bind == l.bind && l.bind.port() != 0
 }
 
+/// Whether a server of the new configuration can go on as the same object: same address, weight and caps.
+fn same_server(old: &ServerConfig, new: &ServerConfig) -> bool {
+    old.address == new.address
+        && old.weight == new.weight
+        && old.max_connections == new.max_connections
+        && old.max_connection_rate == new.max_connection_rate
+}
+
 /// Matches backends by name and their servers by name; lists the servers that leave.
 fn plan_pools(old: &[BackendConfig], new: &[BackendConfig]) -> (Vec<PoolStep>, Vec<(String, String)>) {
     let mut forgotten = Vec::new();
@@ -162,9 +170,7 @@ fn plan_pools(old: &[BackendConfig], new: &[BackendConfig]) -> (Vec<PoolStep>, V
             .servers
             .iter()
             .map(|s| match o.servers.iter().position(|x| x.name == s.name) {
-                Some(j) if o.servers.get(j).is_some_and(|x| x.address == s.address && x.weight == s.weight) => {
-                    ServerStep::Same(j)
-                }
+                Some(j) if o.servers.get(j).is_some_and(|x| same_server(x, s)) => ServerStep::Same(j),
                 Some(j) => ServerStep::Successor(j),
                 None => ServerStep::New,
             })

@@ -2,6 +2,8 @@
 //! PROXY header in (from trusted proxies) -> transport (TLS handshake under a deadline; for `websocket` listeners
 //! the HTTP upgrade, under a deadline too) -> first packet (read under `connect_timeout` and `max_connect_size`,
 //! validated) -> placement (the backend's servers ranked for the client id, from one snapshot of the pool) ->
+//! queue (the chosen server's `max_connections` and `max_connection_rate`: the client waits for them, within
+//! `queue_timeout` and its connect deadline, or is refused busy; never sent elsewhere: [`crate::balancer::gate`]) ->
 //! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
 //! relay -> end ([`end`]: the close reason and the one log line).
 //!
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, Span};
 
 use crate::balancer::backend::{ActiveGuard, BackendServer};
+use crate::balancer::gate::{Refused, Slot};
 use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::listener::{Admission, AdmissionTicket};
@@ -229,6 +232,8 @@ impl Session {
     /// An MQTT client: first packet, identity, placement, upstream, relay. Ok says whether the relay shut the
     /// client's write half down.
     async fn mqtt(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
+        // The client's connect deadline: its CONNECT must arrive by then, and a wait for its server ends there too.
+        let deadline = Instant::now() + self.ctx.limits.connect_timeout;
         let (connect, buf) = self.first_packet(stream).await?;
         let version = Some(connect.version);
         self.check_identity(&connect)?;
@@ -237,8 +242,7 @@ impl Session {
         }
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
         let (pool, candidates) = self.placement(key, version)?;
-        let (server, guard) =
-            self.upstream(&pool, &candidates, &buf).await.ok_or(Reject::ServerConnectFailed(version))?;
+        let (server, guard) = self.upstream(&pool, &candidates, &buf, deadline, version).await?;
         debug!(server = %guard.server().name, "relaying");
         let notice = match (&self.ctx.shutdown_notice, connect.version) {
             (Some((token, reason)), ProtocolVersion::V5) => {
@@ -256,7 +260,8 @@ impl Session {
     async fn passthrough(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         let ip = self.peer.ip().to_string();
         let (pool, candidates) = self.placement(Some(ip.as_bytes()), None)?;
-        let (server, guard) = self.upstream(&pool, &candidates, &[]).await.ok_or(Reject::ServerConnectFailed(None))?;
+        let deadline = Instant::now() + pool.config.queue_timeout;
+        let (server, guard) = self.upstream(&pool, &candidates, &[], deadline, None).await?;
         Ok(self.relay(stream, server, guard, None, 0, None).await)
     }
 
@@ -302,15 +307,40 @@ impl Session {
         Ok((pool, candidates))
     }
 
-    /// Opens the first candidate that answers and sends it `first_bytes`.
+    /// Waits for the chosen server's caps ([`Self::queue`]), then opens the first candidate that answers and sends
+    /// it `first_bytes`.
     async fn upstream(
         &self,
         pool: &Pool,
         candidates: &[Arc<BackendServer>],
         first_bytes: &[u8],
-    ) -> Option<(ServerStream, ActiveGuard)> {
+        deadline: Instant,
+        version: Option<ProtocolVersion>,
+    ) -> Result<(ServerStream, ActiveGuard), Reject> {
+        let chosen = candidates.first().ok_or(Reject::NoServerAvailable(version))?;
+        let slot = self.queue(pool, chosen, deadline, version).await?;
         let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };
-        upstream::open(&pool.config, candidates, &client, first_bytes).await
+        let opened = upstream::open(&pool.config, candidates, &client, first_bytes, slot).await;
+        opened.ok_or(Reject::ServerConnectFailed(version))
+    }
+
+    /// A slot on the chosen server, waiting in its queue until `queue_timeout` or the client's `deadline`, whichever
+    /// comes first. The client is not sent to another server instead: its placement would no longer be by its id.
+    async fn queue(
+        &self,
+        pool: &Pool,
+        chosen: &BackendServer,
+        deadline: Instant,
+        version: Option<ProtocolVersion>,
+    ) -> Result<Slot, Reject> {
+        let deadline = deadline.min(Instant::now() + pool.config.queue_timeout);
+        chosen.gate.admit(pool.config.max_queue, deadline).await.map_err(|refused| {
+            debug!(server = %chosen.name, ?refused, "the client's server stayed at its cap");
+            match refused {
+                Refused::QueueFull => Reject::ServerQueueFull(version),
+                Refused::Timeout => Reject::ServerBusy(version),
+            }
+        })
     }
 
     /// Relays until the end, then logs the connection's one `connection closed` line (see [`end`]).

@@ -74,6 +74,11 @@ pub enum Reject {
     NoServerAvailable(Option<ProtocolVersion>),
     /// Every candidate server failed to connect.
     ServerConnectFailed(Option<ProtocolVersion>),
+    /// The client's server stayed at its `max_connections` or `max_connection_rate` for as long as the client could
+    /// wait (`queue_timeout`, or its connect deadline).
+    ServerBusy(Option<ProtocolVersion>),
+    /// The client's server is at a cap and `max_queue` clients are waiting for it already.
+    ServerQueueFull(Option<ProtocolVersion>),
 }
 
 impl Reject {
@@ -94,6 +99,8 @@ impl Reject {
             Reject::IdentityMismatch(ProtocolVersion::V5),
             Reject::NoServerAvailable(None),
             Reject::ServerConnectFailed(None),
+            Reject::ServerBusy(None),
+            Reject::ServerQueueFull(None),
         ];
         all.extend(UpgradeFailure::ALL.map(Reject::WsUpgrade));
         all.extend(Violation::ALL.map(Reject::WsFrame));
@@ -128,6 +135,8 @@ impl Reject {
             Reject::IdentityMismatch(_) => "identity_mismatch",
             Reject::NoServerAvailable(_) => "no_server_available",
             Reject::ServerConnectFailed(_) => "server_connect_failed",
+            Reject::ServerBusy(_) => "server_busy",
+            Reject::ServerQueueFull(_) => "server_queue_full",
         }
     }
 
@@ -135,7 +144,10 @@ impl Reject {
     pub fn side(self) -> Side {
         match self {
             Reject::MaxConnections => Side::Internal,
-            Reject::NoServerAvailable(_) | Reject::ServerConnectFailed(_) => Side::Server,
+            Reject::NoServerAvailable(_)
+            | Reject::ServerConnectFailed(_)
+            | Reject::ServerBusy(_)
+            | Reject::ServerQueueFull(_) => Side::Server,
             _ => Side::Client,
         }
     }
@@ -148,6 +160,9 @@ impl Reject {
             Reject::ConnectTooLarge(Some(version)) => connack(version, Refusal::PacketTooLarge),
             Reject::NoServerAvailable(Some(version)) | Reject::ServerConnectFailed(Some(version)) => {
                 connack(version, Refusal::ServerUnavailable)
+            }
+            Reject::ServerBusy(Some(version)) | Reject::ServerQueueFull(Some(version)) => {
+                connack(version, Refusal::ServerBusy)
             }
             _ => None,
         }
@@ -225,7 +240,7 @@ mod tests {
         {
             assert!(labels.contains(label), "{label}");
         }
-        assert_eq!(labels.len(), 14 + 8 + 2 + 16 - 1, "client_error is both an upgrade and a read failure");
+        assert_eq!(labels.len(), 16 + 8 + 2 + 16 - 1, "client_error is both an upgrade and a read failure");
     }
 
     #[test]
@@ -239,5 +254,13 @@ mod tests {
         assert_eq!(Reject::ServerConnectFailed(None).connack(), None, "raw TCP: no CONNACK");
         assert_eq!(Reject::ConnectTimeout.connack(), None);
         assert_eq!(Reject::NoServerAvailable(None).side(), Side::Server);
+    }
+
+    #[test]
+    fn a_busy_server_is_0x89_in_5_and_0x03_in_3_1_1() {
+        assert_eq!(Reject::ServerBusy(Some(ProtocolVersion::V5)).connack(), Some(vec![0x20, 0x03, 0x00, 0x89, 0x00]));
+        assert_eq!(Reject::ServerQueueFull(Some(ProtocolVersion::V311)).connack(), Some(vec![0x20, 0x02, 0x00, 0x03]));
+        assert_eq!(Reject::ServerBusy(None).connack(), None, "raw TCP: no CONNACK");
+        assert_eq!(Reject::ServerQueueFull(None).side(), Side::Server);
     }
 }

@@ -1,6 +1,8 @@
 //! Opening a client's connection to a server: TCP connect under the backend's `connect_timeout`, the PROXY header
 //! out, for `websocket` backends the WebSocket client upgrade, then the client's first bytes. Candidates are tried
-//! best first; a server that fails any step counts a connect error and the next one is tried.
+//! best first; a server that fails any step counts a connect error and the next one is tried. The first candidate
+//! comes with the slot its gate gave (the client waited for it); a later one is tried only if its gate admits the
+//! client at once ([`crate::balancer::gate`]): a server at its cap is skipped, never waited for.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,11 +10,12 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::ws;
 use super::ServerStream;
 use crate::balancer::backend::{ActiveGuard, BackendServer};
+use crate::balancer::gate::Slot;
 use crate::config::{BackendConfig, BackendProtocol};
 use crate::proxy_protocol::{self, TlsInfo};
 
@@ -50,15 +53,22 @@ impl Failure {
 }
 
 /// Opens the first of `candidates` that answers and sends it the PROXY header and `first_bytes` (for `websocket`
-/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). None when every one failed.
+/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). `chosen` is the first
+/// candidate's slot. None when every one failed.
 pub async fn open(
     backend: &BackendConfig,
     candidates: &[Arc<BackendServer>],
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
+    chosen: Slot,
 ) -> Option<(ServerStream, ActiveGuard)> {
+    let mut chosen = Some(chosen);
     for server in candidates {
-        match open_one(backend, server, client, first_bytes).await {
+        let Some(slot) = chosen.take().or_else(|| server.gate.try_admit()) else {
+            debug!(backend = %backend.name, server = %server.name, "at its cap: not tried in place of another");
+            continue;
+        };
+        match open_one(backend, server, client, first_bytes, slot).await {
             Ok(opened) => return Some(opened),
             Err(failure) => {
                 let (what, error) = failure.describe();
@@ -75,6 +85,7 @@ async fn open_one(
     server: &Arc<BackendServer>,
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
+    slot: Slot,
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
     // The address resolved off the path (a lookup here only before a host name's first answer).
@@ -83,7 +94,7 @@ async fn open_one(
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);
-    let guard = server.track();
+    let guard = server.track_slot(slot);
     let mut head = proxy_protocol::header_with_tls(
         backend.proxy_protocol,
         client.peer,

@@ -1,4 +1,5 @@
-//! `backends`: names, servers, the health check each protocol allows, WebSocket paths.
+//! `backends`: names, servers, the health check each protocol allows, WebSocket paths, per-server caps and the
+//! queue for them.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -6,12 +7,18 @@ use std::time::Duration;
 use super::formats::{check_server_address, check_ws_path};
 use super::Checker;
 use crate::config::runtime::{
-    BackendConfig, BackendProtocol, HealthCheckKind, HealthConfig, ProxyProtocol, ServerConfig, DEFAULT_WS_PATH,
+    BackendConfig, BackendProtocol, HealthCheckKind, HealthConfig, ProxyProtocol, ServerConfig, DEFAULT_MAX_QUEUE,
+    DEFAULT_QUEUE_TIMEOUT, DEFAULT_WS_PATH,
 };
 use crate::config::schema::{FileBackend, FileHealth, FileServer};
 use crate::config::ConfigError;
 
-pub(super) fn backends(c: &Checker<'_>, file: Vec<FileBackend>) -> Result<Vec<BackendConfig>, ConfigError> {
+/// `connect_timeout` is `limits.connect_timeout`: the client's deadline, which bounds a queue's wait.
+pub(super) fn backends(
+    c: &Checker<'_>,
+    file: Vec<FileBackend>,
+    connect_timeout: Duration,
+) -> Result<Vec<BackendConfig>, ConfigError> {
     if file.is_empty() {
         return Err(c.err("backends", "at least one backend is needed"));
     }
@@ -20,12 +27,17 @@ pub(super) fn backends(c: &Checker<'_>, file: Vec<FileBackend>) -> Result<Vec<Ba
     for (i, b) in file.into_iter().enumerate() {
         let key = format!("backends[{i}]");
         c.name(format!("{key}.name"), &b.name, &mut names)?;
-        backends.push(backend(c, &key, b)?);
+        backends.push(backend(c, &key, b, connect_timeout)?);
     }
     Ok(backends)
 }
 
-fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, ConfigError> {
+fn backend(
+    c: &Checker<'_>,
+    key: &str,
+    b: FileBackend,
+    client_deadline: Duration,
+) -> Result<BackendConfig, ConfigError> {
     if b.servers.is_empty() {
         return Err(c.err(format!("{key}.servers"), "at least one server is needed"));
     }
@@ -37,6 +49,7 @@ fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, 
     if b.protocol == BackendProtocol::Coap && b.proxy_protocol != ProxyProtocol::None {
         return Err(c.err(format!("{key}.proxy_protocol"), "a coap backend receives datagrams: no PROXY header"));
     }
+    let queue_timeout = queue_timeout(c, key, b.queue_timeout.map(|d| d.0), client_deadline)?;
     Ok(BackendConfig {
         name: b.name,
         protocol: b.protocol,
@@ -57,7 +70,47 @@ fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, 
             proxy_protocol: b.proxy_protocol,
         },
         servers: servers(c, key, b.servers, b.protocol)?,
+        queue_timeout,
+        max_queue: b.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
     })
+}
+
+/// `backends[].queue_timeout`: no longer than `limits.connect_timeout`, the client's deadline, which ends the wait
+/// anyway (a longer one would only mislead). When not set, 5 s or that deadline if it is shorter. Zero: never wait.
+fn queue_timeout(
+    c: &Checker<'_>,
+    key: &str,
+    set: Option<Duration>,
+    client_deadline: Duration,
+) -> Result<Duration, ConfigError> {
+    match set {
+        None => Ok(DEFAULT_QUEUE_TIMEOUT.min(client_deadline)),
+        Some(d) if d > client_deadline => Err(c.err(
+            format!("{key}.queue_timeout"),
+            format!(
+                "{d:?} is longer than limits.connect_timeout ({client_deadline:?}), the client's connect deadline,                  which ends a wait first"
+            ),
+        )),
+        Some(d) => Ok(d),
+    }
+}
+
+/// `servers[].max_connections` and `servers[].max_connection_rate`: at least 1 (leave a key out for no cap), and
+/// not on `coap` backends, whose flows are not relays.
+fn caps(s: &FileServer, protocol: BackendProtocol) -> Result<(), (&'static str, String)> {
+    for (name, value) in [
+        ("max_connections", s.max_connections.map(|v| v as u64)),
+        ("max_connection_rate", s.max_connection_rate.map(u64::from)),
+    ] {
+        match value {
+            Some(0) => return Err((name, "must be at least 1 (leave the key out for no cap)".to_owned())),
+            Some(_) if protocol == BackendProtocol::Coap => {
+                return Err((name, "a coap backend's servers take datagram flows, which are not capped".to_owned()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `backends[].health`: the probe interval and timeout, and the counts and credentials beside them.
@@ -134,7 +187,15 @@ fn servers(
         }
         let dtls_cid_node_id = node_id(s.dtls_cid_node_id, protocol, &servers)
             .map_err(|m| c.err(format!("{skey}.dtls_cid_node_id"), m))?;
-        servers.push(ServerConfig { name: s.name, address: s.address, weight: s.weight, dtls_cid_node_id });
+        caps(&s, protocol).map_err(|(name, m)| c.err(format!("{skey}.{name}"), m))?;
+        servers.push(ServerConfig {
+            name: s.name,
+            address: s.address,
+            weight: s.weight,
+            dtls_cid_node_id,
+            max_connections: s.max_connections,
+            max_connection_rate: s.max_connection_rate,
+        });
     }
     Ok(servers)
 }

@@ -69,10 +69,10 @@ impl Checker<'_> {
 /// Checks the file section by section and builds the runtime configuration.
 pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<Config, ConfigError> {
     let c = Checker { file: origin, base: origin.parent().map(Path::to_path_buf).unwrap_or_default() };
-    let backends = backends::backends(&c, file.backends)?;
+    let limits = limits(&c, &file.limits)?;
+    let backends = backends::backends(&c, file.backends, limits.connect_timeout)?;
     let (listeners, binds) = listeners::listeners(&c, file.listeners, &backends)?;
     let admin = admin(&c, file.admin, &binds)?;
-    let limits = limits(&c, &file.limits)?;
     let workers = workers(&c, file.workers)?;
     Ok(Config {
         source: origin.to_path_buf(),
