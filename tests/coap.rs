@@ -710,6 +710,61 @@ async fn bad_input_and_floods_are_dropped_and_counted_while_others_work() {
     proxy.stop().await;
 }
 
+/// Every DTLS record of a datagram is checked, on a listener with `dtls_cid_length` and on one without: a single
+/// byte that starts like a DTLS 1.3 header, a CID record on a listener whose servers issue none, a CID record whose
+/// length does not match, a record longer than its datagram, bytes after the last record. Each is dropped and
+/// counted, opens no flow and reaches no server; a well-formed datagram of two records after them does.
+#[tokio::test]
+async fn malformed_dtls_records_are_dropped_counted_and_open_no_flow() {
+    let mut fakes = Fakes::start(&["f1"]).await;
+    let listeners = "  - { name: plain, bind: \"127.0.0.1:0\", protocol: coap, backend: dtls }\n  \
+                     - { name: cid, bind: \"127.0.0.1:0\", protocol: coap, backend: dtls, dtls_cid_length: 4 }\n";
+    let proxy =
+        TestProxy::start(&proxy_yaml(listeners, &backend_yaml("dtls", "{ check: none }", &fakes.servers()))).await;
+    let mut arrivals = fakes.take_arrivals();
+    let cid = [0xC1, 0xD2, 0xE3, 0xF4];
+    let hello = dtls_record(22, 0, &[], &[0x01; 40]);
+    let mut overlong = dtls_record(22, 0, &[], &[0x01; 40]);
+    overlong.truncate(30);
+    let mut bad_cid_length = dtls_record(25, 1, &cid, b"encrypted");
+    bad_cid_length[16] = 0xFF; // the length field after a 4-byte CID
+    let common_cases: Vec<Vec<u8>> = vec![
+        vec![0x30],
+        vec![0x3F],
+        vec![25],
+        overlong,
+        [hello.clone(), vec![0x00]].concat(),
+        [hello.clone(), dtls_record(20, 0, &[], &[1])[..5].to_vec()].concat(),
+    ];
+    let cases = [
+        (
+            "plain",
+            [common_cases.clone(), vec![dtls_record(25, 1, &cid, b"encrypted"), vec![0x3D, 1, 2, 3, 4, 5, 6, 7]]]
+                .concat(),
+        ),
+        ("cid", [common_cases, vec![bad_cid_length, dtls_record(25, 1, &cid, b"")]].concat()),
+    ];
+    for (l, bad) in &cases {
+        let device = device_socket(proxy.addrs[*l]).await;
+        for datagram in bad {
+            device.send(datagram).await.expect("send a malformed record");
+        }
+        wait_metric(
+            &proxy,
+            &format!("mqttlb_udp_dropped_datagrams_total{{listener=\"{l}\",reason=\"malformed_dtls\"}}"),
+            bad.len() as f64,
+        )
+        .await;
+        // Then a handshake record and a change_cipher_spec in one datagram: relayed, the first thing f1 sees.
+        let good = [hello.clone(), dtls_record(20, 0, &[], &[1])].concat();
+        device.send(&good).await.expect("send two records");
+        let (_, _, got) = next_arrival(&mut arrivals).await;
+        assert_eq!(got, good, "{l}: the well-formed datagram, and nothing before it");
+        assert_eq!(opened(&proxy, l, "source").await, 1.0, "{l}: one flow, for the well-formed datagram");
+    }
+    proxy.stop().await;
+}
+
 /// The flow table is bounded: `max_flows` evicts the least recently used flow, `max_flows_per_ip` refuses new
 /// flows from an address that has its share; both counted.
 #[tokio::test]

@@ -226,7 +226,7 @@ struct DatagramKeys<'a> {
 fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<DatagramKeys<'_>, &'static str> {
     let first = *data.first().ok_or(drop_reason::MALFORMED_COAP)?;
     if dtls::is_dtls(first) {
-        let record = dtls::first_record(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
+        let record = dtls::check_datagram(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
         Ok(DatagramKeys { cid: record.cid, endpoint: None })
     } else {
         let message = coap::parse(data).map_err(|_| drop_reason::MALFORMED_COAP)?;
@@ -687,8 +687,10 @@ mod tests {
         );
         let mut cid_record = vec![25, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 1, 9, 9, 0, 1, 0xAA];
         assert_eq!(inspect(&cid_record, Some(2)).unwrap().cid, Some(&[9, 9][..]));
+        assert_eq!(inspect(&cid_record, None).err(), Some(drop_reason::MALFORMED_DTLS), "a CID nobody issues");
         cid_record.push(0);
-        assert!(inspect(&cid_record, Some(2)).is_ok(), "bytes after the first record are the next records' business");
+        assert_eq!(inspect(&cid_record, Some(2)).err(), Some(drop_reason::MALFORMED_DTLS), "a byte after the record");
+        assert_eq!(inspect(&[0x30], None).err(), Some(drop_reason::MALFORMED_DTLS));
     }
 
     /// Three servers on IP literals (no resolving): a and b issue CIDs with node ids 1 and 2, c without.
