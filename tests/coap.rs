@@ -16,6 +16,8 @@
 //! value, a datagram arriving). Without libcoap, the tests print "skipped" (they fail under
 //! `MQTT_LB_REQUIRE_TOOLS=1`, as `scripts/test.sh` sets).
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 mod tools;
 
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use common::{bounded, eventually, metric, TestProxy};
+use binary::LbProcess;
+use common::{bounded, eventually, free_port, metric, TestProxy};
 use mqtt_lb::balancer::{Balancer, Pool};
 use mqtt_lb::config::Config;
 use mqtt_lb::metrics::Metrics;
@@ -763,6 +766,125 @@ async fn malformed_dtls_records_are_dropped_counted_and_open_no_flow() {
         assert_eq!(opened(&proxy, l, "source").await, 1.0, "{l}: one flow, for the well-formed datagram");
     }
     proxy.stop().await;
+}
+
+/// The built binary with one coap listener `coap` (`extra` keys added to it) in front of `server`, an admin
+/// endpoint, and no shutdown grace; returns it with the listener's and the admin's addresses.
+async fn coap_binary(dir: &Path, server: &CoapServer, extra: &str) -> (LbProcess, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (free_udp_port(), free_port());
+    let yaml = format!(
+        "listeners:\n  - {{ name: coap, bind: \"127.0.0.1:{port}\", protocol: coap, backend: coap_servers{extra} }}\n\
+         backends:\n{}admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s }}\n",
+        backend_yaml("coap_servers", FAST_PING, &[("s1", server.addr())])
+    );
+    let config = dir.join("mqtt-lb.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let admin = source(admin_port);
+    (LbProcess::start(&config, admin).await, source(port), admin)
+}
+
+/// One GET of `/whoami` by coap-client, given one second and no retransmission: whether `s1` answered.
+async fn answered_once(lc: &Libcoap, lb: SocketAddr) -> bool {
+    let mut cmd = tokio::process::Command::new(&lc.client);
+    cmd.args(["-B", "1", "-a", "127.0.0.1", &format!("coap://{lb}/whoami")]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    let out = bounded(STEP, "coap-client", cmd.output()).await.expect("run coap-client");
+    String::from_utf8_lossy(&out.stdout).trim() == "s1"
+}
+
+/// A device flooding the front door (about 30,000 valid NON GETs a second, far past what a device sends) costs
+/// another device nothing: with the default per-device rate limit, the front door drops the flood cheaply instead
+/// of relaying it, and at least 90% of 200 single-try requests of the other device are answered while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_does_not_stop_another_devices_requests() {
+    let Some(lc) = libcoap() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = CoapServer::start(&lc, dir.path(), "s1").await;
+    let (lb, front, admin) = coap_binary(dir.path(), &server, "").await;
+    assert_eq!(get(&lc, front, "whoami", None).await, "s1", "served before the flood");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the flooder");
+            socket.connect(front).expect("connect the flooder");
+            let (mut sent, started) = (0u64, Instant::now());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
+                for _ in 0..200 {
+                    let mut m = coap_get(sent as u16, "whoami");
+                    m[0] = 0x51; // NON
+                    let _ = socket.send(&m);
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (sent, started.elapsed())
+        })
+    };
+    let (mut answered, mut failed) = (0, 0);
+    // Stops early once more than 20 failed: the outcome is known, and the test stays bounded.
+    while answered + failed < 200 && failed <= 20 {
+        if answered_once(&lc, front).await {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, elapsed) = flood.join().expect("the flooder");
+    let rate = sent as f64 / elapsed.as_secs_f64();
+    let limited = dropped_at(admin, "coap", "rate_limited").await;
+    let kernel = metric(admin, "mqttlb_udp_receive_queue_dropped_datagrams_total{listener=\"coap\"}").await;
+    eprintln!("flood {sent} datagrams at {rate:.0}/s; {answered} answered, {failed} not; {limited} rate-limited, {kernel} dropped by the kernel");
+    assert!(rate > 10_000.0, "a flood: {rate:.0} datagrams/s");
+    assert!(answered >= 180, "{answered} of {} answered during the flood", answered + failed);
+    assert!(limited > 0.0, "the flood met the default rate limit");
+    drop(lb);
+}
+
+async fn dropped_at(admin: SocketAddr, l: &str, reason: &str) -> f64 {
+    metric(admin, &format!("mqttlb_udp_dropped_datagrams_total{{listener=\"{l}\",reason=\"{reason}\"}}")).await
+}
+
+/// Datagrams the kernel drops because the listener's receive queue is full are counted: a small `receive_buffer`
+/// (shown as the kernel accounts it) and a burst; every datagram of the burst is then either relayed or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_receive_queue_drops_are_counted() {
+    let Some(lc) = libcoap() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = CoapServer::start(&lc, dir.path(), "s1").await;
+    let (lb, front, admin) =
+        coap_binary(dir.path(), &server, ", receive_buffer: 4KiB, max_datagram_rate_per_flow: 0").await;
+    let buffer = metric(admin, "mqttlb_udp_receive_buffer_bytes{listener=\"coap\"}").await;
+    assert!((4096.0..=16384.0).contains(&buffer), "receive buffer as the kernel accounts it: {buffer}");
+    const BURST: u16 = 3000;
+    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the sender");
+    socket.connect(front).expect("connect the sender");
+    for i in 0..BURST {
+        let mut m = coap_get(i, "whoami");
+        m[0] = 0x51; // NON
+        socket.send(&m).expect("send");
+    }
+    // A request after the burst: answered, and it carries the kernel's drop count to the front door.
+    assert_eq!(get(&lc, front, "whoami", None).await, "s1");
+    let to_server = "mqttlb_udp_relayed_datagrams_total{listener=\"coap\",direction=\"to_server\"}";
+    let kernel = "mqttlb_udp_receive_queue_dropped_datagrams_total{listener=\"coap\"}";
+    let settled = eventually(Duration::from_secs(5), || async {
+        let (relayed, dropped) = (metric(admin, to_server).await, metric(admin, kernel).await);
+        (relayed + dropped >= f64::from(BURST) + 1.0).then_some((relayed, dropped))
+    })
+    .await;
+    let (relayed, dropped) = match settled {
+        Some(v) => v,
+        None => panic!(
+            "relayed {} + kernel drops {} < {BURST}",
+            metric(admin, to_server).await,
+            metric(admin, kernel).await
+        ),
+    };
+    assert!(dropped > 0.0 && dropped < f64::from(BURST), "{dropped} dropped by the kernel");
+    assert_eq!(relayed + dropped, f64::from(BURST) + 1.0, "the burst and the GET after it");
+    drop(lb);
 }
 
 /// The flow table is bounded: `max_flows` evicts the least recently used flow, `max_flows_per_ip` refuses new
