@@ -55,22 +55,26 @@ pub fn control_buffer() -> Vec<u8> {
 
 /// Receives one datagram into `buf` (truncated to its length, as `recv_from` does), with the drop count.
 pub async fn recv(socket: &UdpSocket, buf: &mut [u8], control: &mut [u8]) -> io::Result<Received> {
+    socket.async_io(Interest::READABLE, || recv_now(socket, buf, control)).await
+}
+
+/// [`recv`] if a datagram is queued now; `WouldBlock` if not.
+pub fn try_recv(socket: &UdpSocket, buf: &mut [u8], control: &mut [u8]) -> io::Result<Received> {
+    socket.try_io(Interest::READABLE, || recv_now(socket, buf, control))
+}
+
+fn recv_now(socket: &UdpSocket, buf: &mut [u8], control: &mut [u8]) -> io::Result<Received> {
     use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
-    socket
-        .async_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::empty())?;
-            let from = msg.address.as_ref().and_then(socket_addr).ok_or_else(|| io::Error::other("no source"))?;
-            let drops = msg.cmsgs().ok().and_then(|mut cmsgs| {
-                cmsgs.find_map(|c| match c {
-                    ControlMessageOwned::RxqOvfl(n) => Some(n),
-                    _ => None,
-                })
-            });
-            Ok(Received { len: msg.bytes, from, drops })
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = socket::recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(control), MsgFlags::empty())?;
+    let from = msg.address.as_ref().and_then(socket_addr).ok_or_else(|| io::Error::other("no source"))?;
+    let drops = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::RxqOvfl(n) => Some(n),
+            _ => None,
         })
-        .await
+    });
+    Ok(Received { len: msg.bytes, from, drops })
 }
 
 fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
