@@ -29,7 +29,8 @@
 //! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
 //!
 //! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),
-//! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), placement by
+//! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), the socket's
+//! receive buffer and the kernel's drop count ([`udp::receive`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's

@@ -16,6 +16,8 @@
 //! value, a datagram arriving). Without libcoap, the tests print "skipped" (they fail under
 //! `MQTT_LB_REQUIRE_TOOLS=1`, as `scripts/test.sh` sets).
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 mod tools;
 
@@ -28,7 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use common::{bounded, eventually, metric, TestProxy};
+use binary::LbProcess;
+use common::{bounded, eventually, free_port, metric, TestProxy};
 use mqtt_lb::balancer::{Balancer, Pool};
 use mqtt_lb::config::Config;
 use mqtt_lb::metrics::Metrics;
@@ -708,6 +711,185 @@ async fn bad_input_and_floods_are_dropped_and_counted_while_others_work() {
     let answer = get(&lc, lb, "whoami", None).await;
     assert_eq!(answer, "s1", "and after it");
     proxy.stop().await;
+}
+
+/// Every DTLS record of a datagram is checked, on a listener with `dtls_cid_length` and on one without: a single
+/// byte that starts like a DTLS 1.3 header, a CID record on a listener whose servers issue none, a CID record whose
+/// length does not match, a record longer than its datagram, bytes after the last record. Each is dropped and
+/// counted, opens no flow and reaches no server; a well-formed datagram of two records after them does.
+#[tokio::test]
+async fn malformed_dtls_records_are_dropped_counted_and_open_no_flow() {
+    let mut fakes = Fakes::start(&["f1"]).await;
+    let listeners = "  - { name: plain, bind: \"127.0.0.1:0\", protocol: coap, backend: dtls }\n  \
+                     - { name: cid, bind: \"127.0.0.1:0\", protocol: coap, backend: dtls, dtls_cid_length: 4 }\n";
+    let proxy =
+        TestProxy::start(&proxy_yaml(listeners, &backend_yaml("dtls", "{ check: none }", &fakes.servers()))).await;
+    let mut arrivals = fakes.take_arrivals();
+    let cid = [0xC1, 0xD2, 0xE3, 0xF4];
+    let hello = dtls_record(22, 0, &[], &[0x01; 40]);
+    let mut overlong = dtls_record(22, 0, &[], &[0x01; 40]);
+    overlong.truncate(30);
+    let mut bad_cid_length = dtls_record(25, 1, &cid, b"encrypted");
+    bad_cid_length[16] = 0xFF; // the length field after a 4-byte CID
+    let common_cases: Vec<Vec<u8>> = vec![
+        vec![0x30],
+        vec![0x3F],
+        vec![25],
+        overlong,
+        [hello.clone(), vec![0x00]].concat(),
+        [hello.clone(), dtls_record(20, 0, &[], &[1])[..5].to_vec()].concat(),
+    ];
+    let cases = [
+        (
+            "plain",
+            [common_cases.clone(), vec![dtls_record(25, 1, &cid, b"encrypted"), vec![0x3D, 1, 2, 3, 4, 5, 6, 7]]]
+                .concat(),
+        ),
+        ("cid", [common_cases, vec![bad_cid_length, dtls_record(25, 1, &cid, b"")]].concat()),
+    ];
+    for (l, bad) in &cases {
+        let device = device_socket(proxy.addrs[*l]).await;
+        for datagram in bad {
+            device.send(datagram).await.expect("send a malformed record");
+        }
+        wait_metric(
+            &proxy,
+            &format!("mqttlb_udp_dropped_datagrams_total{{listener=\"{l}\",reason=\"malformed_dtls\"}}"),
+            bad.len() as f64,
+        )
+        .await;
+        // Then a handshake record and a change_cipher_spec in one datagram: relayed, the first thing f1 sees.
+        let good = [hello.clone(), dtls_record(20, 0, &[], &[1])].concat();
+        device.send(&good).await.expect("send two records");
+        let (_, _, got) = next_arrival(&mut arrivals).await;
+        assert_eq!(got, good, "{l}: the well-formed datagram, and nothing before it");
+        assert_eq!(opened(&proxy, l, "source").await, 1.0, "{l}: one flow, for the well-formed datagram");
+    }
+    proxy.stop().await;
+}
+
+/// The built binary with one coap listener `coap` (`extra` keys added to it) in front of `server`, an admin
+/// endpoint, and no shutdown grace; returns it with the listener's and the admin's addresses.
+async fn coap_binary(dir: &Path, server: &CoapServer, extra: &str) -> (LbProcess, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (free_udp_port(), free_port());
+    let yaml = format!(
+        "listeners:\n  - {{ name: coap, bind: \"127.0.0.1:{port}\", protocol: coap, backend: coap_servers{extra} }}\n\
+         backends:\n{}admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s }}\n",
+        backend_yaml("coap_servers", FAST_PING, &[("s1", server.addr())])
+    );
+    let config = dir.join("mqtt-lb.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let admin = source(admin_port);
+    (LbProcess::start(&config, admin).await, source(port), admin)
+}
+
+/// One GET of `/whoami` by coap-client, given one second and no retransmission: whether `s1` answered.
+async fn answered_once(lc: &Libcoap, lb: SocketAddr) -> bool {
+    let mut cmd = tokio::process::Command::new(&lc.client);
+    cmd.args(["-B", "1", "-a", "127.0.0.1", &format!("coap://{lb}/whoami")]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    let out = bounded(STEP, "coap-client", cmd.output()).await.expect("run coap-client");
+    String::from_utf8_lossy(&out.stdout).trim() == "s1"
+}
+
+/// A device flooding the front door (about 30,000 valid Confirmable GETs a second, far past what a device sends) costs
+/// another device nothing: with the default per-device rate limit, the front door drops the flood cheaply instead
+/// of relaying it, and at least 90% of 200 single-try requests of the other device are answered while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_does_not_stop_another_devices_requests() {
+    let Some(lc) = libcoap() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = CoapServer::start(&lc, dir.path(), "s1").await;
+    let (lb, front, admin) = coap_binary(dir.path(), &server, "").await;
+    assert_eq!(get(&lc, front, "whoami", None).await, "s1", "served before the flood");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the flooder");
+            socket.connect(front).expect("connect the flooder");
+            let (mut sent, started) = (0u64, Instant::now());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
+                for _ in 0..200 {
+                    // Confirmable: each one relayed costs the server an answer, and the front door its relay back.
+                    let _ = socket.send(&coap_get(sent as u16, "whoami"));
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (sent, started.elapsed())
+        })
+    };
+    let (mut answered, mut failed) = (0, 0);
+    // Stops early once more than 20 failed: the outcome is known, and the test stays bounded.
+    while answered + failed < 200 && failed <= 20 {
+        if answered_once(&lc, front).await {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, elapsed) = flood.join().expect("the flooder");
+    let rate = sent as f64 / elapsed.as_secs_f64();
+    let limited = dropped_at(admin, "coap", "rate_limited").await;
+    let kernel = metric(admin, "mqttlb_udp_receive_queue_dropped_datagrams_total{listener=\"coap\"}").await;
+    let relayed = metric(admin, "mqttlb_udp_relayed_datagrams_total{listener=\"coap\",direction=\"to_server\"}").await;
+    eprintln!(
+        "flood {sent} datagrams at {rate:.0}/s; {answered} answered, {failed} not; {relayed} relayed, \
+         {limited} rate-limited, {kernel} dropped by the kernel"
+    );
+    assert!(rate > 10_000.0, "a flood: {rate:.0} datagrams/s");
+    assert!(answered >= 180, "{answered} of {} answered during the flood", answered + failed);
+    // The server saw at most the default limit of the flood (burst 1000, then 1000/s), beside the other device's.
+    let bound = 1000.0 + 1000.0 * elapsed.as_secs_f64() + f64::from(answered + failed + 1);
+    assert!(relayed <= bound, "{relayed} relayed to the server, more than {bound:.0}");
+    drop(lb);
+}
+
+async fn dropped_at(admin: SocketAddr, l: &str, reason: &str) -> f64 {
+    metric(admin, &format!("mqttlb_udp_dropped_datagrams_total{{listener=\"{l}\",reason=\"{reason}\"}}")).await
+}
+
+/// Datagrams the kernel drops because the listener's receive queue is full are counted: a small `receive_buffer`
+/// (shown as the kernel accounts it) and a burst; every datagram of the burst is then either relayed or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_receive_queue_drops_are_counted() {
+    let Some(lc) = libcoap() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = CoapServer::start(&lc, dir.path(), "s1").await;
+    let (lb, front, admin) =
+        coap_binary(dir.path(), &server, ", receive_buffer: 4KiB, max_datagram_rate_per_flow: 0").await;
+    let buffer = metric(admin, "mqttlb_udp_receive_buffer_bytes{listener=\"coap\"}").await;
+    assert!((4096.0..=16384.0).contains(&buffer), "receive buffer as the kernel accounts it: {buffer}");
+    const BURST: u16 = 3000;
+    let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the sender");
+    socket.connect(front).expect("connect the sender");
+    for i in 0..BURST {
+        let mut m = coap_get(i, "whoami");
+        m[0] = 0x51; // NON
+        socket.send(&m).expect("send");
+    }
+    // A request after the burst: answered, and it carries the kernel's drop count to the front door.
+    assert_eq!(get(&lc, front, "whoami", None).await, "s1");
+    let to_server = "mqttlb_udp_relayed_datagrams_total{listener=\"coap\",direction=\"to_server\"}";
+    let kernel = "mqttlb_udp_receive_queue_dropped_datagrams_total{listener=\"coap\"}";
+    let settled = eventually(Duration::from_secs(5), || async {
+        let (relayed, dropped) = (metric(admin, to_server).await, metric(admin, kernel).await);
+        (relayed + dropped >= f64::from(BURST) + 1.0).then_some((relayed, dropped))
+    })
+    .await;
+    let (relayed, dropped) = match settled {
+        Some(v) => v,
+        None => panic!(
+            "relayed {} + kernel drops {} < {BURST}",
+            metric(admin, to_server).await,
+            metric(admin, kernel).await
+        ),
+    };
+    assert!(dropped > 0.0 && dropped < f64::from(BURST), "{dropped} dropped by the kernel");
+    assert_eq!(relayed + dropped, f64::from(BURST) + 1.0, "the burst and the GET after it");
+    drop(lb);
 }
 
 /// The flow table is bounded: `max_flows` evicts the least recently used flow, `max_flows_per_ip` refuses new

@@ -248,7 +248,8 @@ impl CoapServer {
     }
 }
 
-/// mqtt-lb in front of `server`: one `protocol: coap` listener, one server, the default CoAP ping health check.
+/// mqtt-lb in front of `server`: one `protocol: coap` listener, one server, the default CoAP ping health check. No
+/// per-device rate limit (on by default): a saturated sender is one device far above what devices send.
 pub fn mqtt_lb_config(bind: SocketAddr, server: SocketAddr, threads: usize) -> String {
     format!(
         "listeners:\n\
@@ -256,6 +257,7 @@ pub fn mqtt_lb_config(bind: SocketAddr, server: SocketAddr, threads: usize) -> S
          \x20   bind: \"{bind}\"\n\
          \x20   protocol: coap\n\
          \x20   backend: coap_servers\n\
+         \x20   max_datagram_rate_per_flow: 0\n\
          backends:\n\
          \x20 - name: coap_servers\n\
          \x20   protocol: coap\n\

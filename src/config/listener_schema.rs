@@ -84,6 +84,8 @@ pub(super) struct CoapListenerKeys {
     pub(super) dtls_cid_timeout: Option<DurationValue>,
     #[serde(default)]
     pub(super) max_dtls_cids: Option<usize>,
+    #[serde(default)]
+    pub(super) receive_buffer: Option<SizeValue>,
 }
 
 /// The keys each protocol's listener has, as the structs above declare them (a test holds them equal).
@@ -106,6 +108,7 @@ pub(super) const COAP_KEYS: &[&str] = &[
     "dtls_cid_length",
     "dtls_cid_timeout",
     "max_dtls_cids",
+    "receive_buffer",
 ];
 
 /// The keys a listener of this protocol has.

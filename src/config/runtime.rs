@@ -96,7 +96,8 @@ pub struct CoapListenerConfig {
     pub max_flows_per_ip: usize,
     /// Larger datagrams from devices are dropped.
     pub max_datagram_size: usize,
-    /// Datagrams per second from one device address (token bucket); 0 = unlimited.
+    /// Datagrams per second from one device address (token bucket); 0 = unlimited. On by default, so that one
+    /// flooding device costs the others nothing but the front door's cheap drops.
     pub max_datagram_rate_per_flow: u32,
     /// Bursts allowed above that rate (bucket size).
     pub datagram_rate_burst: u32,
@@ -106,6 +107,8 @@ pub struct CoapListenerConfig {
     pub dtls_cid_timeout: Duration,
     /// CIDs remembered at most (least recently used forgotten first).
     pub max_dtls_cids: usize,
+    /// The listener socket's receive buffer asked of the kernel (`SO_RCVBUF`); None: the system default.
+    pub receive_buffer: Option<usize>,
 }
 
 impl Default for CoapListenerConfig {
@@ -115,11 +118,12 @@ impl Default for CoapListenerConfig {
             max_flows: 10_000,
             max_flows_per_ip: 0,
             max_datagram_size: 2048,
-            max_datagram_rate_per_flow: 0,
-            datagram_rate_burst: 0,
+            max_datagram_rate_per_flow: 1000,
+            datagram_rate_burst: 1000,
             dtls_cid_length: None,
             dtls_cid_timeout: Duration::from_secs(24 * 3600),
             max_dtls_cids: 100_000,
+            receive_buffer: None,
         }
     }
 }

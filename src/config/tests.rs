@@ -243,6 +243,7 @@ listeners:
     max_flows_per_ip: 20
     max_datagram_size: 1500
     max_datagram_rate_per_flow: 100
+    receive_buffer: 4MiB
   - name: coaps
     bind: "127.0.0.1:5684"
     protocol: coap
@@ -276,10 +277,13 @@ fn coap_keys_load_with_defaults() {
     assert_eq!((coap.max_flows, coap.max_flows_per_ip, coap.max_datagram_size), (500, 20, 1500));
     assert_eq!((coap.max_datagram_rate_per_flow, coap.datagram_rate_burst), (100, 100), "burst defaults to rate");
     assert_eq!(coap.dtls_cid_length, None);
+    assert_eq!(coap.receive_buffer, Some(4 << 20));
     let coaps = c.listeners[2].coap.clone().unwrap();
     let defaults = CoapListenerConfig::default();
     assert_eq!(coaps.dtls_cid_length, Some(8));
     assert_eq!(coaps.dtls_cid_timeout, defaults.dtls_cid_timeout);
+    assert_eq!((coaps.max_datagram_rate_per_flow, coaps.datagram_rate_burst), (1000, 1000), "a rate by default");
+    assert_eq!(coaps.receive_buffer, None, "the system's default buffer");
     assert_eq!((coaps.max_flows, coaps.flow_idle_timeout), (defaults.max_flows, defaults.flow_idle_timeout));
     assert_eq!(c.listeners[2].allowed_sources.len(), 1);
     assert_eq!(c.backends[1].protocol, BackendProtocol::Coap);
@@ -304,7 +308,13 @@ fn coap_errors_name_the_key() {
         ("max_flows: 500", "max_flows: 0", "listeners[1].max_flows"),
         ("max_datagram_size: 1500", "max_datagram_size: 70000", "listeners[1].max_datagram_size"),
         ("max_datagram_size: 1500", "max_datagram_size: 16", "listeners[1].max_datagram_size"),
-        ("max_datagram_rate_per_flow: 100", "datagram_rate_burst: 5", "listeners[1].datagram_rate_burst"),
+        (
+            "max_datagram_rate_per_flow: 100",
+            "max_datagram_rate_per_flow: 0\n    datagram_rate_burst: 5",
+            "listeners[1].datagram_rate_burst",
+        ),
+        ("max_datagram_size: 1500", "receive_buffer: 512", "listeners[1].receive_buffer"),
+        ("max_datagram_size: 1500", "receive_buffer: 2GiB", "listeners[1].receive_buffer"),
         ("max_flows: 500", "max_flows: 500\n    dtls_cid_timeout: 1h", "listeners[1].dtls_cid_timeout"),
         ("max_flows: 500", "max_flows: 500\n    max_dtls_cids: 9", "listeners[1].max_dtls_cids"),
         ("dtls_cid_length: 8", "dtls_cid_length: 0", "listeners[2].dtls_cid_length"),

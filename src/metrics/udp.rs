@@ -104,6 +104,8 @@ pub struct UdpFamilies {
     pub flows_opened: Family<PlacementLabels, Counter>,
     pub flow_evictions: Family<ReasonLabels, Counter>,
     pub dtls_cids: Family<ListenerLabels, Gauge>,
+    pub receive_queue_drops: Family<ListenerLabels, Counter>,
+    pub receive_buffer: Family<ListenerLabels, Gauge>,
 }
 
 impl UdpFamilies {
@@ -141,6 +143,17 @@ impl UdpFamilies {
             "DTLS Connection IDs remembered with their server on a coap listener",
             self.dtls_cids.clone(),
         );
+        r.register(
+            "udp_receive_queue_dropped_datagrams",
+            "Datagrams the kernel dropped because a coap listener's socket receive queue was full (SO_RXQ_OVFL)",
+            self.receive_queue_drops.clone(),
+        );
+        r.register_with_unit(
+            "udp_receive_buffer",
+            "A coap listener's socket receive buffer as the kernel accounts it (SO_RCVBUF: twice the size granted)",
+            Unit::Bytes,
+            self.receive_buffer.clone(),
+        );
     }
 
     /// The handles of one listener, every label value created up front (so the datagram path only touches
@@ -165,6 +178,8 @@ impl UdpFamilies {
             }),
             flows_active: self.flows_active.get_or_create(&l).clone(),
             dtls_cids: self.dtls_cids.get_or_create(&l).clone(),
+            receive_queue_drops: self.receive_queue_drops.get_or_create(&l).clone(),
+            receive_buffer: self.receive_buffer.get_or_create(&l).clone(),
         }
     }
 }
@@ -181,6 +196,8 @@ pub struct UdpListenerMetrics {
     opened: [(&'static str, Counter); 5],
     pub flows_active: Gauge,
     pub dtls_cids: Gauge,
+    pub receive_queue_drops: Counter,
+    pub receive_buffer: Gauge,
 }
 
 fn find<'a>(list: &'a [(&'static str, Counter)], name: &str) -> Option<&'a Counter> {

@@ -36,10 +36,16 @@ pub fn is_dtls(first: u8) -> bool {
 pub enum Malformed {
     #[error("shorter than a record header")]
     TooShort,
+    #[error("content type {0} is not a DTLS record")]
+    ContentType(u8),
     #[error("record version {0:#06x} is not DTLS")]
     Version(u16),
     #[error("the record length runs past the end of the datagram")]
     Length,
+    #[error("a record with a Connection ID on a listener without dtls_cid_length")]
+    UnexpectedCid,
+    #[error("an encrypted record with no content")]
+    Empty,
 }
 
 /// The first record of a datagram.
@@ -47,19 +53,39 @@ pub enum Malformed {
 pub struct Record<'a> {
     /// The DTLS 1.2 content type, or `None` for a DTLS 1.3 unified header.
     pub content_type: Option<u8>,
-    /// The Connection ID, when the record carries one and the listener knows the length.
+    /// The Connection ID, when the record carries one.
     pub cid: Option<&'a [u8]>,
 }
 
-/// Reads the header of the first record of `datagram` (which [`is_dtls`]). `cid_length` is the listener's
-/// `dtls_cid_length`; without it, records with a CID are passed on with `cid: None` after the checks that need no
-/// length.
+/// Checks every record of `datagram` (which [`is_dtls`]) and returns the first one. A datagram may hold several
+/// records (RFC 6347 §4.1.1, RFC 9147 §4.2): each must have a DTLS content type or unified header, a DTLS version,
+/// and a length that ends within the datagram; the last one must end exactly at its end (a DTLS 1.3 record without
+/// a length field takes the rest). `cid_length` is the listener's `dtls_cid_length`: without it the servers issue
+/// no Connection IDs, so a record carrying one (content type 25, or a unified header with the C bit) is refused: its
+/// length field cannot be found, and no session of the servers can use it.
+pub fn check_datagram(datagram: &[u8], cid_length: Option<u8>) -> Result<Record<'_>, Malformed> {
+    let (first, mut rest) = record(datagram, cid_length)?;
+    while !rest.is_empty() {
+        (_, rest) = record(rest, cid_length)?;
+    }
+    Ok(first)
+}
+
+/// Reads the header of the first record of `datagram` (which [`is_dtls`]), ignoring what follows it.
 pub fn first_record(datagram: &[u8], cid_length: Option<u8>) -> Result<Record<'_>, Malformed> {
-    let (&first, rest) = datagram.split_first().ok_or(Malformed::TooShort)?;
+    record(datagram, cid_length).map(|(r, _)| r)
+}
+
+/// One record at the start of `data`, and the bytes after it.
+fn record(data: &[u8], cid_length: Option<u8>) -> Result<(Record<'_>, &[u8]), Malformed> {
+    let (&first, rest) = data.split_first().ok_or(Malformed::TooShort)?;
     if (0x20..=0x3F).contains(&first) {
         return unified(first, rest, cid_length);
     }
-    let (head, after) = datagram.split_first_chunk::<11>().ok_or(Malformed::TooShort)?;
+    if !is_dtls(first) {
+        return Err(Malformed::ContentType(first));
+    }
+    let (head, after) = data.split_first_chunk::<11>().ok_or(Malformed::TooShort)?;
     let [_, major, minor, ..] = *head;
     if major != 0xFE {
         return Err(Malformed::Version(u16::from_be_bytes([major, minor])));
@@ -69,43 +95,41 @@ pub fn first_record(datagram: &[u8], cid_length: Option<u8>) -> Result<Record<'_
             let (cid, after) = after.split_at_checked(usize::from(n)).ok_or(Malformed::TooShort)?;
             (Some(cid), after)
         }
-        // The length field's place is unknown: check what can be checked.
-        (TLS12_CID, None) => {
-            return if after.len() >= 2 {
-                Ok(Record { content_type: Some(first), cid: None })
-            } else {
-                Err(Malformed::TooShort)
-            }
-        }
+        (TLS12_CID, None) => return Err(Malformed::UnexpectedCid),
         _ => (None, after),
     };
-    let (length, fragment) = after.split_first_chunk::<2>().ok_or(Malformed::TooShort)?;
-    if usize::from(u16::from_be_bytes(*length)) > fragment.len() {
-        return Err(Malformed::Length);
+    let (fragment, after) = with_length(after)?;
+    if first == TLS12_CID && fragment.is_empty() {
+        return Err(Malformed::Empty);
     }
-    Ok(Record { content_type: Some(first), cid })
+    Ok((Record { content_type: Some(first), cid }, after))
 }
 
-/// A DTLS 1.3 unified header: `001CSLEE` [CID] sequence (1 or 2 bytes) [length (2)].
-fn unified(first: u8, rest: &[u8], cid_length: Option<u8>) -> Result<Record<'_>, Malformed> {
+/// A two-byte length and that many bytes of `data`, and what follows them.
+fn with_length(data: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
+    let (length, rest) = data.split_first_chunk::<2>().ok_or(Malformed::TooShort)?;
+    rest.split_at_checked(usize::from(u16::from_be_bytes(*length))).ok_or(Malformed::Length)
+}
+
+/// A DTLS 1.3 unified header (`001CSLEE` [CID] sequence (1 or 2 bytes) [length (2)]) and its encrypted record.
+fn unified(first: u8, rest: &[u8], cid_length: Option<u8>) -> Result<(Record<'_>, &[u8]), Malformed> {
     let has_cid = first & 0x10 != 0;
     let (cid, rest) = match (has_cid, cid_length) {
         (true, Some(n)) => {
             let (cid, rest) = rest.split_at_checked(usize::from(n)).ok_or(Malformed::TooShort)?;
             (Some(cid), rest)
         }
-        (true, None) => return Ok(Record { content_type: None, cid: None }),
+        (true, None) => return Err(Malformed::UnexpectedCid),
         (false, _) => (None, rest),
     };
     let sequence_len = if first & 0x08 != 0 { 2 } else { 1 };
     let (_, rest) = rest.split_at_checked(sequence_len).ok_or(Malformed::TooShort)?;
-    if first & 0x04 != 0 {
-        let (length, fragment) = rest.split_first_chunk::<2>().ok_or(Malformed::TooShort)?;
-        if usize::from(u16::from_be_bytes(*length)) > fragment.len() {
-            return Err(Malformed::Length);
-        }
+    let (encrypted, after) = if first & 0x04 != 0 { with_length(rest)? } else { (rest, &[][..]) };
+    // At least the inner content type and an authentication tag.
+    if encrypted.is_empty() {
+        return Err(Malformed::Empty);
     }
-    Ok(Record { content_type: None, cid })
+    Ok((Record { content_type: None, cid }, after))
 }
 
 /// The node id a CID carries under Californium's multi-node convention: its first byte (0 to 255). Whether a
@@ -200,8 +224,8 @@ mod tests {
         let cid = [0xC1, 0xD2, 0xE3, 0xF4];
         let r = record(TLS12_CID, &cid, &[0xAA; 32]);
         assert_eq!(first_record(&r, Some(4)).unwrap(), Record { content_type: Some(25), cid: Some(&cid[..]) });
-        // Without a configured length the record passes, without a CID.
-        assert_eq!(first_record(&r, None).unwrap().cid, None);
+        // Without a configured length the servers issue no CIDs: the record is refused.
+        assert_eq!(first_record(&r, None), Err(Malformed::UnexpectedCid));
         // A wrong configured length shows as a length mismatch or as another CID, never as a panic.
         assert!(first_record(&r, Some(40)).is_err());
         let hello = record(HANDSHAKE, &[], &[0x01; 60]);
@@ -254,11 +278,48 @@ mod tests {
         // 001C SLEE = 0011 1101: CID, 16-bit sequence, length, epoch 1.
         let mut r = vec![0x3D, 0xAB, 0xCD, 0x00, 0x09, 0x00, 0x02, 0x55, 0x66];
         assert_eq!(first_record(&r, Some(2)).unwrap(), Record { content_type: None, cid: Some(&[0xAB, 0xCD][..]) });
-        assert_eq!(first_record(&r, None).unwrap().cid, None);
+        assert_eq!(first_record(&r, None), Err(Malformed::UnexpectedCid));
         r.pop();
         assert_eq!(first_record(&r, Some(2)), Err(Malformed::Length));
         // No CID, 8-bit sequence, no length.
         assert_eq!(first_record(&[0x21, 0x05, 0xEE, 0xEE], Some(2)).unwrap().cid, None);
         assert_eq!(first_record(&[0x21], Some(2)), Err(Malformed::TooShort));
+        assert_eq!(first_record(&[0x21, 0x05], Some(2)), Err(Malformed::Empty));
+    }
+
+    #[test]
+    fn every_record_of_a_datagram_is_checked() {
+        let hello = record(HANDSHAKE, &[], &[0x01; 20]);
+        let ccs = record(20, &[], &[1]);
+        let two = [hello.clone(), ccs.clone()].concat();
+        assert_eq!(check_datagram(&two, None).unwrap().content_type, Some(HANDSHAKE));
+        // Bytes after the last record, a second record cut short, a second record with a TLS version.
+        assert_eq!(check_datagram(&[hello.clone(), vec![0]].concat(), None), Err(Malformed::ContentType(0)));
+        assert_eq!(check_datagram(&[hello.clone(), vec![22, 0xFE]].concat(), None), Err(Malformed::TooShort));
+        let mut tls = ccs.clone();
+        tls[1] = 0x03;
+        assert_eq!(check_datagram(&[hello.clone(), tls].concat(), None), Err(Malformed::Version(0x03FD)));
+        // A single byte of any DTLS-looking value is nothing.
+        for b in (20u8..=26).chain(0x20..=0x3F) {
+            assert!(check_datagram(&[b], None).is_err(), "{b:#x}");
+            assert!(check_datagram(&[b], Some(4)).is_err(), "{b:#x}");
+        }
+        // tls12_cid: its length is checked where the configured CID length puts it.
+        let cid = record(TLS12_CID, &[1, 2, 3, 4], &[0xAA; 8]);
+        assert!(check_datagram(&cid, Some(4)).is_ok());
+        assert_eq!(check_datagram(&cid, Some(3)), Err(Malformed::Length));
+        let mut short = cid.clone();
+        short.truncate(cid.len() - 1);
+        assert_eq!(check_datagram(&short, Some(4)), Err(Malformed::Length));
+        assert_eq!(check_datagram(&[cid.clone(), cid.clone()].concat(), Some(4)).unwrap().cid, Some(&[1, 2, 3, 4][..]));
+        assert_eq!(check_datagram(&record(TLS12_CID, &[1, 2, 3, 4], &[]), Some(4)), Err(Malformed::Empty));
+        // A DTLS 1.3 record without a length takes the rest; with one, the next record follows.
+        let no_length = [0x28, 0x00, 0x01, 0x55, 0x66];
+        assert!(check_datagram(&[ccs.clone(), no_length.to_vec()].concat(), None).is_ok());
+        let with_length = [0x2C, 0x00, 0x01, 0x00, 0x02, 0x55, 0x66];
+        assert!(check_datagram(&[with_length.to_vec(), ccs.clone()].concat(), None).is_ok());
+        let mut overlong = with_length;
+        overlong[4] = 0x40;
+        assert_eq!(check_datagram(&[overlong.to_vec(), ccs].concat(), None), Err(Malformed::Length));
     }
 }

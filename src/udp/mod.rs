@@ -39,7 +39,10 @@
 //!
 //! Every drop is counted in `mqttlb_udp_dropped_datagrams_total` by reason ([`crate::metrics::udp::drop_reason`]).
 //! A Confirmable CoAP message with a readable header but a broken body is rejected with a Reset (RFC 7252 §4.2);
-//! anything else malformed is dropped silently (as RFC 7252 asks for unknown versions). Memory is bounded by
+//! anything else malformed is dropped silently (as RFC 7252 asks for unknown versions). A flooding device meets
+//! `max_datagram_rate_per_flow` (on by default) right after the read, before any parsing or send, so the task
+//! drains the socket faster than it could relay; what the kernel still drops for a full receive queue is counted
+//! ([`receive`]). Memory is bounded by
 //! `max_flows`, `max_dtls_cids`, and one receive buffer per listener and per worker thread.
 //!
 //! # Reload
@@ -51,6 +54,7 @@
 
 pub mod coap;
 pub mod dtls;
+pub mod receive;
 pub mod table;
 
 use std::cell::RefCell;
@@ -65,7 +69,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::Balancer;
@@ -226,7 +230,7 @@ struct DatagramKeys<'a> {
 fn inspect(data: &[u8], cid_length: Option<u8>) -> Result<DatagramKeys<'_>, &'static str> {
     let first = *data.first().ok_or(drop_reason::MALFORMED_COAP)?;
     if dtls::is_dtls(first) {
-        let record = dtls::first_record(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
+        let record = dtls::check_datagram(data, cid_length).map_err(|_| drop_reason::MALFORMED_DTLS)?;
         Ok(DatagramKeys { cid: record.cid, endpoint: None })
     } else {
         let message = coap::parse(data).map_err(|_| drop_reason::MALFORMED_COAP)?;
@@ -247,6 +251,8 @@ struct Listener {
     flows_per_ip: HashMap<IpAddr, usize>,
     cids: ExpiringMap<Vec<u8>, CidEntry>,
     generation: u64,
+    /// The `receive_buffer` last asked of the kernel.
+    receive_buffer: Option<usize>,
     /// Where the flows' reply tasks are tracked (the listener's own tracker), so a drain waits for them.
     tasks: TaskTracker,
 }
@@ -255,7 +261,12 @@ struct Listener {
 /// spawned on `tasks`; they end with their flows, at the latest when this returns.
 pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: CancellationToken, tasks: TaskTracker) {
     let mut l = Listener::new(Arc::clone(&socket), ctx.load().generation, tasks);
-    let mut buf = vec![0u8; 65_536];
+    if let Err(e) = receive::count_drops(&socket) {
+        warn!(listener = %ctx.load().name, error = %e, "the kernel's receive queue drops cannot be counted");
+    }
+    l.size_receive_buffer(&ctx.load());
+    let mut drops = receive::DropCount::default();
+    let (mut buf, mut control) = (vec![0u8; 65_536], receive::control_buffer());
     let mut wake = l.next_wake(&ctx.load());
     let sleep = tokio::time::sleep_until(wake.into());
     tokio::pin!(sleep);
@@ -263,8 +274,17 @@ pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: 
         tokio::select! {
             () = stop.cancelled() => break,
             () = &mut sleep => l.expire(&ctx.load()),
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, src)) => l.on_datagram(&ctx.load_full(), buf.get(..n).unwrap_or_default(), src).await,
+            received = receive::recv(&socket, &mut buf, &mut control) => match received {
+                Ok(r) => {
+                    let ctx = ctx.load_full();
+                    l.on_received(&ctx, &mut drops, buf.get(..r.len).unwrap_or_default(), r).await;
+                    // Whatever else is queued now, up to a batch, before the loop's other branches: under a flood
+                    // a datagram then costs its receive and its checks, not a turn of the loop.
+                    for _ in 1..RECEIVE_BATCH {
+                        let Ok(r) = receive::try_recv(&socket, &mut buf, &mut control) else { break };
+                        l.on_received(&ctx, &mut drops, buf.get(..r.len).unwrap_or_default(), r).await;
+                    }
+                }
                 Err(e) => {
                     // Nothing on an unconnected socket is worth stopping for; do not spin on a persistent error.
                     debug!(error = %e, "UDP receive error");
@@ -286,7 +306,24 @@ pub async fn serve(socket: Arc<UdpSocket>, ctx: Arc<ArcSwap<UdpContext>>, stop: 
     ctx.metrics.dtls_cids.set(0);
 }
 
+/// Datagrams received in a row before the datagram task looks at its timers and its stop signal.
+const RECEIVE_BATCH: usize = 64;
+
 impl Listener {
+    /// A datagram received, with the kernel's drop count it carried.
+    async fn on_received(
+        &mut self,
+        ctx: &UdpContext,
+        drops: &mut receive::DropCount,
+        data: &[u8],
+        r: receive::Received,
+    ) {
+        if let Some(n) = r.drops {
+            ctx.metrics.receive_queue_drops.inc_by(drops.advance(n));
+        }
+        self.on_datagram(ctx, data, r.from).await;
+    }
+
     fn new(socket: Arc<UdpSocket>, generation: u64, tasks: TaskTracker) -> Listener {
         Listener {
             socket,
@@ -295,7 +332,30 @@ impl Listener {
             flows_per_ip: HashMap::new(),
             cids: ExpiringMap::default(),
             generation,
+            receive_buffer: None,
             tasks,
+        }
+    }
+
+    /// Asks the kernel for the receive buffer `receive_buffer` names, when it changed (a listener without the key
+    /// keeps the system's default; removing it keeps the size set until a restart), and shows what the kernel
+    /// accounts. Linux caps the size at `net.core.rmem_max` and doubles it: a reading below twice the size asked
+    /// for means the cap applied, which is worth a warning (the operator's size is not in effect).
+    fn size_receive_buffer(&mut self, ctx: &UdpContext) {
+        let wanted = ctx.settings.receive_buffer;
+        if let Some(bytes) = wanted.filter(|_| wanted != self.receive_buffer) {
+            self.receive_buffer = wanted;
+            match receive::set_receive_buffer(&self.socket, bytes) {
+                Ok(granted) if granted < bytes.saturating_mul(2) => warn!(
+                    listener = %ctx.name, asked = bytes, granted = granted / 2, rmem_max = receive::rmem_max(),
+                    "receive_buffer capped by the kernel: raise net.core.rmem_max"
+                ),
+                Ok(granted) => info!(listener = %ctx.name, bytes = granted / 2, "receive buffer set"),
+                Err(e) => warn!(listener = %ctx.name, error = %e, "cannot set the receive buffer"),
+            }
+        }
+        if let Ok(bytes) = receive::receive_buffer(&self.socket) {
+            ctx.metrics.receive_buffer.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 
@@ -548,6 +608,7 @@ impl Listener {
     /// (its health); the others end.
     fn on_reload(&mut self, ctx: &UdpContext) {
         self.generation = ctx.generation;
+        self.size_receive_buffer(ctx);
         let pool = ctx.balancer.pool();
         let gone = self.flows.extract_if(|_, flow| {
             let successor =
@@ -687,8 +748,10 @@ mod tests {
         );
         let mut cid_record = vec![25, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 1, 9, 9, 0, 1, 0xAA];
         assert_eq!(inspect(&cid_record, Some(2)).unwrap().cid, Some(&[9, 9][..]));
+        assert_eq!(inspect(&cid_record, None).err(), Some(drop_reason::MALFORMED_DTLS), "a CID nobody issues");
         cid_record.push(0);
-        assert!(inspect(&cid_record, Some(2)).is_ok(), "bytes after the first record are the next records' business");
+        assert_eq!(inspect(&cid_record, Some(2)).err(), Some(drop_reason::MALFORMED_DTLS), "a byte after the record");
+        assert_eq!(inspect(&[0x30], None).err(), Some(drop_reason::MALFORMED_DTLS));
     }
 
     /// Three servers on IP literals (no resolving): a and b issue CIDs with node ids 1 and 2, c without.

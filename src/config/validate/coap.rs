@@ -24,7 +24,7 @@ pub(super) fn coap_settings(
     if !(64..=65_507).contains(&max_datagram_size) {
         return Err(c.err(format!("{key}.max_datagram_size"), "must be between 64B and 65507B"));
     }
-    let rate = l.max_datagram_rate_per_flow.unwrap_or(0);
+    let rate = l.max_datagram_rate_per_flow.unwrap_or(defaults.max_datagram_rate_per_flow);
     if l.datagram_rate_burst.is_some() && rate == 0 {
         return Err(c.err(format!("{key}.datagram_rate_burst"), "needs max_datagram_rate_per_flow"));
     }
@@ -33,6 +33,10 @@ pub(super) fn coap_settings(
         return Err(c.err(format!("{key}.datagram_rate_burst"), "must be at least 1"));
     }
     let (dtls_cid_timeout, max_dtls_cids) = dtls_cids(c, key, l, &defaults)?;
+    let receive_buffer = l.receive_buffer.map(|s| s.0);
+    if receive_buffer.is_some_and(|b| !(RECEIVE_BUFFER_MIN..=RECEIVE_BUFFER_MAX).contains(&b)) {
+        return Err(c.err(format!("{key}.receive_buffer"), "must be between 1KiB and 1GiB"));
+    }
     Ok(CoapListenerConfig {
         flow_idle_timeout,
         max_flows,
@@ -43,8 +47,13 @@ pub(super) fn coap_settings(
         dtls_cid_length: l.dtls_cid_length,
         dtls_cid_timeout,
         max_dtls_cids,
+        receive_buffer,
     })
 }
+
+/// The range of `receive_buffer`: the kernel takes an int and doubles it.
+const RECEIVE_BUFFER_MIN: usize = 1024;
+const RECEIVE_BUFFER_MAX: usize = 1 << 30;
 
 /// `dtls_cid_length` and the two keys that need it: how long and how many CIDs are remembered.
 fn dtls_cids(
