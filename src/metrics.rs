@@ -96,6 +96,7 @@ pub struct Metrics {
     pub server_dns_lookups: Family<ServerLabels, Counter>,
     pub probe_seconds: HistogramFamily<ServerLabels>,
     pub probe_failures: Family<ServerLabels, Counter>,
+    pub probe_local_errors: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
@@ -131,6 +132,7 @@ impl Metrics {
             server_connect_seconds: Family::new_with_constructor(latency_histogram),
             probe_seconds: Family::new_with_constructor(latency_histogram),
             probe_failures: Family::default(),
+            probe_local_errors: Family::default(),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
@@ -216,6 +218,12 @@ impl Metrics {
             m.probe_seconds.clone(),
         );
         r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
+        r.register(
+            "health_probe_local_errors",
+            "Health probes that could not run for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM, no \
+             ephemeral port): not held against the server",
+            m.probe_local_errors.clone(),
+        );
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -261,6 +269,7 @@ impl Metrics {
             dns_lookups: self.server_dns_lookups.get_or_create(&l).clone(),
             probe_seconds: self.probe_seconds.get_or_create(&l).clone(),
             probe_failures: self.probe_failures.get_or_create(&l).clone(),
+            probe_local_errors: self.probe_local_errors.get_or_create(&l).clone(),
         }
     }
 
@@ -317,6 +326,7 @@ pub struct ServerMetrics {
     pub dns_lookups: Counter,
     pub probe_seconds: Histogram,
     pub probe_failures: Counter,
+    pub probe_local_errors: Counter,
 }
 
 /// The one-hot `mqttlb_server_state` series of one server.
