@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint (hyper, HTTP/1.1): a read-only socket (`admin.bind`) and a control one
 //! (`admin.control_bind`; without it, `admin.bind` serves control on loopback connections). Who may use what is in
-//! [`access`].
+//! `access`.
 //!
 //! Read-only:
 //! - `GET /metrics`: Prometheus text format (OpenMetrics)
