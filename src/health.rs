@@ -46,6 +46,23 @@ pub enum ProbeError {
     Coap(String),
 }
 
+impl ProbeError {
+    /// The probe could not run for want of a resource of this process or host (file descriptors, socket buffers,
+    /// memory, ephemeral ports): it says nothing about the server, so it must not count against it.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ProbeError::Connect(e) | ProbeError::Io(e) => is_local_resource_error(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_local_resource_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || e.kind() == std::io::ErrorKind::OutOfMemory
+        || matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
 impl From<UdpProbeError> for ProbeError {
     fn from(e: UdpProbeError) -> ProbeError {
         match e {
@@ -130,6 +147,8 @@ pub fn spawn(
 
 async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, server: &BackendServer) {
     let mut verdict = initial_verdict(health, server);
+    // Whether the last probe could not run here: one warning per such spell, not one per probe.
+    let mut local_trouble = false;
     let mut ticks = tokio::time::interval(health.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -140,6 +159,18 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
         let start = Instant::now();
         let result = probe(health, server).await;
         server.metrics.probe_seconds.observe(start.elapsed().as_secs_f64());
+        match &result {
+            Err(e) if e.is_local() => {
+                server.metrics.probe_local_errors.inc();
+                if !local_trouble {
+                    warn!(backend, server = %server.name, error = %e,
+                        "health probe could not run (a local resource error, not the server's): its verdict stands");
+                }
+                local_trouble = true;
+                continue;
+            }
+            _ => local_trouble = false,
+        }
         if let Err(e) = &result {
             server.metrics.probe_failures.inc();
             if server.is_up() {

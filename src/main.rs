@@ -56,6 +56,9 @@ fn main() -> ExitCode {
         }
         Command::Check(CheckArgs { config }) => match mqtt_lb::config::load(&config) {
             Ok(c) => {
+                if let Some(warning) = c.admin.as_ref().and_then(|a| a.exposure_warning()) {
+                    eprintln!("WARNING: {warning}");
+                }
                 println!(
                     "{}: configuration is valid ({} listeners, {} backends, {} servers)",
                     c.source.display(),
@@ -81,12 +84,23 @@ fn main() -> ExitCode {
 /// processes with a soft open-file limit far below the hard one (1024 in most shells and in containerd 2.x
 /// containers, whose hard limit is 524,288), which would cap a balancer at about 500 clients: raise the soft limit
 /// to the hard one, as HAProxy does, and say so when even that is short of `max_connections` (0: unlimited).
-fn raise_open_file_limit(max_connections: usize) {
+/// The admin sockets' connections (`admin.max_connections` each) come on top, so that clients at their limit leave
+/// the files the admin endpoint and the health probes need.
+fn raise_open_file_limit(max_connections: usize, admin_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
-            let needed = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_mul(2).saturating_add(64);
+            let needed = u64::try_from(max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2)
+                .saturating_add(u64::try_from(admin_connections).unwrap_or(u64::MAX))
+                .saturating_add(64);
             if max_connections > 0 && limit < needed {
-                warn!(limit, needed, "the open-file limit is below 2 x limits.max_connections + 64: raise LimitNOFILE");
+                warn!(
+                    limit,
+                    needed,
+                    "the open-file limit is below 2 x limits.max_connections + the admin connections + 64: raise \
+                     LimitNOFILE"
+                );
             } else {
                 info!(limit, "open-file limit");
             }
@@ -108,7 +122,14 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    raise_open_file_limit(config.limits.max_connections);
+    let admin_connections = config.admin.as_ref().map_or(0, |a| {
+        let sockets = if a.control_bind.is_some() { 2 } else { 1 };
+        sockets * a.max_connections
+    });
+    raise_open_file_limit(config.limits.max_connections, admin_connections);
+    if let Some(warning) = config.admin.as_ref().and_then(|a| a.exposure_warning()) {
+        warn!("{warning}");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // Named for `top -H` and `ps -L`.
     builder.thread_name("mqtt-lb-worker");

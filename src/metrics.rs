@@ -114,6 +114,7 @@ pub struct Metrics {
     pub server_queued: Family<ServerLabels, Gauge>,
     pub server_queue_wait_seconds: HistogramFamily<ServerLabels>,
     pub server_queue_refusals: Family<ServerReasonLabels, Counter>,
+    pub probe_local_errors: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
@@ -154,6 +155,7 @@ impl Metrics {
             server_queued: Family::default(),
             server_queue_wait_seconds: Family::new_with_constructor(queue_wait_histogram),
             server_queue_refusals: Family::default(),
+            probe_local_errors: Family::default(),
             config_reloads: Family::default(),
             tls_certificate_expiry: Family::default(),
             udp: udp::UdpFamilies::default(),
@@ -257,6 +259,12 @@ impl Metrics {
              queue_timeout or the connect deadline) or server_queue_full (max_queue clients waiting already)",
             m.server_queue_refusals.clone(),
         );
+        r.register(
+            "health_probe_local_errors",
+            "Health probes that could not run for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM, no \
+             ephemeral port): not held against the server",
+            m.probe_local_errors.clone(),
+        );
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
@@ -316,6 +324,7 @@ impl Metrics {
             queue_wait_seconds: self.server_queue_wait_seconds.get_or_create(&l).clone(),
             queue_timeouts: self.server_queue_refusal(&l, "server_busy"),
             queue_full: self.server_queue_refusal(&l, "server_queue_full"),
+            probe_local_errors: self.probe_local_errors.get_or_create(&l).clone(),
         }
     }
 
@@ -386,6 +395,7 @@ pub struct ServerMetrics {
     pub queue_timeouts: Counter,
     /// `mqttlb_server_queue_refusals_total{reason="server_queue_full"}`.
     pub queue_full: Counter,
+    pub probe_local_errors: Counter,
 }
 
 /// The one-hot `mqttlb_server_state` series of one server.

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminContext, AdminView};
-use crate::config::Config;
+use crate::admin::{self, AdminContext, AdminView, Endpoints};
+use crate::config::{Config, DEFAULT_ADMIN_REQUEST_TIMEOUT};
 use crate::metrics::{Metrics, ReloadResult, ResultLabels};
 use crate::reload::running::{Running, Socket};
 use crate::reload::{self, ReloadRequests};
@@ -32,7 +32,8 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// One per listener of `config`, in its order.
     sockets: Vec<Socket>,
-    admin: Option<TcpListener>,
+    /// The admin sockets: `admin.bind`, then `admin.control_bind` when set; and what each serves.
+    admin: Vec<(TcpListener, Endpoints)>,
     shutdown: CancellationToken,
     lifecycle: Lifecycle,
     reload: ReloadHandle,
@@ -48,14 +49,23 @@ impl Server {
                 Socket::bind(l).map_err(|source| ServerError::Bind { name: l.name.clone(), addr: l.bind, source })?;
             sockets.push(socket);
         }
-        let admin = match &config.admin {
-            None => None,
-            Some(a) => Some(TcpListener::bind(a.bind).await.map_err(|source| ServerError::Bind {
-                name: "admin".into(),
-                addr: a.bind,
-                source,
-            })?),
-        };
+        let mut admin = Vec::new();
+        if let Some(a) = &config.admin {
+            let binds = match a.control_bind {
+                None => vec![("admin", a.bind, Endpoints::AllOnLoopback)],
+                Some(control) => {
+                    vec![("admin", a.bind, Endpoints::ReadOnly), ("admin control", control, Endpoints::All)]
+                }
+            };
+            for (name, addr, endpoints) in binds {
+                let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+                    name: name.into(),
+                    addr,
+                    source,
+                })?;
+                admin.push((listener, endpoints));
+            }
+        }
         let (reload, requests) = reload::channel();
         let metrics = Arc::new(Metrics::new());
         let (shutdown, lifecycle) = (CancellationToken::new(), Lifecycle::new());
@@ -73,8 +83,14 @@ impl Server {
         bound.filter_map(|(l, s)| Some((l.name.clone(), s.local_addr()?))).collect()
     }
 
+    /// Where the read-only endpoints answer (`admin.bind`).
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin.first().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Where the control endpoints answer: `admin.control_bind`, else `admin.bind` (on loopback connections).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.admin.last().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Cancelling this token stops accepting at once and drains (a graceful shutdown without `shutdown.grace`).
@@ -102,17 +118,22 @@ impl Server {
         let Server { config, metrics, sockets, admin, shutdown, lifecycle, reload, mut requests } = self;
         let tasks = Tasks::new(shutdown.clone());
         let mut running = Running::start(config, Arc::clone(&metrics), sockets, tasks.clone());
-        let admin = admin.map(|listener| {
+        let max_connections = running.config.admin.as_ref().map_or(0, |a| a.max_connections);
+        let admin = (!admin.is_empty()).then(|| {
             let view = ArcSwap::from_pointee(admin_view(&running));
             let ctx = Arc::new(AdminContext {
                 metrics: Arc::clone(&metrics),
                 view,
                 reload: reload.clone(),
                 lifecycle: lifecycle.clone(),
+                reloading: Arc::default(),
             });
-            info!(addr = listener.local_addr().ok().map(display), "admin endpoint listening");
-            let (tracker, stop) = (tasks.background.clone(), tasks.stop_background.clone());
-            tasks.background.spawn(admin::serve(listener, Arc::clone(&ctx), tracker, stop));
+            for (listener, endpoints) in admin {
+                info!(addr = listener.local_addr().ok().map(display), endpoints = ?endpoints, max_connections, "admin endpoint listening");
+                let (tracker, stop) = (tasks.background.clone(), tasks.stop_background.clone());
+                let serve = admin::serve(listener, endpoints, max_connections, Arc::clone(&ctx), tracker, stop);
+                tasks.background.spawn(serve);
+            }
             ctx
         });
         // Set by the first stop request: when the listeners stop accepting.
@@ -133,7 +154,7 @@ impl Server {
                     if let (Ok(reloaded), Some(admin)) = (&outcome, &admin) {
                         admin.view.store(Arc::new(admin_view(&running)));
                         if reloaded.admin_bind_changed {
-                            warn!("admin.bind changed: a restart is needed for the admin endpoint to move");
+                            warn!("admin.bind, control_bind or max_connections changed: they apply at the next start");
                         }
                     }
                     let outcome = outcome.map(|r| r.summary).map_err(|e| e.to_string());
@@ -160,5 +181,7 @@ fn admin_view(running: &Running) -> AdminView {
         balancers: running.pools().to_vec(),
         listened: running.config.listeners.iter().map(|l| l.backend).collect(),
         state_file: running.config.admin.as_ref().and_then(|a| a.state_file.clone()),
+        token: running.config.admin.as_ref().and_then(|a| a.token.clone()),
+        request_timeout: running.config.admin.as_ref().map_or(DEFAULT_ADMIN_REQUEST_TIMEOUT, |a| a.request_timeout),
     }
 }

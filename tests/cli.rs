@@ -421,3 +421,26 @@ async fn run_raises_the_soft_open_file_limit_to_the_hard_one() {
     })
     .await;
 }
+
+#[test]
+fn check_warns_loudly_when_control_is_bound_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new(dir.path());
+    let path = dir.path().join("config.yaml");
+    let admin = |section: &str| base(&pki).replace("admin: { bind: \"127.0.0.1:19100\" }", section);
+    std::fs::write(&path, admin("admin: { bind: \"0.0.0.0:19100\", control_bind: \"0.0.0.0:19101\" }")).expect("write");
+    let (ok, text) = check(&path);
+    assert!(ok, "a warning, not an error: {text}");
+    assert!(text.contains("WARNING: admin.control_bind 0.0.0.0:19101") && text.contains("admin.token_file"), "{text}");
+
+    std::fs::write(dir.path().join("token"), "t0ken\n").expect("write the token");
+    for quiet in [
+        "admin: { bind: \"0.0.0.0:19100\", control_bind: \"0.0.0.0:19101\", token_file: token }",
+        "admin: { bind: \"0.0.0.0:19100\", control_bind: \"127.0.0.1:19101\" }",
+        "admin: { bind: \"0.0.0.0:19100\" }",
+    ] {
+        std::fs::write(&path, admin(quiet)).expect("write");
+        let (ok, text) = check(&path);
+        assert!(ok && !text.contains("WARNING"), "{quiet}: {text}");
+    }
+}

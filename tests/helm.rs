@@ -100,10 +100,13 @@ fn check_rendered_config(docs: &[Value]) -> String {
     for name in ["tickets.keys", "keys.txt"] {
         std::fs::write(tickets.join(name), format!("{}=\n", "A".repeat(107))).expect("write ticket keys");
     }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-test-token\n").expect("write the admin token");
     let yaml = yaml
         .replace("/etc/mqtt-lb/tls/tls.crt", &pki.cert.display().to_string())
         .replace("/etc/mqtt-lb/tls/tls.key", &pki.key.display().to_string())
-        .replace(TICKET_KEYS_DIR, &tickets.display().to_string());
+        .replace(TICKET_KEYS_DIR, &tickets.display().to_string())
+        .replace("/etc/mqtt-lb/admin-token/token", &token.display().to_string());
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, &yaml).expect("write config");
     let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().expect("run mqtt-lb check");
@@ -369,4 +372,49 @@ fn default_pods_are_sized_and_unlimited_clients_need_an_explicit_memory_limit() 
     assert!(!ok && err.contains("resources.limits.memory"), "{err}");
     let docs = render(&helm, &["--set", "limits.max_connections=0", "--set", "resources.limits.memory=3Gi"]);
     assert_eq!(container(&docs)["resources"]["limits"]["memory"], "3Gi");
+}
+
+/// Every port of every Service the chart renders.
+fn service_ports(docs: &[Value]) -> Vec<u64> {
+    let services = objects(docs, "Service");
+    let ports = services.iter().filter_map(|s| s["spec"]["ports"].as_array()).flatten();
+    ports.filter_map(|p| p["port"].as_u64().or_else(|| p["targetPort"].as_u64())).collect()
+}
+
+#[test]
+fn by_default_only_the_read_only_admin_port_leaves_the_pod() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, &[]);
+    let yaml = config_yaml(&docs);
+    assert!(yaml.contains("bind: 0.0.0.0:9100") && yaml.contains("control_bind: 127.0.0.1:9101"), "{yaml}");
+    assert!(!yaml.contains("token_file"), "{yaml}");
+    let ports = container(&docs)["ports"].as_array().expect("container ports");
+    assert!(ports.iter().all(|p| p["containerPort"] != 9101), "the control port is not a container port: {ports:?}");
+    assert!(!service_ports(&docs).contains(&9101), "no Service has the control port");
+    let checked = check_rendered_config(&docs);
+    assert!(!checked.contains("WARNING"), "{checked}");
+}
+
+#[test]
+fn exposing_the_control_port_takes_a_token_secret() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let chart = chart.to_str().unwrap_or_default();
+    let (ok, _, stderr) = try_run(&helm, &["template", "lb", chart, "--set", "admin.exposeControl=true"]);
+    assert!(!ok && stderr.contains("admin.tokenSecret"), "rendered without a token: {stderr}");
+
+    let docs = render(&helm, &["--set", "admin.exposeControl=true", "--set", "admin.tokenSecret=lb-admin-token"]);
+    let yaml = config_yaml(&docs);
+    assert!(yaml.contains("control_bind: 0.0.0.0:9101"), "{yaml}");
+    assert!(yaml.contains("token_file: /etc/mqtt-lb/admin-token/token"), "{yaml}");
+    let c = container(&docs);
+    let ports = c["ports"].as_array().expect("container ports");
+    assert!(ports.iter().any(|p| p["name"] == "admin-control" && p["containerPort"] == 9101), "{ports:?}");
+    let volumes = one(&docs, "Deployment")["spec"]["template"]["spec"]["volumes"].as_array().expect("volumes").clone();
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "lb-admin-token"), "{volumes:?}");
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/mqtt-lb/admin-token" && m["readOnly"] == true), "{mounts:?}");
+    assert!(!service_ports(&docs).contains(&9101), "still in no Service: operators reach each pod");
+    let checked = check_rendered_config(&docs);
+    assert!(!checked.contains("WARNING"), "a token is set: {checked}");
 }

@@ -328,9 +328,54 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// `admin.bind`: the read-only endpoints (`/metrics`, `/healthz`, `/readyz`). Without `control_bind`, the
+    /// control endpoints are served here too, on connections made to a loopback address.
     pub bind: SocketAddr,
+    /// `admin.control_bind`: every endpoint, the control ones (`/servers`, server states, `/reload`) included.
+    pub control_bind: Option<SocketAddr>,
+    /// `admin.token_file`, read: the bearer token the control endpoints require.
+    pub token: Option<AdminToken>,
+    /// Open connections on each admin socket; further ones wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Deadline for a request's head and body; a connection carries one request.
+    pub request_timeout: Duration,
     /// `admin.state_file`: where server states set through the admin API are kept across restarts.
     pub state_file: Option<PathBuf>,
+}
+
+/// `admin.max_connections` when not set: admin traffic is a scrape, a probe or an operator at a time.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// `admin.request_timeout` when not set.
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A secret that must not reach a log through `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminConfig {
+    /// Where the control endpoints answer: `control_bind`, else `bind` on loopback connections only.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_bind.unwrap_or(self.bind)
+    }
+
+    /// What `check` and `run` say loudly when the control endpoints (server states, reload) are bound beyond
+    /// loopback without a token: anyone who reaches that address can drain every server.
+    pub fn exposure_warning(&self) -> Option<String> {
+        let control = self.control_bind.filter(|a| !a.ip().to_canonical().is_loopback())?;
+        self.token.is_none().then(|| {
+            format!(
+                "admin.control_bind {control} is reachable beyond this host and admin.token_file is not set: anyone \
+                 who reaches it can drain or stop every server and reload the configuration; set admin.token_file \
+                 or bind it to 127.0.0.1"
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

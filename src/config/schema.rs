@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::runtime::{
     BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
-    ShutdownDisconnect, DEFAULT_RATE_TABLE_SIZE, DEFAULT_SHUTDOWN_GRACE,
+    ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT, DEFAULT_RATE_TABLE_SIZE,
+    DEFAULT_SHUTDOWN_GRACE,
 };
 use super::units::{DurationValue, SizeValue};
 
@@ -198,7 +199,23 @@ fn default_weight() -> u32 {
 pub(super) struct FileAdmin {
     pub(super) bind: String,
     #[serde(default)]
+    pub(super) control_bind: Option<String>,
+    #[serde(default)]
+    pub(super) token_file: Option<PathBuf>,
+    #[serde(default = "default_admin_max_connections")]
+    pub(super) max_connections: usize,
+    #[serde(default = "default_admin_request_timeout")]
+    pub(super) request_timeout: DurationValue,
+    #[serde(default)]
     pub(super) state_file: Option<PathBuf>,
+}
+
+fn default_admin_max_connections() -> usize {
+    DEFAULT_ADMIN_MAX_CONNECTIONS
+}
+
+fn default_admin_request_timeout() -> DurationValue {
+    DurationValue(DEFAULT_ADMIN_REQUEST_TIMEOUT)
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,7 +83,8 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         pools,
         forgotten,
         admission_changed: old.limits != new.limits,
-        admin_bind_changed: old.admin.as_ref().map(|a| a.bind) != new.admin.as_ref().map(|a| a.bind),
+        admin_bind_changed: old.admin.as_ref().map(|a| (a.bind, a.control_bind, a.max_connections))
+            != new.admin.as_ref().map(|a| (a.bind, a.control_bind, a.max_connections)),
         workers_changed: old.workers != new.workers,
     })
 }

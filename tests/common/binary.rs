@@ -22,10 +22,26 @@ impl LbProcess {
     /// Starts the binary on `config`, logging to `<config>.<n>.log`, and waits (10 s at most) until `admin` answers
     /// `/readyz` with 200.
     pub async fn start(config: &Path, admin: SocketAddr) -> LbProcess {
+        Self::start_with_open_files(config, admin, None).await
+    }
+
+    /// Like [`LbProcess::start`], with the process's open-file limit (soft and hard, as `ulimit -n` sets them) at
+    /// `open_files` when given, so that a test can run it out of file descriptors with a few connections.
+    pub async fn start_with_open_files(config: &Path, admin: SocketAddr, open_files: Option<u64>) -> LbProcess {
         let log_path = (0..).map(|n| config.with_extension(format!("{n}.log"))).find(|p| !p.exists());
         let log_path = log_path.expect("a free log name");
         let log = std::fs::File::create(&log_path).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqtt-lb"))
+        let binary = env!("CARGO_BIN_EXE_mqtt-lb");
+        let mut command = match open_files {
+            None => Command::new(binary),
+            Some(n) => {
+                // `exec` keeps the PID, so the drop kills mqtt-lb itself.
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(binary);
+                sh
+            }
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -66,6 +82,15 @@ impl LbProcess {
         self.signal("TERM");
         let exited = self.wait_exit(Duration::from_secs(5)).await.expect("mqtt-lb exits on SIGTERM");
         assert!(exited.success(), "exit status {exited}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many files the process holds open now (`/proc/<pid>/fd`).
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

@@ -82,7 +82,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $config := dict
   "listeners" $listeners
   "backends" .Values.backends
-  "admin" (dict "bind" (printf "0.0.0.0:%d" (int .Values.admin.port)))
+  "admin" (include "mqtt-lb.adminConfig" . | fromYaml)
   "limits" .Values.limits
   "shutdown" .Values.shutdown
   "log" .Values.log }}
@@ -157,4 +157,17 @@ explicit memory limit, or the open-file limit of the nodes, refused when too sma
 {{- $_ := set $r "limits" $limits }}
 {{- $_ := set $r "requests" $requests }}
 {{- toYaml $r }}
+{{- end }}
+
+{{/* The admin section: read-only endpoints on the pod network, control on loopback unless exposeControl (which needs
+the token). */}}
+{{- define "mqtt-lb.adminConfig" -}}
+{{- if and .Values.admin.exposeControl (not .Values.admin.tokenSecret) }}
+{{- fail "admin.exposeControl: set admin.tokenSecret too, or anyone in the cluster could drain every broker" }}
+{{- end }}
+bind: {{ printf "0.0.0.0:%d" (int .Values.admin.port) | quote }}
+control_bind: {{ printf "%s:%d" (ternary "0.0.0.0" "127.0.0.1" .Values.admin.exposeControl) (int .Values.admin.controlPort) | quote }}
+{{- if .Values.admin.tokenSecret }}
+token_file: /etc/mqtt-lb/admin-token/token
+{{- end }}
 {{- end }}

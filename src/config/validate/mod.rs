@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::listener_schema::FileListener;
-use super::runtime::{AdminConfig, Config, Limits, LogConfig, ShutdownConfig, DEFAULT_MAX_WS_FRAME_SIZE};
-use super::schema::{FileAdmin, FileConfig, FileLimits, Workers};
+use super::runtime::{Config, Limits, LogConfig, ShutdownConfig, DEFAULT_MAX_WS_FRAME_SIZE};
+use super::schema::{FileConfig, FileLimits, Workers};
 use super::ConfigError;
 
 /// `limits.connection_rate_table_size` at most: up to about 2 GB of buckets.
 const MAX_RATE_TABLE_SIZE: usize = 10_000_000;
 
+mod admin;
 mod backends;
 mod coap;
 mod formats;
@@ -72,7 +73,7 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
     let limits = limits(&c, &file.limits)?;
     let backends = backends::backends(&c, file.backends, limits.connect_timeout)?;
     let (listeners, binds) = listeners::listeners(&c, file.listeners, &backends)?;
-    let admin = admin(&c, file.admin, &binds)?;
+    let admin = admin::admin(&c, file.admin, &binds)?;
     let workers = workers(&c, file.workers)?;
     Ok(Config {
         source: origin.to_path_buf(),
@@ -88,29 +89,6 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
         log: LogConfig { client_id: file.log.client_id },
         workers,
     })
-}
-
-/// `admin`: its address must not be one a listener binds.
-fn admin(
-    c: &Checker<'_>,
-    file: Option<FileAdmin>,
-    binds: &HashSet<SocketAddr>,
-) -> Result<Option<AdminConfig>, ConfigError> {
-    let Some(a) = file else {
-        return Ok(None);
-    };
-    let bind = c.socket_addr("admin.bind".into(), &a.bind)?;
-    if bind.port() != 0 && binds.contains(&bind) {
-        return Err(c.err("admin.bind", format!("{bind} is already used by a listener")));
-    }
-    let state_file = a.state_file.map(|p| c.resolve(&p));
-    if let Some(dir) = state_file.as_deref().and_then(Path::parent) {
-        if !dir.as_os_str().is_empty() && !dir.is_dir() {
-            let shown = dir.display();
-            return Err(c.err("admin.state_file", format!("directory {shown} does not exist")));
-        }
-    }
-    Ok(Some(AdminConfig { bind, state_file }))
 }
 
 fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
