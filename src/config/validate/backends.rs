@@ -64,12 +64,8 @@ fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, 
 fn probe_timing(c: &Checker<'_>, key: &str, h: &FileHealth) -> Result<(Duration, Duration), ConfigError> {
     let interval = c.positive(format!("{key}.health.interval"), h.interval.0)?;
     let timeout = c.positive(format!("{key}.health.timeout"), h.timeout.0)?;
-    if h.rise == 0 {
-        return Err(c.err(format!("{key}.health.rise"), "must be at least 1"));
-    }
-    if h.fall == 0 {
-        return Err(c.err(format!("{key}.health.fall"), "must be at least 1"));
-    }
+    c.count(format!("{key}.health.rise"), h.rise)?;
+    c.count(format!("{key}.health.fall"), h.fall)?;
     if h.password.is_some() && h.username.is_none() {
         return Err(c.err(format!("{key}.health.password"), "a password needs a username"));
     }

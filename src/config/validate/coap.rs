@@ -24,19 +24,19 @@ pub(super) fn coap_settings(
     if !(64..=65_507).contains(&max_datagram_size) {
         return Err(c.err(format!("{key}.max_datagram_size"), "must be between 64B and 65507B"));
     }
-    let rate = l.max_datagram_rate_per_flow.unwrap_or(0);
+    let rate = c.count(format!("{key}.max_datagram_rate_per_flow"), l.max_datagram_rate_per_flow.unwrap_or(0))?;
     if l.datagram_rate_burst.is_some() && rate == 0 {
         return Err(c.err(format!("{key}.datagram_rate_burst"), "needs max_datagram_rate_per_flow"));
     }
     let burst = l.datagram_rate_burst.unwrap_or(rate);
-    if rate > 0 && burst == 0 {
-        return Err(c.err(format!("{key}.datagram_rate_burst"), "must be at least 1"));
+    if rate > 0 {
+        c.count(format!("{key}.datagram_rate_burst"), burst)?;
     }
     let (dtls_cid_timeout, max_dtls_cids) = dtls_cids(c, key, l, &defaults)?;
     Ok(CoapListenerConfig {
         flow_idle_timeout,
         max_flows,
-        max_flows_per_ip: l.max_flows_per_ip.unwrap_or(0),
+        max_flows_per_ip: c.count(format!("{key}.max_flows_per_ip"), l.max_flows_per_ip.unwrap_or(0))?,
         max_datagram_size,
         max_datagram_rate_per_flow: rate,
         datagram_rate_burst: burst,

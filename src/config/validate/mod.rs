@@ -12,6 +12,7 @@ use super::schema::{FileAdmin, FileConfig, FileLimits, Workers};
 use super::ConfigError;
 
 mod backends;
+pub(super) mod bounds;
 mod coap;
 mod formats;
 mod listeners;
@@ -58,7 +59,27 @@ impl Checker<'_> {
         if d.is_zero() {
             Err(self.err(key, "must be greater than zero"))
         } else {
-            Ok(d)
+            self.duration(key, d)
+        }
+    }
+
+    /// A duration in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn duration(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.in_bounds(key, ms, || bounds::show_duration(d)).map(|_| d)
+    }
+
+    /// A number in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn count<T: TryInto<u64> + Copy + std::fmt::Display>(&self, key: String, n: T) -> Result<T, ConfigError> {
+        self.in_bounds(key, n.try_into().unwrap_or(u64::MAX), || n.to_string()).map(|_| n)
+    }
+
+    fn in_bounds(&self, key: String, value: u64, shown: impl FnOnce() -> String) -> Result<(), ConfigError> {
+        let field = key.rsplit('.').next().unwrap_or_default();
+        match bounds::of(field) {
+            Some(b) if !b.contains(value) => Err(self.err(key, b.refusal(shown()))),
+            Some(_) => Ok(()),
+            None => Err(self.err(key, "no range is known for this key (a bug: please report it)")),
         }
     }
 }
@@ -78,8 +99,8 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
         admin,
         limits,
         shutdown: ShutdownConfig {
-            grace: file.shutdown.grace.0,
-            drain_timeout: file.shutdown.drain_timeout.0,
+            grace: c.duration("shutdown.grace".into(), file.shutdown.grace.0)?,
+            drain_timeout: c.duration("shutdown.drain_timeout".into(), file.shutdown.drain_timeout.0)?,
             disconnect: file.shutdown.disconnect,
         },
         log: LogConfig { client_id: file.log.client_id },
@@ -115,19 +136,20 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
         connect_timeout: c.positive("limits.connect_timeout".into(), l.connect_timeout.0)?,
         handshake_timeout: c.positive("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
         max_connect_size: l.max_connect_size.0,
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
-        idle_timeout: l.idle_timeout.0,
+        max_connections: c.count("limits.max_connections".into(), l.max_connections)?,
+        max_connections_per_ip: c.count("limits.max_connections_per_ip".into(), l.max_connections_per_ip)?,
+        idle_timeout: c.duration("limits.idle_timeout".into(), l.idle_timeout.0)?,
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
-        max_connection_rate_per_ip: l.max_connection_rate_per_ip,
+        max_connection_rate_per_ip: c
+            .count("limits.max_connection_rate_per_ip".into(), l.max_connection_rate_per_ip)?,
         connection_rate_burst: l.connection_rate_burst.unwrap_or(l.max_connection_rate_per_ip),
         strict_v31_client_id: l.strict_v31_client_id,
     };
     if l.connection_rate_burst.is_some() && limits.max_connection_rate_per_ip == 0 {
         return Err(c.err("limits.connection_rate_burst", "needs limits.max_connection_rate_per_ip"));
     }
-    if limits.max_connection_rate_per_ip > 0 && limits.connection_rate_burst == 0 {
-        return Err(c.err("limits.connection_rate_burst", "must be at least 1"));
+    if limits.max_connection_rate_per_ip > 0 {
+        c.count("limits.connection_rate_burst".into(), limits.connection_rate_burst)?;
     }
     // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
     if !(16..=256 << 20).contains(&limits.max_connect_size) {
