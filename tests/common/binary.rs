@@ -61,6 +61,11 @@ impl LbProcess {
         .await
     }
 
+    /// Its process id (for /proc/<pid>).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
