@@ -29,7 +29,7 @@ fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, 
     if b.servers.is_empty() {
         return Err(c.err(format!("{key}.servers"), "at least one server is needed"));
     }
-    let connect_timeout = c.positive(format!("{key}.connect_timeout"), b.connect_timeout.0)?;
+    let connect_timeout = c.duration(format!("{key}.connect_timeout"), b.connect_timeout.0)?;
     let h = b.health;
     let (interval, timeout) = probe_timing(c, key, &h)?;
     let path = backend_path(c, key, b.protocol, b.path)?;
@@ -62,8 +62,8 @@ fn backend(c: &Checker<'_>, key: &str, b: FileBackend) -> Result<BackendConfig, 
 
 /// `backends[].health`: the probe interval and timeout, and the counts and credentials beside them.
 fn probe_timing(c: &Checker<'_>, key: &str, h: &FileHealth) -> Result<(Duration, Duration), ConfigError> {
-    let interval = c.positive(format!("{key}.health.interval"), h.interval.0)?;
-    let timeout = c.positive(format!("{key}.health.timeout"), h.timeout.0)?;
+    let interval = c.duration(format!("{key}.health.interval"), h.interval.0)?;
+    let timeout = c.duration(format!("{key}.health.timeout"), h.timeout.0)?;
     c.count(format!("{key}.health.rise"), h.rise)?;
     c.count(format!("{key}.health.fall"), h.fall)?;
     if h.password.is_some() && h.username.is_none() {

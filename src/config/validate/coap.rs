@@ -13,7 +13,7 @@ pub(super) fn coap_settings(
 ) -> Result<CoapListenerConfig, ConfigError> {
     let defaults = CoapListenerConfig::default();
     let flow_idle_timeout = match l.flow_idle_timeout {
-        Some(d) => c.positive(format!("{key}.flow_idle_timeout"), d.0)?,
+        Some(d) => c.duration(format!("{key}.flow_idle_timeout"), d.0)?,
         None => defaults.flow_idle_timeout,
     };
     let max_flows = l.max_flows.unwrap_or(defaults.max_flows);
@@ -66,7 +66,7 @@ fn dtls_cids(
         }
     }
     let dtls_cid_timeout = match l.dtls_cid_timeout {
-        Some(d) => c.positive(format!("{key}.dtls_cid_timeout"), d.0)?,
+        Some(d) => c.duration(format!("{key}.dtls_cid_timeout"), d.0)?,
         None => defaults.dtls_cid_timeout,
     };
     let max_dtls_cids = l.max_dtls_cids.unwrap_or(defaults.max_dtls_cids);

@@ -55,14 +55,6 @@ impl Checker<'_> {
         })
     }
 
-    fn positive(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
-        if d.is_zero() {
-            Err(self.err(key, "must be greater than zero"))
-        } else {
-            self.duration(key, d)
-        }
-    }
-
     /// A duration in the range of its key ([`bounds::BOUNDS`], by the key's last part).
     fn duration(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -133,8 +125,8 @@ fn admin(
 
 fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
     let limits = Limits {
-        connect_timeout: c.positive("limits.connect_timeout".into(), l.connect_timeout.0)?,
-        handshake_timeout: c.positive("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
+        connect_timeout: c.duration("limits.connect_timeout".into(), l.connect_timeout.0)?,
+        handshake_timeout: c.duration("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
         max_connect_size: l.max_connect_size.0,
         max_connections: c.count("limits.max_connections".into(), l.max_connections)?,
         max_connections_per_ip: c.count("limits.max_connections_per_ip".into(), l.max_connections_per_ip)?,
