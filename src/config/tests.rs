@@ -383,13 +383,25 @@ fn document_with(field: &str, value: &str) -> Option<String> {
         | "idle_timeout"
         | "max_connections"
         | "max_connections_per_ip"
-        | "max_connection_rate_per_ip" => stream(String::new(), format!("limits: {{ {field}: {value} }}\n")),
+        | "max_connection_rate_per_ip"
+        | "max_connect_size" => stream(String::new(), format!("limits: {{ {field}: {value} }}\n")),
+        "max_ws_frame_size" => stream(String::new(), format!("limits: {{ max_connect_size: 16, {field}: {value} }}\n")),
+        "weight" => format!(
+            "listeners:\n  - {{ name: m, bind: \"127.0.0.1:0\", protocol: mqtt, backend: b }}\n\
+             backends:\n  - name: b\n    servers: [ {{ name: s, address: \"127.0.0.1:1883\", weight: {value} }} ]\n"
+        ),
         "connection_rate_burst" => {
             stream(String::new(), format!("limits: {{ max_connection_rate_per_ip: 5, {field}: {value} }}\n"))
         }
         "interval" | "timeout" | "rise" | "fall" => stream(format!("health: {{ {field}: {value} }}"), String::new()),
         "grace" | "drain_timeout" => stream(String::new(), format!("shutdown: {{ {field}: {value} }}\n")),
-        "flow_idle_timeout" | "max_flows_per_ip" | "max_datagram_rate_per_flow" => coap(format!("{field}: {value}")),
+        "flow_idle_timeout"
+        | "max_flows_per_ip"
+        | "max_datagram_rate_per_flow"
+        | "max_flows"
+        | "max_datagram_size"
+        | "dtls_cid_length" => coap(format!("{field}: {value}")),
+        "max_dtls_cids" => coap(format!("dtls_cid_length: 4, {field}: {value}")),
         "datagram_rate_burst" => coap(format!("max_datagram_rate_per_flow: 5, {field}: {value}")),
         "dtls_cid_timeout" => coap(format!("dtls_cid_length: 4, {field}: {value}")),
         _ => return None,
@@ -404,7 +416,7 @@ fn extreme_numbers_are_refused_by_key_or_run_without_panic() {
     for b in BOUNDS {
         let ms = |n: u64| format!("{n}ms");
         let values: Vec<(String, Option<u64>)> = match b.measure {
-            Measure::Count => [0, 1, b.min, b.max, b.max + 1, u64::from(u32::MAX), 1 << 61, u64::MAX]
+            Measure::Count | Measure::Bytes => [0, 1, b.min, b.max, b.max + 1, u64::from(u32::MAX), 1 << 61, u64::MAX]
                 .into_iter()
                 .map(|n| (n.to_string(), Some(n)))
                 .chain([("-1".to_owned(), None), ("99999999999999999999999".to_owned(), None)])

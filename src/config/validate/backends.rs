@@ -125,9 +125,7 @@ fn servers(
         let skey = format!("{key}.servers[{j}]");
         c.name(format!("{skey}.name"), &s.name, &mut names)?;
         check_server_address(&s.address).map_err(|m| c.err(format!("{skey}.address"), m))?;
-        if s.weight == 0 || s.weight > 1000 {
-            return Err(c.err(format!("{skey}.weight"), format!("weight {} is out of range 1 to 1000", s.weight)));
-        }
+        c.count(format!("{skey}.weight"), s.weight)?;
         let dtls_cid_node_id = node_id(s.dtls_cid_node_id, protocol, &servers)
             .map_err(|m| c.err(format!("{skey}.dtls_cid_node_id"), m))?;
         servers.push(ServerConfig { name: s.name, address: s.address, weight: s.weight, dtls_cid_node_id });

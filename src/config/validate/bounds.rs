@@ -14,6 +14,8 @@ pub enum Measure {
     Count,
     /// A duration, bounds in milliseconds.
     Millis,
+    /// A size, bounds in bytes.
+    Bytes,
 }
 
 /// The allowed range of the keys named `field` (the last part of their key path).
@@ -32,6 +34,10 @@ const fn count(field: &'static str, min: u64, max: u64) -> Bound {
     Bound { field, min, max, measure: Measure::Count }
 }
 
+const fn bytes(field: &'static str, min: u64, max: u64) -> Bound {
+    Bound { field, min, max, measure: Measure::Bytes }
+}
+
 const fn millis(field: &'static str, min: u64, max: u64) -> Bound {
     Bound { field, min, max, measure: Measure::Millis }
 }
@@ -45,6 +51,9 @@ pub const BOUNDS: &[Bound] = &[
     // 0: no idle timeout.
     millis("idle_timeout", 0, 7 * DAY_MS),
     count("max_connections", 0, 10_000_000),
+    // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
+    bytes("max_connect_size", 16, 256 << 20),
+    bytes("max_ws_frame_size", 1 << 10, 256 << 20),
     count("max_connections_per_ip", 0, 10_000_000),
     count("max_connection_rate_per_ip", 0, 1_000_000),
     count("connection_rate_burst", 1, 1_000_000),
@@ -53,11 +62,19 @@ pub const BOUNDS: &[Bound] = &[
     millis("timeout", 1, HOUR_MS),
     count("rise", 1, 1_000),
     count("fall", 1, 1_000),
+    // `backends[].servers[]`.
+    count("weight", 1, 1_000),
     // `shutdown`.
     millis("grace", 0, HOUR_MS),
     millis("drain_timeout", 0, 7 * DAY_MS),
     // `coap` listeners.
     millis("flow_idle_timeout", 1, 7 * DAY_MS),
+    // Each flow holds a socket (a file descriptor).
+    count("max_flows", 1, 1_000_000),
+    // The largest UDP payload over IPv4.
+    bytes("max_datagram_size", 64, 65_507),
+    count("dtls_cid_length", 1, 255),
+    count("max_dtls_cids", 1, 10_000_000),
     millis("dtls_cid_timeout", 1, 7 * DAY_MS),
     count("max_flows_per_ip", 0, 1_000_000),
     count("max_datagram_rate_per_flow", 0, 1_000_000),
@@ -87,6 +104,7 @@ impl fmt::Display for Bound {
         match self.measure {
             Measure::Count => write!(f, "{} to {}", self.min, self.max),
             Measure::Millis => write!(f, "{} to {}", show_millis(self.min), show_millis(self.max)),
+            Measure::Bytes => write!(f, "{} to {}", show_bytes(self.min), show_bytes(self.max)),
         }
     }
 }
@@ -94,6 +112,15 @@ impl fmt::Display for Bound {
 /// A duration in the file's own notation, in the largest unit that divides it (`0`, `250ms`, `2s`, `7d` as `168h`).
 pub fn show_duration(d: Duration) -> String {
     show_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A size in the file's notation: `16B`, `1KiB`, `256MiB`.
+pub fn show_bytes(n: u64) -> String {
+    match n {
+        _ if n > 0 && n.is_multiple_of(1 << 20) => format!("{}MiB", n >> 20),
+        _ if n > 0 && n.is_multiple_of(1 << 10) => format!("{}KiB", n >> 10),
+        _ => format!("{n}B"),
+    }
 }
 
 fn show_millis(ms: u64) -> String {
@@ -116,6 +143,7 @@ mod tests {
         assert_eq!(of("idle_timeout").map(ToString::to_string).as_deref(), Some("0 to 168h"));
         assert_eq!(of("max_connections").map(ToString::to_string).as_deref(), Some("0 to 10000000"));
         assert_eq!(show_duration(Duration::from_millis(90_000)), "90s");
+        assert_eq!(of("max_connect_size").map(ToString::to_string).as_deref(), Some("16B to 256MiB"));
     }
 
     #[test]

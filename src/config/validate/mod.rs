@@ -61,6 +61,12 @@ impl Checker<'_> {
         self.in_bounds(key, ms, || bounds::show_duration(d)).map(|_| d)
     }
 
+    /// A size in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn size(&self, key: String, n: usize) -> Result<usize, ConfigError> {
+        let bytes = u64::try_from(n).unwrap_or(u64::MAX);
+        self.in_bounds(key, bytes, || bounds::show_bytes(bytes)).map(|_| n)
+    }
+
     /// A number in the range of its key ([`bounds::BOUNDS`], by the key's last part).
     fn count<T: TryInto<u64> + Copy + std::fmt::Display>(&self, key: String, n: T) -> Result<T, ConfigError> {
         self.in_bounds(key, n.try_into().unwrap_or(u64::MAX), || n.to_string()).map(|_| n)
@@ -143,13 +149,8 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
     if limits.max_connection_rate_per_ip > 0 {
         c.count("limits.connection_rate_burst".into(), limits.connection_rate_burst)?;
     }
-    // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
-    if !(16..=256 << 20).contains(&limits.max_connect_size) {
-        return Err(c.err("limits.max_connect_size", "must be between 16B and 256MiB"));
-    }
-    if !(1 << 10..=256 << 20).contains(&limits.max_ws_frame_size) {
-        return Err(c.err("limits.max_ws_frame_size", "must be between 1KiB and 256MiB"));
-    }
+    c.size("limits.max_connect_size".into(), limits.max_connect_size)?;
+    c.size("limits.max_ws_frame_size".into(), limits.max_ws_frame_size)?;
     if limits.max_ws_frame_size < limits.max_connect_size {
         return Err(c.err(
             "limits.max_ws_frame_size",
