@@ -205,8 +205,8 @@ fn session_context(
     tasks: &Tasks,
 ) -> SessionContext {
     if let Some(t) = &l.tls {
-        match crate::metrics::certificate::leaf_not_after(&t.cert) {
-            Ok(not_after) => metrics.set_certificate_expiry(&l.name, not_after),
+        match &t.not_after {
+            Ok(not_after) => metrics.set_certificate_expiry(&l.name, *not_after),
             Err(e) => warn!(listener = %l.name, error = %e, "certificate expiry unknown"),
         }
     }
