@@ -32,7 +32,8 @@
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
-//! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
+//! schema, its validation by section and the runtime types it builds; the files it names read by
+//! [`config::named_file`]), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP, with
 //! [`token_bucket`], which also counts the datagram rate of UDP flows),

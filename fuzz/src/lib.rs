@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | `connect` | a first packet | `check_fixed_header` (minimal encodings only, prefixes decide consistently), `parse_connect` (accepted packets are consistent, exact: one byte more or less is refused), `ConnectError::connack` (a well-formed CONNACK of the client's version, or none) |
 //! | `connect_differential` | a first packet | whatever `parse_connect` accepts, rumqttc's decoder (v4 or v5 by level) decodes to the same client id, level, clean flag, keep alive, user name and will |
-//! | `config` | YAML text | `config::parse` returns a `Config` whose references hold, or an error naming the file |
+//! | `config` | YAML text | `config::parse` returns a `Config` whose references hold and on which what `run` builds before binding (`reload::running::dry_run`) does not panic, or an error naming the file |
 //! | `proxy_protocol` | bytes from a trusted balancer | `parse_v1`, `parse_v2` (what they accept is re-encoded identically), `read_header` (reads only its header, at most 16 + 1024 bytes) |
 //! | `websocket` | byte 0: read size (0 = all at once); then what a client sends | `ws::check_request`, then `ws::accept` and reading the upgraded stream to its end: no more bytes out than in, bounded answers |
 //!
