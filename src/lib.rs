@@ -35,8 +35,8 @@
 //!
 //! Beside the path: [`health`] (probes), [`admin`] (HTTP: read-only metrics and readiness, and control of server
 //! states and reload on its own socket or on loopback, with its `access` rules and per-socket caps), [`config`]
-//! (the file's schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named
-//! once),
+//! (the file's schema, its validation by section and the runtime types it builds; the files it names read by
+//! [`config::named_file`]), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded
 //! table, with [`token_bucket`], which also counts the datagram rate of UDP flows and spaces a server's new

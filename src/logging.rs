@@ -20,6 +20,22 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
+/// Characters of a client-supplied string (client id, user name, server name) a log line carries at most.
+pub const CLIPPED_CHARS: usize = 128;
+
+/// A string a client sent, as a log line may carry it: at most [`CLIPPED_CHARS`] characters, then a marker saying
+/// how many bytes were left out. A client must not be able to write as much log as it sends (a 60,000-character
+/// client id on every connection would otherwise be 60 KB of log per connection).
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(CLIPPED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => {
+            let kept = text.get(..end).unwrap_or_default();
+            std::borrow::Cow::Owned(format!("{kept}...[{} more bytes]", text.len() - end))
+        }
+    }
+}
+
 /// Libraries held at `error` unless `RUST_LOG` names them.
 const QUIET_LIBRARIES: &str = "rustls=error,hyper=error,hyper_util=error,tungstenite=error,tokio_tungstenite=error";
 
@@ -138,6 +154,17 @@ impl Visit for JsonFields {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn client_strings_are_clipped_with_a_marker() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(60_000);
+        let clipped = clip(&long);
+        assert!(clipped.starts_with(&"é".repeat(CLIPPED_CHARS)), "cut at a character boundary");
+        assert!(clipped.ends_with(&format!("...[{} more bytes]", 2 * (60_000 - CLIPPED_CHARS))), "{clipped}");
+        assert!(clipped.len() < 300);
+    }
+
     use super::*;
     use std::sync::{Arc, Mutex};
 

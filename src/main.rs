@@ -143,7 +143,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let server = match mqtt_lb::server::Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -174,5 +174,9 @@ fn run(path: PathBuf) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Not a plain drop, which waits for every blocking thread: one may still be stuck reading a file for a reload
+    // that timed out, and it must not keep a stopped process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -150,7 +150,15 @@ impl Server {
                 () = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now)), if grace_ends.is_some() => break,
                 request = requests.next() => {
                     let Some(reply) = request else { break };
-                    let outcome = reload::reload(&mut running);
+                    // Reading the files is the part that can stall: a stop request ends the wait.
+                    let loaded = tokio::select! {
+                        loaded = reload::load(&running.config.source) => loaded,
+                        () = stop_or_cancel(&shutdown, &lifecycle) => {
+                            let _ = reply.send(Err("the server is stopping: reload abandoned".to_owned()));
+                            continue;
+                        }
+                    };
+                    let outcome = loaded.and_then(|new| reload::reload(&mut running, new));
                     if let (Ok(reloaded), Some(admin)) = (&outcome, &admin) {
                         admin.view.store(Arc::new(admin_view(&running)));
                         if reloaded.admin_bind_changed {
@@ -172,6 +180,14 @@ impl Server {
         lifecycle.begin_drain();
         tasks.stop(running.config.shutdown.drain_timeout, &lifecycle).await;
         Ok(())
+    }
+}
+
+/// Resolves when any stop is requested (token, signal), so that the main loop takes it up.
+async fn stop_or_cancel(shutdown: &CancellationToken, lifecycle: &Lifecycle) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = lifecycle.stop_requested() => {}
     }
 }
 

@@ -119,7 +119,13 @@ fn check_names_the_file_and_key_of_each_kind_of_error() {
             "invalid duration",
         ),
         ("bad size", "64KiB".into(), "64 kilobytes".into(), "limits.max_connect_size", "invalid size"),
-        ("zero rise", "timeout: 1s".into(), "timeout: 1s, rise: 0".into(), "backends[0].health.rise", "at least 1"),
+        (
+            "zero rise",
+            "timeout: 1s".into(),
+            "timeout: 1s, rise: 0".into(),
+            "backends[0].health.rise",
+            "allowed 1 to 1000",
+        ),
         ("bad protocol", "protocol: mqtt".into(), "protocol: amqp".into(), "listeners[0].protocol", "amqp"),
         ("YAML syntax", "listeners:".into(), "listeners: [".into(), "", "lb.yaml"),
     ];

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::backend::AdminState;
 use super::Balancer;
+use crate::config::named_file::{self, FileKind};
 
 /// Serialises writers: two admin requests at once must not interleave their temporary files.
 static WRITING: Mutex<()> = Mutex::new(());
@@ -46,9 +47,9 @@ pub fn save(path: &Path, balancers: &[Arc<Balancer>]) -> std::io::Result<()> {
 
 /// Sets the servers of `balancers` to the states recorded in `path`; returns how many were restored.
 pub fn restore(path: &Path, balancers: &[Arc<Balancer>]) -> usize {
-    let text = match std::fs::read_to_string(path) {
+    let text = match named_file::read_text(path, FileKind::ServerStates) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_missing() => {
             info!(file = %path.display(), "no server state file yet: every server starts ready");
             return 0;
         }

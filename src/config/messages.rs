@@ -6,6 +6,7 @@ use serde_saphyr::Error;
 
 use super::listener_schema::keys_of;
 use super::runtime::ListenerProtocol;
+use super::validate::bounds;
 
 /// The message of a reading error at the key path `key`; `protocols` are the listeners' (empty if not known yet).
 pub(super) fn describe(error: &Error, key: &str, protocols: &[ListenerProtocol]) -> String {
@@ -20,7 +21,11 @@ pub(super) fn describe(error: &Error, key: &str, protocols: &[ListenerProtocol])
         Error::DuplicateMappingKey { key: None, location } => {
             format!("duplicate key at line {}: each key may appear once", location.line())
         }
-        other => other.to_string(),
+        other => match bounds::of(key.rsplit('.').next().unwrap_or_default()) {
+            // A number serde could not take (negative, too large for its type): say what is allowed.
+            Some(bound) => format!("{other} (allowed {bound})"),
+            None => other.to_string(),
+        },
     }
 }
 

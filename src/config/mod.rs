@@ -16,12 +16,14 @@ use serde::de::DeserializeSeed;
 
 mod listener_schema;
 mod messages;
+pub mod named_file;
 mod runtime;
 mod schema;
 mod units;
 mod validate;
 
 pub use crate::net::{source_allowed, Cidr};
+pub use named_file::FileKind;
 pub use runtime::*;
 pub use units::{parse_duration, parse_size, DurationValue, SizeValue};
 
@@ -57,18 +59,18 @@ pub const STDIN: &str = "<stdin>";
 /// Reads, parses and validates a configuration file; `-` reads standard input (relative paths in it are then
 /// relative to the working directory).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let (origin, text) = if path == Path::new("-") {
-        let mut text = String::new();
-        let read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
-        (PathBuf::from(STDIN), read.map(|_| text))
+    let (origin, bytes) = if path == Path::new("-") {
+        (PathBuf::from(STDIN), named_file::read_capped(std::io::stdin(), FileKind::Config))
     } else {
-        (path.to_path_buf(), std::fs::read_to_string(path))
+        (path.to_path_buf(), named_file::read(path, FileKind::Config))
     };
-    let text = text.map_err(|e| ConfigError {
+    let unreadable = |why: String| ConfigError {
         file: origin.clone(),
         key: String::new(),
-        message: format!("cannot read the file: {e}"),
-    })?;
+        message: format!("cannot read the file: {why}"),
+    };
+    let text = String::from_utf8(bytes.map_err(|e| unreadable(e.to_string()))?)
+        .map_err(|_| unreadable("not UTF-8 text".to_owned()))?;
     parse(&text, &origin)
 }
 

@@ -139,6 +139,9 @@ pub struct TlsConfig {
     /// Session-ticket keys shared with other instances ([`crate::transport::ticket_keys`]); re-read on reload.
     pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The leaf certificate's notAfter (Unix time), read with the files so that applying a reload reads none; or
+    /// why it is unknown.
+    pub not_after: Result<i64, String>,
 }
 
 /// `tls.require_identity`: what a client certificate must vouch for.

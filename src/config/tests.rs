@@ -373,3 +373,87 @@ fn coap_errors_name_the_key() {
         "{e}"
     );
 }
+
+/// Where each bounded key stands in a document (`{}` is its value), so that every key of
+/// [`super::validate::bounds::BOUNDS`] is tried.
+fn document_with(field: &str, value: &str) -> Option<String> {
+    let coap = |keys: String| {
+        format!(
+            "listeners:\n  - {{ name: c, bind: \"127.0.0.1:0\", protocol: coap, backend: things, {keys} }}\n\
+             backends:\n  - name: things\n    protocol: coap\n    servers: [ {{ name: s, address: \"127.0.0.1:5683\" }} ]\n"
+        )
+    };
+    let stream = |backend: String, rest: String| {
+        format!(
+            "listeners:\n  - {{ name: m, bind: \"127.0.0.1:0\", protocol: mqtt, backend: b }}\n\
+             backends:\n  - name: b\n    {backend}\n    servers: [ {{ name: s, address: \"127.0.0.1:1883\" }} ]\n{rest}"
+        )
+    };
+    Some(match field {
+        "connect_timeout"
+        | "handshake_timeout"
+        | "idle_timeout"
+        | "max_connections"
+        | "max_connections_per_ip"
+        | "max_connection_rate_per_ip"
+        | "max_connect_size" => stream(String::new(), format!("limits: {{ {field}: {value} }}\n")),
+        "max_ws_frame_size" => stream(String::new(), format!("limits: {{ max_connect_size: 16, {field}: {value} }}\n")),
+        "weight" => format!(
+            "listeners:\n  - {{ name: m, bind: \"127.0.0.1:0\", protocol: mqtt, backend: b }}\n\
+             backends:\n  - name: b\n    servers: [ {{ name: s, address: \"127.0.0.1:1883\", weight: {value} }} ]\n"
+        ),
+        "connection_rate_burst" => {
+            stream(String::new(), format!("limits: {{ max_connection_rate_per_ip: 5, {field}: {value} }}\n"))
+        }
+        "interval" | "timeout" | "rise" | "fall" => stream(format!("health: {{ {field}: {value} }}"), String::new()),
+        "request_timeout" => stream(String::new(), format!("admin: {{ bind: \"127.0.0.1:0\", {field}: {value} }}\n")),
+        "grace" | "drain_timeout" => stream(String::new(), format!("shutdown: {{ {field}: {value} }}\n")),
+        "flow_idle_timeout"
+        | "max_flows_per_ip"
+        | "max_datagram_rate_per_flow"
+        | "max_flows"
+        | "max_datagram_size"
+        | "dtls_cid_length" => coap(format!("{field}: {value}")),
+        "max_dtls_cids" => coap(format!("dtls_cid_length: 4, {field}: {value}")),
+        "datagram_rate_burst" => coap(format!("max_datagram_rate_per_flow: 5, {field}: {value}")),
+        "dtls_cid_timeout" => coap(format!("dtls_cid_length: 4, {field}: {value}")),
+        _ => return None,
+    })
+}
+
+/// Every bounded key with extreme values: each is accepted only within its range, refused with the key and the
+/// range named otherwise, and what `run` builds before binding never panics on what was accepted.
+#[test]
+fn extreme_numbers_are_refused_by_key_or_run_without_panic() {
+    use super::validate::bounds::{Measure, BOUNDS};
+    for b in BOUNDS {
+        let ms = |n: u64| format!("{n}ms");
+        let values: Vec<(String, Option<u64>)> = match b.measure {
+            Measure::Count | Measure::Bytes => [0, 1, b.min, b.max, b.max + 1, u64::from(u32::MAX), 1 << 61, u64::MAX]
+                .into_iter()
+                .map(|n| (n.to_string(), Some(n)))
+                .chain([("-1".to_owned(), None), ("99999999999999999999999".to_owned(), None)])
+                .collect(),
+            Measure::Millis => [0, 1, b.min, b.max, b.max + 1, u64::MAX]
+                .into_iter()
+                .map(|n| (if n == 0 { "0".to_owned() } else { ms(n) }, Some(n)))
+                .chain([("5124095576030431h".to_owned(), None), ("-1s".to_owned(), None)])
+                .collect(),
+        };
+        for (text, value) in values {
+            let doc = document_with(b.field, &text).unwrap_or_else(|| panic!("no document for {}", b.field));
+            match parse(&doc, Path::new("extreme.yaml")) {
+                Ok(c) => {
+                    assert!(value.is_some_and(|v| b.contains(v)), "{}: {text} accepted", b.field);
+                    crate::reload::running::dry_run(&c);
+                }
+                Err(e) => {
+                    let shown = e.to_string();
+                    assert!(value.is_none_or(|v| !b.contains(v)), "{}: {text} refused: {shown}", b.field);
+                    assert!(shown.starts_with("extreme.yaml: "), "{shown}");
+                    assert!(e.key.ends_with(b.field) && shown.contains(&format!("allowed {b}")), "{shown}");
+                }
+            }
+        }
+    }
+}

@@ -12,8 +12,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The notAfter of the first (leaf) certificate of a PEM file, as a Unix time.
 pub fn leaf_not_after(path: &Path) -> Result<i64, String> {
-    let leaf = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    let pem = crate::transport::certificates::read_pem(path)?;
+    let leaf = CertificateDer::pem_slice_iter(&pem)
         .next()
         .ok_or_else(|| format!("{}: no certificate", path.display()))?
         .map_err(|e| format!("{}: not a valid PEM certificate: {e}", path.display()))?;

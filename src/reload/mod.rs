@@ -43,7 +43,15 @@ pub enum ReloadError {
     BindTcp { name: String, addr: SocketAddr, source: std::io::Error },
     #[error("listener {name}: cannot bind {addr} (UDP): {source}")]
     BindUdp { name: String, addr: SocketAddr, source: std::io::Error },
+    /// Reading the files took longer than [`LOAD_DEADLINE`] (a file on a stalled network mount, say).
+    #[error("reading the configuration and the files it names took longer than {0:?}: is one on a stalled mount?")]
+    Stalled(std::time::Duration),
+    #[error("the configuration could not be read: {0}")]
+    Failed(String),
 }
+
+/// How long a reload may spend reading the configuration and the files it names before it fails.
+pub const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub type Reply = oneshot::Sender<Result<String, String>>;
 
@@ -88,9 +96,27 @@ pub struct Reloaded {
     pub admin_bind_changed: bool,
 }
 
-/// Loads the configuration file again and applies it (see the module docs).
-pub fn reload(running: &mut Running) -> Result<Reloaded, ReloadError> {
-    let new = config::load(&running.config.source)?;
+/// Reads and validates the configuration file at `path` again (with the certificates and keys it names) on a
+/// blocking thread, so that no async worker waits on a file, and for at most [`LOAD_DEADLINE`]: past it the reload
+/// fails, and the thread, if a file read is still stuck, is left to finish on its own.
+pub async fn load(path: &std::path::Path) -> Result<Config, ReloadError> {
+    let path = path.to_path_buf();
+    load_within(LOAD_DEADLINE, move || config::load(&path)).await
+}
+
+async fn load_within(
+    deadline: std::time::Duration,
+    read: impl FnOnce() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<Config, ReloadError> {
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(read)).await {
+        Err(_) => Err(ReloadError::Stalled(deadline)),
+        Ok(Err(e)) => Err(ReloadError::Failed(e.to_string())),
+        Ok(Ok(loaded)) => Ok(loaded?),
+    }
+}
+
+/// Applies a configuration loaded again ([`load`]) to the running server (see the module docs).
+pub fn reload(running: &mut Running, new: Config) -> Result<Reloaded, ReloadError> {
     let plan = plan::plan(&running.config, &new)?;
     apply(running, &plan, new)
 }
@@ -201,5 +227,23 @@ fn swap_listeners(running: &mut Running, plan: &Plan, old: &Config, sockets: Vec
     }
     for (l, socket) in started {
         running.start_listener(&l, socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_read_fails_at_the_deadline() {
+        let (_writer, stuck) = std::sync::mpsc::channel::<()>();
+        let read = move || {
+            let _ = stuck.recv_timeout(std::time::Duration::from_secs(5));
+            Err(ConfigError { file: "late".into(), key: String::new(), message: "too late".into() })
+        };
+        let started = std::time::Instant::now();
+        let outcome = load_within(std::time::Duration::from_millis(50), read).await;
+        assert!(matches!(outcome, Err(ReloadError::Stalled(_))), "{:?}", outcome.map(|_| ()));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }

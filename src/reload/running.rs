@@ -175,6 +175,27 @@ impl Running {
     }
 }
 
+/// Builds what `run` builds from `config` before it binds a socket or spawns a task (pools, admission with one
+/// connection admitted, every listener's settings, the shutdown deadline) and drops it: a configuration that
+/// `check` accepts must not panic here. For the fuzz target and tests.
+pub fn dry_run(config: &Config) {
+    let metrics = Arc::new(Metrics::new());
+    let tasks = Tasks::default();
+    let pools: Vec<Arc<Balancer>> =
+        config.backends.iter().map(|b| Arc::new(Balancer::new(Pool::new(b.clone(), &metrics)))).collect();
+    let admission = Admission::from_limits(&config.limits, metrics.rate_table.clone());
+    let _ticket = admission.admit(std::net::IpAddr::from([192, 0, 2, 1]));
+    let _ = admission.successor(&config.limits);
+    for l in &config.listeners {
+        let Some(balancer) = pools.get(l.backend) else { continue };
+        match Transport::of(l) {
+            Transport::Tcp => drop(session_context(l, config, Arc::clone(balancer), &metrics, &tasks)),
+            Transport::Udp => drop(udp::context(l, Arc::clone(balancer), &metrics, 0)),
+        }
+    }
+    let _ = tokio::time::Instant::now() + config.shutdown.grace + config.shutdown.drain_timeout;
+}
+
 /// The per-connection settings of a TCP listener under a configuration.
 fn session_context(
     l: &ListenerConfig,
@@ -184,8 +205,8 @@ fn session_context(
     tasks: &Tasks,
 ) -> SessionContext {
     if let Some(t) = &l.tls {
-        match crate::metrics::certificate::leaf_not_after(&t.cert) {
-            Ok(not_after) => metrics.set_certificate_expiry(&l.name, not_after),
+        match &t.not_after {
+            Ok(not_after) => metrics.set_certificate_expiry(&l.name, *not_after),
             Err(e) => warn!(listener = %l.name, error = %e, "certificate expiry unknown"),
         }
     }

@@ -157,19 +157,22 @@ impl<S> Drop for ClientSide<'_, S> {
     fn drop(&mut self) {
         let (reason, error) = self.outcome.take().unwrap_or((CloseReason::Shutdown, None));
         let line = &self.line;
+        let client_id = line.client_id.map(crate::logging::clip);
+        // An I/O error's text may quote what the peer sent (a TLS alert, a WebSocket close reason).
+        let error = error.map(|e| crate::logging::clip(&e.to_string()).into_owned());
         // The line names the connection itself, as documented; as a root event, text logs do not repeat the
         // connection's span before it (JSON logs still show the current span beside it).
         info!(
             parent: None,
             listener = line.listener,
             peer = %line.peer,
-            client_id = line.client_id,
+            client_id = client_id.as_deref(),
             server = line.server,
             bytes_to_server = self.to_server,
             bytes_to_client = self.to_client,
             duration_seconds = line.started.elapsed().as_secs_f64(),
             reason = reason.label(),
-            error = error.as_ref().map(tracing::field::display),
+            error = error.as_deref().map(tracing::field::display),
             "connection closed"
         );
     }

@@ -238,7 +238,7 @@ impl Session {
         let version = Some(connect.version);
         self.check_identity(&connect)?;
         if self.ctx.log_client_id {
-            Span::current().record("client_id", connect.client_id.as_str());
+            Span::current().record("client_id", crate::logging::clip(&connect.client_id).as_ref());
         }
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
         let (pool, candidates) = self.placement(key, version)?;
@@ -289,7 +289,7 @@ impl Session {
         if self.identity.as_ref().is_some_and(|id| id.vouches_for(claimed)) {
             return Ok(());
         }
-        debug!(claimed, "the client certificate does not vouch for this identity");
+        debug!(claimed = %crate::logging::clip(claimed), "the client certificate does not vouch for this identity");
         Err(Reject::IdentityMismatch(connect.version))
     }
 

@@ -10,6 +10,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use crate::config::named_file::{self, FileKind};
+
 /// Which of the TLS settings an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsPart {
@@ -35,10 +37,18 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The bytes of a PEM file (a regular file of at most [`FileKind::Pem`]'s size).
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    named_file::read(path, FileKind::Pem).map_err(|e| {
+        let hint = if e.is_missing() { format!("; {MISSING_CERTIFICATE_HINT}") } else { String::new() };
+        format!("cannot read {}: {e}{hint}", path.display())
+    })
+}
+
 /// Reads a PEM certificate chain.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = iter
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
@@ -50,20 +60,11 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// What to do when a listener's certificate or key is missing, as on a fresh clone with the shipped config.yaml.
 pub const MISSING_CERTIFICATE_HINT: &str = "run scripts/make-test-cert.sh for a test certificate (see certs/README.md)";
 
-/// Whether a certificate or key file can be opened; if not, the error and how to get a test one.
-fn readable(path: &Path) -> Result<(), String> {
-    match std::fs::File::open(path) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot read {}: {e}; {MISSING_CERTIFICATE_HINT}", path.display())),
-    }
-}
-
 /// Builds the rustls server configuration of a listener from its files.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsLoadError> {
-    readable(cert).map_err(|m| fail(TlsPart::Cert, m))?;
-    readable(key).map_err(|m| fail(TlsPart::Key, m))?;
     let chain = load_certs(cert).map_err(|m| fail(TlsPart::Cert, m))?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
+    let key_pem = read_pem(key).map_err(|m| fail(TlsPart::Key, m))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| fail(TlsPart::Key, format!("{}: no usable private key: {e}", key.display())))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

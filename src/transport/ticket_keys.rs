@@ -74,11 +74,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Reads a key file; the message names the file and, for a bad key, its line.
 pub fn load(path: &Path) -> Result<Arc<TicketKeys>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = crate::config::named_file::read_text(path, crate::config::FileKind::TicketKeys)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text).map(Arc::new).map_err(|e| format!("{}: {e}", path.display()))
 }
 

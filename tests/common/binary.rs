@@ -84,6 +84,7 @@ impl LbProcess {
         assert!(exited.success(), "exit status {exited}");
     }
 
+    /// Its process id (for /proc/<pid>).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

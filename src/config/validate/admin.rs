@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use super::super::runtime::{AdminConfig, AdminToken};
 use super::super::schema::FileAdmin;
@@ -38,10 +37,7 @@ pub(super) fn admin(
     if !(1..=65_536).contains(&a.max_connections) {
         return Err(c.err("admin.max_connections", "must be between 1 and 65536"));
     }
-    let request_timeout = c.positive("admin.request_timeout".into(), a.request_timeout.0)?;
-    if request_timeout > Duration::from_secs(3600) {
-        return Err(c.err("admin.request_timeout", "must be at most 1h"));
-    }
+    let request_timeout = c.duration("admin.request_timeout".into(), a.request_timeout.0)?;
     let state_file = a.state_file.map(|p| c.resolve(&p));
     if let Some(dir) = state_file.as_deref().and_then(Path::parent) {
         if !dir.as_os_str().is_empty() && !dir.is_dir() {

@@ -41,7 +41,7 @@ fn backend(
     if b.servers.is_empty() {
         return Err(c.err(format!("{key}.servers"), "at least one server is needed"));
     }
-    let connect_timeout = c.positive(format!("{key}.connect_timeout"), b.connect_timeout.0)?;
+    let connect_timeout = c.duration(format!("{key}.connect_timeout"), b.connect_timeout.0)?;
     let h = b.health;
     let (interval, timeout) = probe_timing(c, key, &h)?;
     let path = backend_path(c, key, b.protocol, b.path)?;
@@ -115,14 +115,10 @@ fn caps(s: &FileServer, protocol: BackendProtocol) -> Result<(), (&'static str, 
 
 /// `backends[].health`: the probe interval and timeout, and the counts and credentials beside them.
 fn probe_timing(c: &Checker<'_>, key: &str, h: &FileHealth) -> Result<(Duration, Duration), ConfigError> {
-    let interval = c.positive(format!("{key}.health.interval"), h.interval.0)?;
-    let timeout = c.positive(format!("{key}.health.timeout"), h.timeout.0)?;
-    if h.rise == 0 {
-        return Err(c.err(format!("{key}.health.rise"), "must be at least 1"));
-    }
-    if h.fall == 0 {
-        return Err(c.err(format!("{key}.health.fall"), "must be at least 1"));
-    }
+    let interval = c.duration(format!("{key}.health.interval"), h.interval.0)?;
+    let timeout = c.duration(format!("{key}.health.timeout"), h.timeout.0)?;
+    c.count(format!("{key}.health.rise"), h.rise)?;
+    c.count(format!("{key}.health.fall"), h.fall)?;
     if h.password.is_some() && h.username.is_none() {
         return Err(c.err(format!("{key}.health.password"), "a password needs a username"));
     }
@@ -182,9 +178,7 @@ fn servers(
         let skey = format!("{key}.servers[{j}]");
         c.name(format!("{skey}.name"), &s.name, &mut names)?;
         check_server_address(&s.address).map_err(|m| c.err(format!("{skey}.address"), m))?;
-        if s.weight == 0 || s.weight > 1000 {
-            return Err(c.err(format!("{skey}.weight"), format!("weight {} is out of range 1 to 1000", s.weight)));
-        }
+        c.count(format!("{skey}.weight"), s.weight)?;
         let dtls_cid_node_id = node_id(s.dtls_cid_node_id, protocol, &servers)
             .map_err(|m| c.err(format!("{skey}.dtls_cid_node_id"), m))?;
         caps(&s, protocol).map_err(|(name, m)| c.err(format!("{skey}.{name}"), m))?;

@@ -13,24 +13,23 @@ pub(super) fn coap_settings(
 ) -> Result<CoapListenerConfig, ConfigError> {
     let defaults = CoapListenerConfig::default();
     let flow_idle_timeout = match l.flow_idle_timeout {
-        Some(d) => c.positive(format!("{key}.flow_idle_timeout"), d.0)?,
+        Some(d) => c.duration(format!("{key}.flow_idle_timeout"), d.0)?,
         None => defaults.flow_idle_timeout,
     };
     let max_flows = l.max_flows.unwrap_or(defaults.max_flows);
-    if !(1..=1_000_000).contains(&max_flows) {
-        return Err(c.err(format!("{key}.max_flows"), "must be 1 to 1000000 (each flow holds a socket)"));
-    }
+    c.count(format!("{key}.max_flows"), max_flows)?;
     let max_datagram_size = l.max_datagram_size.map_or(defaults.max_datagram_size, |s| s.0);
-    if !(64..=65_507).contains(&max_datagram_size) {
-        return Err(c.err(format!("{key}.max_datagram_size"), "must be between 64B and 65507B"));
-    }
-    let rate = l.max_datagram_rate_per_flow.unwrap_or(defaults.max_datagram_rate_per_flow);
+    c.size(format!("{key}.max_datagram_size"), max_datagram_size)?;
+    let rate = c.count(
+        format!("{key}.max_datagram_rate_per_flow"),
+        l.max_datagram_rate_per_flow.unwrap_or(defaults.max_datagram_rate_per_flow),
+    )?;
     if l.datagram_rate_burst.is_some() && rate == 0 {
         return Err(c.err(format!("{key}.datagram_rate_burst"), "needs max_datagram_rate_per_flow"));
     }
     let burst = l.datagram_rate_burst.unwrap_or(rate);
-    if rate > 0 && burst == 0 {
-        return Err(c.err(format!("{key}.datagram_rate_burst"), "must be at least 1"));
+    if rate > 0 {
+        c.count(format!("{key}.datagram_rate_burst"), burst)?;
     }
     let (dtls_cid_timeout, max_dtls_cids) = dtls_cids(c, key, l, &defaults)?;
     let receive_buffer = l.receive_buffer.map(|s| s.0);
@@ -40,7 +39,7 @@ pub(super) fn coap_settings(
     Ok(CoapListenerConfig {
         flow_idle_timeout,
         max_flows,
-        max_flows_per_ip: l.max_flows_per_ip.unwrap_or(0),
+        max_flows_per_ip: c.count(format!("{key}.max_flows_per_ip"), l.max_flows_per_ip.unwrap_or(0))?,
         max_datagram_size,
         max_datagram_rate_per_flow: rate,
         datagram_rate_burst: burst,
@@ -62,8 +61,8 @@ fn dtls_cids(
     l: &CoapListenerKeys,
     defaults: &CoapListenerConfig,
 ) -> Result<(std::time::Duration, usize), ConfigError> {
-    if l.dtls_cid_length == Some(0) {
-        return Err(c.err(format!("{key}.dtls_cid_length"), "must be 1 to 255 (omit it when CIDs are not used)"));
+    if let Some(length) = l.dtls_cid_length {
+        c.count(format!("{key}.dtls_cid_length"), length)?;
     }
     if l.dtls_cid_length.is_none() {
         for (field, is_set) in
@@ -75,12 +74,10 @@ fn dtls_cids(
         }
     }
     let dtls_cid_timeout = match l.dtls_cid_timeout {
-        Some(d) => c.positive(format!("{key}.dtls_cid_timeout"), d.0)?,
+        Some(d) => c.duration(format!("{key}.dtls_cid_timeout"), d.0)?,
         None => defaults.dtls_cid_timeout,
     };
     let max_dtls_cids = l.max_dtls_cids.unwrap_or(defaults.max_dtls_cids);
-    if !(1..=10_000_000).contains(&max_dtls_cids) {
-        return Err(c.err(format!("{key}.max_dtls_cids"), "must be 1 to 10000000"));
-    }
+    c.count(format!("{key}.max_dtls_cids"), max_dtls_cids)?;
     Ok((dtls_cid_timeout, max_dtls_cids))
 }

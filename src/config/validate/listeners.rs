@@ -142,6 +142,7 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
     if let Some(path) = &ticket_keys {
         server_config.ticketer = ticket_keys::load(path).map_err(|m| c.err(format!("{key}.tls.ticket_keys"), m))?;
     }
+    let not_after = crate::metrics::certificate::leaf_not_after(&cert);
     Ok(Some(TlsConfig {
         cert,
         key: key_path,
@@ -149,6 +150,7 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
         require_identity: t.require_identity,
         ticket_keys,
         server_config: Arc::new(server_config),
+        not_after,
     }))
 }
 

@@ -16,6 +16,7 @@ const MAX_RATE_TABLE_SIZE: usize = 10_000_000;
 
 mod admin;
 mod backends;
+pub(super) mod bounds;
 mod coap;
 mod formats;
 mod listeners;
@@ -58,11 +59,29 @@ impl Checker<'_> {
         })
     }
 
-    fn positive(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
-        if d.is_zero() {
-            Err(self.err(key, "must be greater than zero"))
-        } else {
-            Ok(d)
+    /// A duration in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn duration(&self, key: String, d: Duration) -> Result<Duration, ConfigError> {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.in_bounds(key, ms, || bounds::show_duration(d)).map(|_| d)
+    }
+
+    /// A size in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn size(&self, key: String, n: usize) -> Result<usize, ConfigError> {
+        let bytes = u64::try_from(n).unwrap_or(u64::MAX);
+        self.in_bounds(key, bytes, || bounds::show_bytes(bytes)).map(|_| n)
+    }
+
+    /// A number in the range of its key ([`bounds::BOUNDS`], by the key's last part).
+    fn count<T: TryInto<u64> + Copy + std::fmt::Display>(&self, key: String, n: T) -> Result<T, ConfigError> {
+        self.in_bounds(key, n.try_into().unwrap_or(u64::MAX), || n.to_string()).map(|_| n)
+    }
+
+    fn in_bounds(&self, key: String, value: u64, shown: impl FnOnce() -> String) -> Result<(), ConfigError> {
+        let field = key.rsplit('.').next().unwrap_or_default();
+        match bounds::of(field) {
+            Some(b) if !b.contains(value) => Err(self.err(key, b.refusal(shown()))),
+            Some(_) => Ok(()),
+            None => Err(self.err(key, "no range is known for this key (a bug: please report it)")),
         }
     }
 }
@@ -82,8 +101,8 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
         admin,
         limits,
         shutdown: ShutdownConfig {
-            grace: file.shutdown.grace.0,
-            drain_timeout: file.shutdown.drain_timeout.0,
+            grace: c.duration("shutdown.grace".into(), file.shutdown.grace.0)?,
+            drain_timeout: c.duration("shutdown.drain_timeout".into(), file.shutdown.drain_timeout.0)?,
             disconnect: file.shutdown.disconnect,
         },
         log: LogConfig { client_id: file.log.client_id },
@@ -93,14 +112,15 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
 
 fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
     let limits = Limits {
-        connect_timeout: c.positive("limits.connect_timeout".into(), l.connect_timeout.0)?,
-        handshake_timeout: c.positive("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
+        connect_timeout: c.duration("limits.connect_timeout".into(), l.connect_timeout.0)?,
+        handshake_timeout: c.duration("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
         max_connect_size: l.max_connect_size.0,
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
-        idle_timeout: l.idle_timeout.0,
+        max_connections: c.count("limits.max_connections".into(), l.max_connections)?,
+        max_connections_per_ip: c.count("limits.max_connections_per_ip".into(), l.max_connections_per_ip)?,
+        idle_timeout: c.duration("limits.idle_timeout".into(), l.idle_timeout.0)?,
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
-        max_connection_rate_per_ip: l.max_connection_rate_per_ip,
+        max_connection_rate_per_ip: c
+            .count("limits.max_connection_rate_per_ip".into(), l.max_connection_rate_per_ip)?,
         connection_rate_burst: l.connection_rate_burst.unwrap_or(l.max_connection_rate_per_ip),
         connection_rate_table_size: l.connection_rate_table_size,
         strict_v31_client_id: l.strict_v31_client_id,
@@ -108,19 +128,14 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
     if l.connection_rate_burst.is_some() && limits.max_connection_rate_per_ip == 0 {
         return Err(c.err("limits.connection_rate_burst", "needs limits.max_connection_rate_per_ip"));
     }
-    if limits.max_connection_rate_per_ip > 0 && limits.connection_rate_burst == 0 {
-        return Err(c.err("limits.connection_rate_burst", "must be at least 1"));
+    if limits.max_connection_rate_per_ip > 0 {
+        c.count("limits.connection_rate_burst".into(), limits.connection_rate_burst)?;
     }
     if !(1..=MAX_RATE_TABLE_SIZE).contains(&limits.connection_rate_table_size) {
         return Err(c.err("limits.connection_rate_table_size", "must be between 1 and 10000000"));
     }
-    // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
-    if !(16..=256 << 20).contains(&limits.max_connect_size) {
-        return Err(c.err("limits.max_connect_size", "must be between 16B and 256MiB"));
-    }
-    if !(1 << 10..=256 << 20).contains(&limits.max_ws_frame_size) {
-        return Err(c.err("limits.max_ws_frame_size", "must be between 1KiB and 256MiB"));
-    }
+    c.size("limits.max_connect_size".into(), limits.max_connect_size)?;
+    c.size("limits.max_ws_frame_size".into(), limits.max_ws_frame_size)?;
     if limits.max_ws_frame_size < limits.max_connect_size {
         return Err(c.err(
             "limits.max_ws_frame_size",
