@@ -13,7 +13,7 @@ use tracing::warn;
 use super::ws;
 use super::ServerStream;
 use crate::balancer::backend::{ActiveGuard, BackendServer};
-use crate::config::{BackendConfig, BackendProtocol};
+use crate::config::{BackendConfig, BackendProtocol, TcpKeepalive};
 use crate::proxy_protocol::{self, TlsInfo};
 
 /// The client as the PROXY header describes it to the server.
@@ -50,15 +50,17 @@ impl Failure {
 }
 
 /// Opens the first of `candidates` that answers and sends it the PROXY header and `first_bytes` (for `websocket`
-/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). None when every one failed.
+/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame), with `keepalive` on its socket.
+/// None when every one failed.
 pub async fn open(
     backend: &BackendConfig,
     candidates: &[Arc<BackendServer>],
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
+    keepalive: Option<&TcpKeepalive>,
 ) -> Option<(ServerStream, ActiveGuard)> {
     for server in candidates {
-        match open_one(backend, server, client, first_bytes).await {
+        match open_one(backend, server, client, first_bytes, keepalive).await {
             Ok(opened) => return Some(opened),
             Err(failure) => {
                 let (what, error) = failure.describe();
@@ -75,6 +77,7 @@ async fn open_one(
     server: &Arc<BackendServer>,
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
+    keepalive: Option<&TcpKeepalive>,
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
     // The address resolved off the path (a lookup here only before a host name's first answer).
@@ -83,6 +86,7 @@ async fn open_one(
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);
+    super::keepalive::apply(&tcp, keepalive);
     let guard = server.track();
     let mut head = proxy_protocol::header_with_tls(
         backend.proxy_protocol,
