@@ -406,9 +406,9 @@ pub struct LogConfig {
 /// a dead one is gone within the hour even where TCP keepalive cannot reach it.
 pub const DEFAULT_PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// `limits.max_handshakes` per CPU core when the key is not set. A full TLS handshake costs mqtt-lb about 240 us of
-/// CPU on the reference machine (bench/RESULTS.md, storm phase: 2 cores, ECDSA P-256, no resumption), so one core
-/// completes about 4,000 a second. A handshake holds its place for at least a client round trip: with 128 places
+/// `limits.max_handshakes` per CPU core when the key is not set. A client's full TLS handshake and CONNECT cost
+/// mqtt-lb about 240 us of CPU on the reference machine (the failover storm of docs/deployment.md: 2 cores, no
+/// resumption), so one core completes about 4,000 a second. A handshake holds its place for at least a client round trip: with 128 places
 /// per core and a 50 ms round trip (a fleet on mobile networks is slower), handshakes can take at most about
 /// 2,500/s per core, some 60% of it, and relays keep the rest even when a whole fleet reconnects at once; the
 /// clients beyond wait in the listen backlog. Fleets on fast networks that want storms over sooner raise it.
