@@ -127,6 +127,12 @@ async fn at_max_connections_new_clients_wait_in_the_backlog_and_get_in_when_a_pl
         )
         .await;
         let front = lb.listeners[0];
+        // The queue the waiting clients rely on: as large as the kernel allows (net.core.somaxconn).
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").expect("somaxconn");
+        let ss = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{}", front.port())]).output();
+        let ss = String::from_utf8_lossy(&ss.expect("run ss").stdout).to_string();
+        let backlog = ss.split_whitespace().nth(2).expect("Send-Q of the listener");
+        assert_eq!(backlog, somaxconn.trim().parse::<u32>().expect("a number").min(65_535).to_string(), "{ss}");
 
         let mut holders = Vec::new();
         for i in 0..3 {
