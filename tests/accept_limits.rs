@@ -20,7 +20,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// A running binary: its listeners by name (in the order given) and its admin address.
 struct Lb {
-    _process: LbProcess,
+    process: LbProcess,
     admin: SocketAddr,
     listeners: Vec<SocketAddr>,
 }
@@ -46,7 +46,7 @@ impl Lb {
         let path = dir.join("mqtt-lb.yaml");
         std::fs::write(&path, yaml).expect("write the configuration");
         let process = LbProcess::start(&path, admin).await;
-        Lb { _process: process, admin, listeners: addrs }
+        Lb { process, admin, listeners: addrs }
     }
 
     async fn metric(&self, series: &str) -> f64 {
@@ -183,6 +183,36 @@ async fn at_max_connections_new_clients_wait_in_the_backlog_and_get_in_when_a_pl
         assert_eq!(&second, ACCEPTED);
         assert!(lb.metric("mqttlb_accept_pauses_total{listener=\"l0\",limit=\"max_connections\"}").await >= 1.0);
         assert_eq!(lb.metric("mqttlb_connections_accepted_total{listener=\"l0\"}").await, 5.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_max_connections_lets_the_waiting_clients_in_at_once() {
+    bounded(TEST_LIMIT, "max_connections reload", async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Mosquitto::start(dir.path(), "b0").await;
+        let backends = [("brokers", broker.addr())];
+        let lb = Lb::start(dir.path(), &[("protocol: mqtt", "brokers")], &backends, "max_connections: 1").await;
+        let front = lb.listeners[0];
+        let mut holder = TcpStream::connect(front).await.expect("connect");
+        assert_eq!(&mqtt_handshake(&mut holder, &connect_v311("holder", 60)).await.expect("CONNACK"), ACCEPTED);
+        let mut waiting = TcpStream::connect(front).await.expect("connect while full");
+        waiting.write_all(&connect_v311("waiting", 60)).await.expect("CONNECT while full");
+        lb.wait_metric("mqttlb_accept_paused{listener=\"l0\",limit=\"max_connections\"}", 1.0).await;
+
+        let path = dir.path().join("mqtt-lb.yaml");
+        let yaml = std::fs::read_to_string(&path).expect("read the configuration");
+        std::fs::write(&path, yaml.replace("max_connections: 1", "max_connections: 2")).expect("write");
+        lb.process.signal("HUP");
+        let mut connack = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), waiting.read_exact(&mut connack)).await;
+        read.expect("the waiting client gets in once the reload raised the limit, with the holder still there")
+            .expect("CONNACK");
+        assert_eq!(&connack, ACCEPTED);
+        stays_open(&mut holder, Duration::from_millis(100)).await.expect("the holder is still connected");
+        // Full again at the new limit: a second pause.
+        lb.wait_metric("mqttlb_accept_pauses_total{listener=\"l0\",limit=\"max_connections\"}", 2.0).await;
     })
     .await;
 }
