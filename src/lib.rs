@@ -9,16 +9,19 @@
 //! A connection's path, in the order to read the code:
 //!
 //! 1. [`listener`]: accept loop, admission limits (source networks matched by [`net`]), one task per connection (in
-//!    its own tracing span) spawned before any handshake.
+//!    its own tracing span) spawned before any handshake; while full (connections, handshakes: [`slots`]) it does
+//!    not accept, and clients wait in the kernel's accept queue.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
 //!    [`transport::certificates`], client certificate names in [`transport::identity`], session tickets shared by
 //!    instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
-//!    headers from trusted balancers ([`proxy_protocol`]), and the connection to a server ([`transport::upstream`]:
-//!    TCP connect, PROXY header out, WebSocket client upgrade).
+//!    headers from trusted balancers ([`proxy_protocol`]), the connection to a server ([`transport::upstream`]:
+//!    TCP connect, PROXY header out, WebSocket client upgrade), and TCP keepalive on both sockets
+//!    ([`transport::keepalive`]).
 //! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
 //!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries
-//!    ([`mqtt::boundary`]) and the health probe's packets ([`mqtt::probe`]).
+//!    ([`mqtt::boundary`]), the health probe's packets ([`mqtt::probe`]) and the broker's Server Keep Alive
+//!    ([`mqtt::server_keep_alive`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`], their addresses resolved off the path by
 //!    [`balancer::address`]) and the choice of one ([`balancer::selection`]: weighted rendezvous hashing,
 //!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`]; each
@@ -26,7 +29,8 @@
 //! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
 //!    [`session::reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one
 //!    log line.
-//! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters.
+//! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters; its deadlines (idle, and
+//!    the client's MQTT keep-alive: [`relay::keep_alive`]).
 //!
 //! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),
 //! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), the socket's
@@ -64,6 +68,7 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod slots;
 pub mod token_bucket;
 pub mod transport;
 pub mod udp;

@@ -37,6 +37,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A listener and the limit that stopped it accepting (`max_connections`, `max_handshakes`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub listener: String,
+    pub limit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub listener: String,
@@ -95,6 +102,10 @@ pub struct Metrics {
     pub connections_accepted: Family<ListenerLabels, Counter>,
     pub connections_active: Family<ListenerLabels, Gauge>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    pub accept_pauses: Family<LimitLabels, Counter>,
+    pub accept_paused: Family<LimitLabels, Gauge>,
+    pub handshakes_in_flight: Family<ListenerLabels, Gauge>,
     pub connect_invalid: Family<ReasonLabels, Counter>,
     pub tls_handshake_failures: Family<KindLabels, Counter>,
     pub websocket_frame_errors: Family<ReasonLabels, Counter>,
@@ -136,6 +147,10 @@ impl Metrics {
             connections_accepted: Family::default(),
             connections_active: Family::default(),
             connections_rejected: Family::default(),
+            connections_closed: Family::default(),
+            accept_pauses: Family::default(),
+            accept_paused: Family::default(),
+            handshakes_in_flight: Family::default(),
             connect_invalid: Family::default(),
             tls_handshake_failures: Family::default(),
             websocket_frame_errors: Family::default(),
@@ -170,6 +185,27 @@ impl Metrics {
             "connections_rejected",
             "Client connections refused or closed before relaying, per listener and reason",
             m.connections_rejected.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Relayed client connections that ended, per listener and close reason",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "accept_pauses",
+            "Times a listener stopped accepting because a limit was reached (max_connections, max_handshakes); \
+             new clients wait in the kernel's accept queue meanwhile",
+            m.accept_pauses.clone(),
+        );
+        r.register(
+            "accept_paused",
+            "1 while a listener does not accept because of the limit, else 0",
+            m.accept_paused.clone(),
+        );
+        r.register(
+            "handshakes_in_flight",
+            "TLS handshakes and WebSocket upgrades in progress, per listener (limits.max_handshakes bounds the sum)",
+            m.handshakes_in_flight.clone(),
         );
         r.register(
             "connect_validation_failures",
@@ -301,6 +337,12 @@ impl Metrics {
         self.connections_rejected.get_or_create(&ReasonLabels { listener: listener.to_owned(), reason }).inc();
     }
 
+    /// The pause counter and gauge of `listener` for `limit`.
+    pub fn accept_pause(&self, listener: &str, limit: &'static str) -> (Counter, Gauge) {
+        let l = LimitLabels { listener: listener.to_owned(), limit };
+        (self.accept_pauses.get_or_create(&l).clone(), self.accept_paused.get_or_create(&l).clone())
+    }
+
     /// The handles of one server, fetched once.
     pub fn server(&self, backend: &str, server: &str) -> ServerMetrics {
         let l = ServerLabels { backend: backend.to_owned(), server: server.to_owned() };
@@ -370,6 +412,8 @@ impl Metrics {
             active: self.connections_active.get_or_create(&l).clone(),
             handshake_seconds: self.tls_handshake_seconds.get_or_create(&l).clone(),
             connect_read_seconds: self.connect_read_seconds.get_or_create(&l).clone(),
+            handshakes: self.handshakes_in_flight.get_or_create(&l).clone(),
+            closed: self.connections_closed.clone(),
         }
     }
 }
@@ -422,4 +466,8 @@ pub struct ListenerMetrics {
     pub active: Gauge,
     pub handshake_seconds: Histogram,
     pub connect_read_seconds: Histogram,
+    /// Handshakes (TLS, WebSocket upgrade) in progress.
+    pub handshakes: Gauge,
+    /// `mqttlb_connections_closed_total`, by listener and reason.
+    pub closed: Family<ReasonLabels, Counter>,
 }

@@ -12,6 +12,11 @@
 //! With a [`ShutdownNotice`] (MQTT 5 clients, when the server shuts down), the broker-to-client direction is
 //! followed packet by packet: once the notice fires, the pump stops reading from the broker at the next packet
 //! boundary, so the client gets whole packets only, then the notice's DISCONNECT, then the end of the stream.
+//!
+//! Two deadlines may end a relay: the idle timeout (no byte either way) and, for MQTT clients, the keep-alive
+//! deadline ([`keep_alive`]: no byte from the client for a factor of its keep-alive).
+
+pub mod keep_alive;
 
 use std::future::Future;
 use std::io;
@@ -29,6 +34,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::mqtt::boundary::PacketTracker;
 use crate::mqtt::disconnect::mqtt5_disconnect;
+use keep_alive::{ConnackReader, KeepAlive, Window};
 
 /// The largest read of one direction, and so the most it ever holds unwritten.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -43,6 +49,8 @@ pub enum RelayEnd {
     Closed { to_server: u64, to_client: u64 },
     /// No byte moved for the idle timeout.
     Idle,
+    /// No byte from the client for the keep-alive deadline.
+    KeepAlive,
     /// The server was taken down by health checks and its backend closes relays then (`on_down: close`).
     ServerDown,
     /// A read or write failed (a reset, mostly).
@@ -63,13 +71,15 @@ impl ShutdownNotice {
     }
 }
 
-/// Relays until both directions are closed, an error, or `idle` without traffic (zero: never).
+/// Relays until both directions are closed, an error, `idle` without traffic (zero: never), or, with
+/// `keep_alive`, the client silent past its keep-alive deadline.
 pub async fn relay<C, S>(
     client: C,
     server: S,
     sent: Counter,
     received: Counter,
     idle: Duration,
+    keep_alive: Option<KeepAlive>,
     notice: Option<ShutdownNotice>,
 ) -> RelayEnd
 where
@@ -77,7 +87,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    // Milliseconds from `start` to the last byte read from each side.
+    let (client_read, server_read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let window = Arc::new(Window::new(keep_alive.and_then(|k| k.factor.window(k.requested))));
+    let connack = keep_alive.filter(|k| k.follow_connack).map(|k| ConnackReader::new(k.factor, Arc::clone(&window)));
     let fired = Arc::new(AtomicBool::new(false));
     let (gate, packet) = match notice {
         None => (None, Vec::new()),
@@ -92,15 +105,15 @@ where
         ),
     };
     let client = Notifying { inner: client, fired, packet, written: 0 };
-    let mut client = Counted { inner: client, counter: sent, activity: Arc::clone(&activity), start, gate: None };
-    let mut server = Counted { inner: server, counter: received, activity: Arc::clone(&activity), start, gate };
+    let activity = Arc::clone(&client_read);
+    let mut client = Counted { inner: client, counter: sent, activity, start, gate: None, connack: None };
+    let activity = Arc::clone(&server_read);
+    let mut server = Counted { inner: server, counter: received, activity, start, gate, connack };
     let copy = copy_bidirectional(&mut client, &mut server);
-    if idle.is_zero() {
-        return finish(copy.await);
-    }
     tokio::select! {
         r = copy => finish(r),
-        () = idle_watch(&activity, start, idle) => RelayEnd::Idle,
+        () = idle_watch(&client_read, &server_read, start, idle), if !idle.is_zero() => RelayEnd::Idle,
+        () = keep_alive::watch(&window, &client_read, start), if keep_alive.is_some() => RelayEnd::KeepAlive,
     }
 }
 
@@ -245,10 +258,10 @@ fn write<W: AsyncWrite + Unpin>(cx: &mut Context<'_>, writer: &mut W, bytes: &[u
     Poll::Ready(Ok(n))
 }
 
-/// Resolves once no byte has moved for `idle`.
-async fn idle_watch(activity: &AtomicU64, start: Instant, idle: Duration) {
+/// Resolves once no byte has moved either way for `idle`.
+async fn idle_watch(a: &AtomicU64, b: &AtomicU64, start: Instant, idle: Duration) {
     loop {
-        let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let last = start + Duration::from_millis(a.load(Ordering::Relaxed).max(b.load(Ordering::Relaxed)));
         let deadline = last + idle;
         if Instant::now() >= deadline {
             return;
@@ -258,13 +271,15 @@ async fn idle_watch(activity: &AtomicU64, start: Instant, idle: Duration) {
 }
 
 /// A stream that counts the bytes read from it and notes the time of the last read; with a gate, its reads end
-/// (EOF) at the first packet boundary after the notice fired.
+/// (EOF) at the first packet boundary after the notice fired; with a CONNACK reader, its first packet is read for
+/// the broker's Server Keep Alive.
 struct Counted<T> {
     inner: T,
     counter: Counter,
     activity: Arc<AtomicU64>,
     start: Instant,
     gate: Option<Gate>,
+    connack: Option<ConnackReader>,
 }
 
 struct Gate {
@@ -346,6 +361,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         if let Some(gate) = &mut this.gate {
             gate.tracker.feed(buf.filled().get(before..).unwrap_or_default());
         }
+        if let Some(connack) = &mut this.connack {
+            connack.feed(buf.filled().get(before..).unwrap_or_default());
+        }
         if n > 0 {
             this.counter.inc_by(n as u64);
             let ms = u64::try_from(this.start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -381,7 +399,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(64);
         let (server, mut server_peer) = tokio::io::duplex(64);
         let (sent, received) = counters();
-        let relay = tokio::spawn(relay(client, server, sent.clone(), received.clone(), Duration::ZERO, None));
+        let relay = tokio::spawn(relay(client, server, sent.clone(), received.clone(), Duration::ZERO, None, None));
         let up = vec![1u8; 100_000];
         let down = vec![2u8; 70_000];
         // The client sends everything and closes its side; the server still answers after that EOF.
@@ -410,7 +428,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (server, _server_peer) = tokio::io::duplex(1024);
         let (sent, received) = counters();
-        let _relay = tokio::spawn(relay(client, server, sent.clone(), received, Duration::ZERO, None));
+        let _relay = tokio::spawn(relay(client, server, sent.clone(), received, Duration::ZERO, None, None));
         // The server never reads: at most its pipe, the relay's one pending read and the client's pipe fit.
         let big = vec![0u8; 1 << 20];
         let write = tokio::time::timeout(Duration::from_millis(300), client_peer.write_all(&big)).await;

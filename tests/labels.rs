@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use mqtt_lb::metrics::udp::{drop_reason, eviction_reason};
 use mqtt_lb::mqtt::RejectReason;
+use mqtt_lb::session::end::CloseReason;
 use mqtt_lb::session::reject::Reject;
 use mqtt_lb::transport::ws::Violation;
 
@@ -47,6 +48,7 @@ fn reason_sets() -> Vec<(&'static str, BTreeSet<&'static str>)> {
         (METRIC, Reject::labels()),
         ("mqttlb_connect_validation_failures_total", RejectReason::ALL.map(RejectReason::label).into()),
         ("mqttlb_websocket_frame_errors_total", Violation::ALL.map(Violation::label).into()),
+        ("mqttlb_connections_closed_total", CloseReason::ALL.map(CloseReason::label).into()),
         ("mqttlb_udp_dropped_datagrams_total", drop_reason::ALL.into()),
         ("mqttlb_udp_flow_evictions_total", eviction_reason::ALL.into()),
     ]

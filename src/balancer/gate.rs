@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::metrics::ServerMetrics;
+pub use crate::slots::{Slot, Slots};
 use crate::token_bucket::{Rate, TokenBucket};
 
 /// Why a client did not get through.
@@ -31,52 +31,23 @@ pub enum Refused {
     Timeout,
 }
 
-/// Relays open (or being opened) to one server address; shared across reloads.
-#[derive(Debug, Default)]
-pub struct Slots {
-    open: AtomicUsize,
-    /// Woken when a slot is given back.
-    freed: Notify,
+/// A slot if fewer than `max` are taken (None: no cap).
+fn try_take(slots: &Arc<Slots>, max: Option<usize>) -> Option<Slot> {
+    // `max_connections: 0` is refused by `check`, so 0 (unlimited for [`Slots`]) only ever stands for "no cap".
+    slots.try_take(max.unwrap_or(0))
 }
 
-impl Slots {
-    /// A slot if fewer than `max` are taken (None: no cap).
-    fn try_take(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
-        let cap = max.unwrap_or(usize::MAX);
-        self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).ok()?;
-        Some(Slot { slots: Arc::clone(self) })
-    }
-
-    /// A slot, as soon as one is free.
-    async fn take(self: &Arc<Self>, max: Option<usize>) -> Slot {
-        loop {
-            // Registered before the check, so a slot given back in between still wakes us.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(slot) = self.try_take(max) {
-                return slot;
-            }
-            freed.await;
+/// A slot, as soon as one is free.
+async fn take(slots: &Arc<Slots>, max: Option<usize>) -> Slot {
+    loop {
+        // Registered before the check, so a slot given back in between still wakes us.
+        let freed = slots.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if let Some(slot) = try_take(slots, max) {
+            return slot;
         }
-    }
-
-    /// Slots taken now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
-/// One open relay's place under its server's `max_connections`, given back when dropped.
-#[derive(Debug)]
-pub struct Slot {
-    slots: Arc<Slots>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.slots.open.fetch_sub(1, Ordering::AcqRel);
-        self.slots.freed.notify_waiters();
+        freed.await;
     }
 }
 
@@ -133,13 +104,13 @@ impl Gate {
     /// Clients falling through to a server other than their chosen one (after a connect error) only take this.
     pub fn try_admit(&self) -> Option<Slot> {
         if !self.capped() {
-            return self.slots.try_take(None);
+            return try_take(&self.slots, None);
         }
         if self.waiting() > 0 {
             return None;
         }
         let mut bucket = self.turn.try_lock().ok()?;
-        let slot = self.slots.try_take(self.max_connections)?;
+        let slot = try_take(&self.slots, self.max_connections)?;
         if let (Some(rate), Some(b)) = (self.rate, bucket.as_mut()) {
             if !b.take(rate, std::time::Instant::now()) {
                 return None;
@@ -176,7 +147,7 @@ impl Gate {
     /// At the head of the queue: a free slot, then the next token.
     async fn wait_turn(&self) -> Slot {
         let mut bucket = self.turn.lock().await;
-        let slot = self.slots.take(self.max_connections).await;
+        let slot = take(&self.slots, self.max_connections).await;
         if let (Some(rate), Some(b)) = (self.rate, bucket.as_mut()) {
             loop {
                 let now = std::time::Instant::now();
@@ -211,7 +182,7 @@ mod tests {
         assert_eq!(g.admit(10, soon(20)).await.err(), Some(Refused::Timeout));
         let (second, ()) = tokio::join!(g.admit(10, soon(2000)), async { drop(first) });
         assert!(second.is_ok());
-        assert_eq!(g.slots().open(), 1);
+        assert_eq!(g.slots().taken(), 1);
     }
 
     #[tokio::test]
@@ -245,8 +216,8 @@ mod tests {
         let g = gate(None, None);
         let slots: Vec<Slot> = (0..3).filter_map(|_| g.try_admit()).collect();
         assert_eq!(slots.len(), 3);
-        assert_eq!(g.slots().open(), 3);
+        assert_eq!(g.slots().taken(), 3);
         drop(slots);
-        assert_eq!(g.slots().open(), 0);
+        assert_eq!(g.slots().taken(), 0);
     }
 }

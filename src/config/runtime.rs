@@ -393,8 +393,18 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections from one IP address; 0 = unlimited.
     pub max_connections_per_ip: usize,
-    /// Close a relay after this long without bytes in either direction; zero = never.
+    /// `mqtt` and `websocket` listeners: close a relay after this long without bytes in either direction; zero =
+    /// never.
     pub idle_timeout: Duration,
+    /// The same for `tcp` (passthrough) listeners, which cannot see MQTT keep-alive: `limits.idle_timeout` when it
+    /// is set, else [`DEFAULT_PASSTHROUGH_IDLE_TIMEOUT`].
+    pub passthrough_idle_timeout: Duration,
+    /// TLS handshakes and WebSocket upgrades in progress at once, every listener together; 0 = unlimited.
+    pub max_handshakes: usize,
+    /// Close a relay whose client sent nothing for this factor times its MQTT keep-alive.
+    pub keep_alive_factor: KeepAliveFactor,
+    /// TCP keepalive on client and server sockets; None = off.
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// Largest WebSocket frame, and message (all fragments of one), accepted from a client or a WebSocket
     /// backend; larger ones close the connection (close code 1009). Each WebSocket connection may buffer one.
     pub max_ws_frame_size: usize,
@@ -460,6 +470,50 @@ pub struct LogConfig {
     /// Whether that line names the MQTT client id (default true). Turn it off where client ids are personal data;
     /// the client address, server, bytes, duration and close reason are always there.
     pub client_id: bool,
+}
+
+/// `limits.idle_timeout` of `tcp` listeners when the key is not set. A passthrough relay cannot see MQTT
+/// keep-alive, and a connection held for ever by a client gone without a FIN holds two file descriptors for ever.
+/// One hour is longer than 1.5 times the keep-alive MQTT clients commonly use (60 s to 20 minutes; AWS IoT allows
+/// at most 20 minutes, Azure IoT Hub 29), so a live MQTT client behind a passthrough listener is never cut, while
+/// a dead one is gone within the hour even where TCP keepalive cannot reach it.
+pub const DEFAULT_PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `limits.max_handshakes` per CPU core when the key is not set. A client's full TLS handshake and CONNECT cost
+/// mqtt-lb about 240 us of CPU on the reference machine (the failover storm of docs/deployment.md: 2 cores, no
+/// resumption), so one core completes about 4,000 a second. A handshake holds its place for at least a client round trip: with 128 places
+/// per core and a 50 ms round trip (a fleet on mobile networks is slower), handshakes can take at most about
+/// 2,500/s per core, some 60% of it, and relays keep the rest even when a whole fleet reconnects at once; the
+/// clients beyond wait in the listen backlog. Fleets on fast networks that want storms over sooner raise it.
+pub const HANDSHAKES_PER_CORE: usize = 128;
+
+/// `limits.keep_alive_factor`, in thousandths (so that [`Limits`] stays comparable): a relay whose client sent
+/// nothing for this factor times the keep-alive in force is closed, as brokers do (MQTT 3.1.1 section 3.1.2.10,
+/// MQTT 5 section 3.1.2.11: one and a half times). 0 = off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAliveFactor(pub u32);
+
+impl KeepAliveFactor {
+    /// How long a client with keep-alive `seconds` may stay silent; None when either is 0 (no deadline).
+    pub fn window(self, seconds: u16) -> Option<Duration> {
+        if self.0 == 0 || seconds == 0 {
+            return None;
+        }
+        Some(Duration::from_millis(u64::from(seconds) * u64::from(self.0)))
+    }
+}
+
+/// `limits.tcp_keepalive`: SO_KEEPALIVE probes on client and server sockets, so that a peer gone without a FIN is
+/// found by the kernel even when no MQTT keep-alive runs (keep-alive 0, `tcp` listeners) and NAT entries on the
+/// way stay alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Silence before the first probe (TCP_KEEPIDLE).
+    pub idle: Duration,
+    /// Between probes (TCP_KEEPINTVL).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    pub count: u32,
 }
 
 /// `limits.max_ws_frame_size` when not set (or `max_connect_size`, if that is larger).

@@ -53,6 +53,38 @@ fn good_config_loads_with_defaults() {
 }
 
 #[test]
+fn passthrough_keep_alive_and_handshake_limits_have_safe_defaults() {
+    let c = parse(GOOD, Path::new("test.yaml")).unwrap();
+    let l = &c.limits;
+    assert_eq!(l.idle_timeout, Duration::ZERO, "MQTT relays: the keep-alive deadline instead");
+    assert_eq!(l.passthrough_idle_timeout, DEFAULT_PASSTHROUGH_IDLE_TIMEOUT);
+    assert!(!l.passthrough_idle_timeout.is_zero(), "tcp listeners never hold a silent connection for ever");
+    assert_eq!(l.keep_alive_factor.window(2), Some(Duration::from_secs(3)), "1.5 times the keep-alive");
+    assert_eq!(l.keep_alive_factor.window(0), None, "keep-alive 0: no deadline");
+    assert!(l.max_handshakes >= HANDSHAKES_PER_CORE);
+    let k = l.tcp_keepalive.expect("TCP keepalive on by default");
+    assert_eq!((k.idle, k.interval, k.count), (Duration::from_secs(120), Duration::from_secs(30), 4));
+
+    let set = "limits: { idle_timeout: 10m, max_handshakes: 0, keep_alive_factor: 0, tcp_keepalive: { idle: 0 } }";
+    let c =
+        parse(&GOOD.replace("limits: { connect_timeout: 5s, max_connect_size: 1KiB }", set), Path::new("t")).unwrap();
+    let l = &c.limits;
+    let ten_minutes = Duration::from_secs(600);
+    assert_eq!((l.idle_timeout, l.passthrough_idle_timeout), (ten_minutes, ten_minutes), "one key for both");
+    assert_eq!((l.max_handshakes, l.keep_alive_factor.window(60), l.tcp_keepalive), (0, None, None));
+    for (bad, key) in [
+        ("keep_alive_factor: 0.5", "limits.keep_alive_factor"),
+        ("keep_alive_factor: 11", "limits.keep_alive_factor"),
+        ("tcp_keepalive: { idle: 40000s }", "limits.tcp_keepalive.idle"),
+        ("tcp_keepalive: { interval: 0 }", "limits.tcp_keepalive.interval"),
+        ("tcp_keepalive: { count: 0 }", "limits.tcp_keepalive.count"),
+    ] {
+        let e = err_of(&GOOD.replace("connect_timeout: 5s", bad)).to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn log_section() {
     let c = parse(&format!("{GOOD}log: {{ client_id: false }}\n"), Path::new("test.yaml")).unwrap();
     assert!(!c.log.client_id);
@@ -394,6 +426,7 @@ fn document_with(field: &str, value: &str) -> Option<String> {
         | "handshake_timeout"
         | "idle_timeout"
         | "max_connections"
+        | "max_handshakes"
         | "max_connections_per_ip"
         | "max_connection_rate_per_ip"
         | "max_connect_size" => stream(String::new(), format!("limits: {{ {field}: {value} }}\n")),

@@ -18,8 +18,10 @@
 //!
 //! The other MQTT bytes mqtt-lb builds or recognises live here too:
 //! [`disconnect`] (the client's DISCONNECT, the shutdown notice),
-//! [`boundary`] (packet boundaries the relay stops at) and [`probe`] (the
-//! `mqtt` health check's CONNECT and the CONNACK it expects).
+//! [`boundary`] (packet boundaries the relay stops at), [`probe`] (the
+//! `mqtt` health check's CONNECT and the CONNACK it expects) and
+//! [`server_keep_alive`] (the keep-alive an MQTT 5 broker imposes in its
+//! CONNACK, which the relay's keep-alive deadline follows).
 //!
 //! The parsers never panic, never allocate more than the input size, and
 //! borrow from the input until the few strings kept in [`Connect`] are copied.
@@ -61,6 +63,7 @@ pub mod disconnect;
 pub mod first_packet;
 pub mod frame;
 pub mod probe;
+pub mod server_keep_alive;
 pub mod version;
 
 // The `connack` function is not re-exported: `mqtt::connack` names the module.

@@ -129,7 +129,8 @@ pub fn apply(running: &mut Running, plan: &Plan, new: Config) -> Result<Reloaded
     running.start_health();
     if plan.admission_changed {
         let successor = running.admission.load().successor(&new.limits);
-        running.admission.store(successor);
+        running.admission.store(Arc::clone(&successor));
+        successor.wake_waiting_listeners();
     }
     if plan.workers_changed {
         warn!("workers changed: a restart is needed for the number of threads to change");

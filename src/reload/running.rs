@@ -23,9 +23,11 @@ use crate::udp::{self, UdpContext};
 use super::plan::Transport;
 
 /// Connections the kernel may hold for a listener before they are accepted (its accept queue), as HAProxy sizes
-/// its `backlog` from maxconn: a reconnect storm after a failover must queue, not have its SYNs dropped and retried
-/// seconds later. The kernel caps it at `net.core.somaxconn` (4096 by default on current Linux).
-const LISTEN_BACKLOG: u32 = 4096;
+/// its `backlog` from maxconn: a reconnect storm after a failover, and clients arriving while mqtt-lb is full
+/// (`limits.max_connections`, `limits.max_handshakes`: listeners then stop accepting), must queue, not have their
+/// SYNs dropped and retried seconds later. The kernel caps it at `net.core.somaxconn` (4096 by default on current
+/// Linux), so asking for more makes that sysctl the one setting an operator raises for larger queues.
+const LISTEN_BACKLOG: u32 = 65_535;
 
 /// A listener's bound socket, not yet serving: TCP, or UDP for `coap` listeners.
 pub enum Socket {

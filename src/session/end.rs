@@ -5,18 +5,23 @@
 //!
 //! Close reasons: `client_disconnect` (the client's last bytes were an MQTT DISCONNECT: a clean end, whichever side
 //! then closed first), `client_closed`, `server_closed` (that side sent EOF first, without a DISCONNECT: a client
-//! gone, or a broker closing a session taken over), `idle_timeout`, `server_down` (health checks took the server
-//! down, `on_down: close`), `client_error`, `server_error` (a read or write failed on that side), `shutdown`.
+//! gone, or a broker closing a session taken over), `idle_timeout`, `keep_alive_timeout` (the client sent nothing
+//! for `limits.keep_alive_factor` times its keep-alive), `server_down` (health checks took the server down,
+//! `on_down: close`), `client_error`, `server_error` (a read or write failed on that side), `shutdown`. Each end is
+//! also counted in `mqttlb_connections_closed_total` by reason.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::metrics::ReasonLabels;
 use crate::mqtt::disconnect::is_disconnect;
 use crate::relay::RelayEnd;
 
@@ -27,6 +32,7 @@ pub enum CloseReason {
     ClientClosed,
     ServerClosed,
     IdleTimeout,
+    KeepAliveTimeout,
     ServerDown,
     ClientError,
     ServerError,
@@ -34,12 +40,26 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, for the docs check.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientDisconnect,
+        CloseReason::ClientClosed,
+        CloseReason::ServerClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::KeepAliveTimeout,
+        CloseReason::ServerDown,
+        CloseReason::ClientError,
+        CloseReason::ServerError,
+        CloseReason::Shutdown,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             CloseReason::ClientDisconnect => "client_disconnect",
             CloseReason::ClientClosed => "client_closed",
             CloseReason::ServerClosed => "server_closed",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::KeepAliveTimeout => "keep_alive_timeout",
             CloseReason::ServerDown => "server_down",
             CloseReason::ClientError => "client_error",
             CloseReason::ServerError => "server_error",
@@ -78,6 +98,8 @@ pub struct EndLine<'a> {
     pub client_id: Option<&'a str>,
     pub server: &'a str,
     pub started: Instant,
+    /// `mqttlb_connections_closed_total`, counted with the line.
+    pub closed: &'a Family<ReasonLabels, Counter>,
 }
 
 /// The client side of a relay: counts the bytes each way, notes the client's EOF, its first error and whether its
@@ -135,6 +157,7 @@ impl<'a, S> ClientSide<'a, S> {
         let outcome = match end {
             RelayEnd::Closed { .. } => (closed(), None),
             RelayEnd::Idle => (CloseReason::IdleTimeout, None),
+            RelayEnd::KeepAlive => (CloseReason::KeepAliveTimeout, None),
             RelayEnd::ServerDown => (CloseReason::ServerDown, None),
             // A TLS client that closes without close_notify (most MQTT clients do) just closed.
             RelayEnd::Error(_) if self.failed == Some(std::io::ErrorKind::UnexpectedEof) => (closed(), None),
@@ -160,6 +183,8 @@ impl<S> Drop for ClientSide<'_, S> {
         let client_id = line.client_id.map(crate::logging::clip);
         // An I/O error's text may quote what the peer sent (a TLS alert, a WebSocket close reason).
         let error = error.map(|e| crate::logging::clip(&e.to_string()).into_owned());
+        let labels = ReasonLabels { listener: line.listener.to_owned(), reason: reason.label() };
+        line.closed.get_or_create(&labels).inc();
         // The line names the connection itself, as documented; as a root event, text logs do not repeat the
         // connection's span before it (JSON logs still show the current span beside it).
         info!(

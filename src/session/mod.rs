@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, Span};
 
 use crate::balancer::backend::{ActiveGuard, BackendServer};
-use crate::balancer::gate::{Refused, Slot};
+use crate::balancer::gate::Refused;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::listener::{Admission, AdmissionTicket};
@@ -37,7 +37,9 @@ use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
 use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
 use crate::proxy_protocol;
+use crate::relay::keep_alive::KeepAlive;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
+use crate::slots::Slot;
 use crate::transport::identity::PeerIdentity;
 use crate::transport::tls;
 use crate::transport::upstream::{self, ClientAddresses};
@@ -123,17 +125,20 @@ impl Session {
         Session { ctx, peer, local: None, started: Instant::now(), tls_info: None, identity: None, ticket, admission }
     }
 
-    /// The whole path; run inside [`connection_span`].
-    pub async fn run(mut self, mut tcp: TcpStream) {
+    /// The whole path; run inside [`connection_span`]. `handshake`: the place under `limits.max_handshakes` taken
+    /// for this connection's TLS handshake or WebSocket upgrade, given back once the transport is up.
+    pub async fn run(mut self, mut tcp: TcpStream, handshake: Option<Slot>) {
         let ctx = Arc::clone(&self.ctx);
         ctx.listener_metrics.active.inc();
         let _active = ActiveListener(&ctx.listener_metrics);
         let _ = tcp.set_nodelay(true);
+        crate::transport::keepalive::apply(&tcp, ctx.limits.tcp_keepalive.as_ref());
         self.local = tcp.local_addr().ok();
         let transport = match self.proxy_header(&mut tcp).await {
             Ok(()) => self.transport(tcp).await,
             Err(reject) => Err(reject),
         };
+        drop(handshake);
         let mut stream = match transport {
             Ok(stream) => stream,
             Err(reject) => return refuse::<TcpStream>(&ctx.metrics, &ctx.name, reject, None).await,
@@ -253,7 +258,7 @@ impl Session {
         // The CONNECT bytes went to the server: free them rather than keep them for the life of the relay.
         let sent_first = buf.len();
         drop(buf);
-        Ok(self.relay(stream, server, guard, Some(&connect.client_id), sent_first, notice).await)
+        Ok(self.relay(stream, server, guard, Some(&connect), sent_first, notice).await)
     }
 
     /// A raw TCP client: place it (by source address for `client-id` balance) and relay. Ok as for [`Self::mqtt`].
@@ -320,7 +325,8 @@ impl Session {
         let chosen = candidates.first().ok_or(Reject::NoServerAvailable(version))?;
         let slot = self.queue(pool, chosen, deadline, version).await?;
         let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };
-        let opened = upstream::open(&pool.config, candidates, &client, first_bytes, slot).await;
+        let keepalive = self.ctx.limits.tcp_keepalive.as_ref();
+        let opened = upstream::open(&pool.config, candidates, &client, first_bytes, slot, keepalive).await;
         opened.ok_or(Reject::ServerConnectFailed(version))
     }
 
@@ -344,14 +350,15 @@ impl Session {
     }
 
     /// Relays until the end, then logs the connection's one `connection closed` line (see [`end`]).
-    /// `sent_first` is the number of client bytes already sent to the server (the buffered CONNECT). Returns
-    /// whether the relay shut the client's write half down.
+    /// `connect`: the client's CONNECT (None on `tcp` listeners), for its client id and keep-alive. `sent_first` is
+    /// the number of client bytes already sent to the server (the buffered CONNECT). Returns whether the relay shut
+    /// the client's write half down.
     async fn relay(
         &self,
         stream: &mut ClientStream,
         server: ServerStream,
         guard: ActiveGuard,
-        client_id: Option<&str>,
+        connect: Option<&Connect>,
         sent_first: usize,
         notice: Option<ShutdownNotice>,
     ) -> bool {
@@ -362,9 +369,21 @@ impl Session {
         let line = EndLine {
             listener: &self.ctx.name,
             peer: self.peer,
-            client_id: client_id.filter(|_| self.ctx.log_client_id),
+            client_id: connect.map(|c| c.client_id.as_str()).filter(|_| self.ctx.log_client_id),
             server: &s.name,
             started: self.started,
+            closed: &self.ctx.listener_metrics.closed,
+        };
+        let limits = &self.ctx.limits;
+        // MQTT clients: the keep-alive deadline; `tcp` listeners cannot see one and have their own idle timeout.
+        let (idle, keep_alive) = match connect {
+            Some(c) => {
+                let follow_connack = c.version == ProtocolVersion::V5;
+                let keep_alive =
+                    KeepAlive { factor: limits.keep_alive_factor, requested: c.keep_alive, follow_connack };
+                (limits.idle_timeout, Some(keep_alive).filter(|k| k.factor.0 > 0))
+            }
+            None => (limits.passthrough_idle_timeout, None),
         };
         let mut client = ClientSide::new(stream, &first_eof, sent_first, line);
         let relayed = relay(
@@ -372,7 +391,8 @@ impl Session {
             ServerSide::new(server, &first_eof),
             s.metrics.sent_bytes.clone(),
             s.metrics.received_bytes.clone(),
-            self.ctx.limits.idle_timeout,
+            idle,
+            keep_alive,
             notice,
         );
         // `on_down: close` ends the relay when health checks take the server down.

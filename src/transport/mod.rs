@@ -3,6 +3,7 @@
 
 pub mod certificates;
 pub mod identity;
+pub mod keepalive;
 pub mod ticket_keys;
 pub mod tls;
 pub mod upstream;

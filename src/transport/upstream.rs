@@ -16,7 +16,7 @@ use super::ws;
 use super::ServerStream;
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Slot;
-use crate::config::{BackendConfig, BackendProtocol};
+use crate::config::{BackendConfig, BackendProtocol, TcpKeepalive};
 use crate::proxy_protocol::{self, TlsInfo};
 
 /// The client as the PROXY header describes it to the server.
@@ -53,14 +53,15 @@ impl Failure {
 }
 
 /// Opens the first of `candidates` that answers and sends it the PROXY header and `first_bytes` (for `websocket`
-/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame). `chosen` is the first
-/// candidate's slot. None when every one failed.
+/// backends: the PROXY header, the upgrade, then `first_bytes` in a binary frame), with `keepalive` on its socket.
+/// `chosen` is the first candidate's slot. None when every one failed.
 pub async fn open(
     backend: &BackendConfig,
     candidates: &[Arc<BackendServer>],
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
     chosen: Slot,
+    keepalive: Option<&TcpKeepalive>,
 ) -> Option<(ServerStream, ActiveGuard)> {
     let mut chosen = Some(chosen);
     for server in candidates {
@@ -68,7 +69,7 @@ pub async fn open(
             debug!(backend = %backend.name, server = %server.name, "at its cap: not tried in place of another");
             continue;
         };
-        match open_one(backend, server, client, first_bytes, slot).await {
+        match open_one(backend, server, client, first_bytes, slot, keepalive).await {
             Ok(opened) => return Some(opened),
             Err(failure) => {
                 let (what, error) = failure.describe();
@@ -86,6 +87,7 @@ async fn open_one(
     client: &ClientAddresses<'_>,
     first_bytes: &[u8],
     slot: Slot,
+    keepalive: Option<&TcpKeepalive>,
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
     // The address resolved off the path (a lookup here only before a host name's first answer).
@@ -94,6 +96,7 @@ async fn open_one(
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);
+    super::keepalive::apply(&tcp, keepalive);
     let guard = server.track_slot(slot);
     let mut head = proxy_protocol::header_with_tls(
         backend.proxy_protocol,

@@ -53,6 +53,7 @@ pub const BOUNDS: &[Bound] = &[
     // 0: no idle timeout.
     millis("idle_timeout", 0, 7 * DAY_MS),
     count("max_connections", 0, 10_000_000),
+    count("max_handshakes", 0, 10_000_000),
     // The smallest CONNECT (3.1.1, empty client id) is 14 bytes; the largest a broker accepts is 256 MiB.
     bytes("max_connect_size", 16, 256 << 20),
     bytes("max_ws_frame_size", 1 << 10, 256 << 20),

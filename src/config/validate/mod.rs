@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::listener_schema::FileListener;
-use super::runtime::{Config, Limits, LogConfig, ShutdownConfig, DEFAULT_MAX_WS_FRAME_SIZE};
-use super::schema::{FileConfig, FileLimits, Workers};
+use super::runtime::{
+    Config, KeepAliveFactor, Limits, LogConfig, ShutdownConfig, TcpKeepalive, DEFAULT_MAX_WS_FRAME_SIZE,
+    DEFAULT_PASSTHROUGH_IDLE_TIMEOUT, HANDSHAKES_PER_CORE,
+};
+use super::schema::{FileConfig, FileLimits, FileTcpKeepalive, Workers};
 use super::ConfigError;
 
 /// `limits.connection_rate_table_size` at most: up to about 2 GB of buckets.
@@ -111,13 +114,19 @@ pub(super) fn validate(file: FileConfig<FileListener>, origin: &Path) -> Result<
 }
 
 fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
+    let idle_timeout = l.idle_timeout.map(|d| c.duration("limits.idle_timeout".into(), d.0)).transpose()?;
     let limits = Limits {
         connect_timeout: c.duration("limits.connect_timeout".into(), l.connect_timeout.0)?,
         handshake_timeout: c.duration("limits.handshake_timeout".into(), l.handshake_timeout.0)?,
         max_connect_size: l.max_connect_size.0,
         max_connections: c.count("limits.max_connections".into(), l.max_connections)?,
         max_connections_per_ip: c.count("limits.max_connections_per_ip".into(), l.max_connections_per_ip)?,
-        idle_timeout: c.duration("limits.idle_timeout".into(), l.idle_timeout.0)?,
+        idle_timeout: idle_timeout.unwrap_or(Duration::ZERO),
+        passthrough_idle_timeout: idle_timeout.unwrap_or(DEFAULT_PASSTHROUGH_IDLE_TIMEOUT),
+        max_handshakes: c
+            .count("limits.max_handshakes".into(), l.max_handshakes.unwrap_or_else(default_max_handshakes))?,
+        keep_alive_factor: keep_alive_factor(c, l.keep_alive_factor)?,
+        tcp_keepalive: tcp_keepalive(c, &l.tcp_keepalive)?,
         max_ws_frame_size: l.max_ws_frame_size.map_or(DEFAULT_MAX_WS_FRAME_SIZE.max(l.max_connect_size.0), |v| v.0),
         max_connection_rate_per_ip: c
             .count("limits.max_connection_rate_per_ip".into(), l.max_connection_rate_per_ip)?,
@@ -143,6 +152,43 @@ fn limits(c: &Checker<'_>, l: &FileLimits) -> Result<Limits, ConfigError> {
         ));
     }
     Ok(limits)
+}
+
+/// `limits.max_handshakes` when not set: [`HANDSHAKES_PER_CORE`] per CPU core.
+fn default_max_handshakes() -> usize {
+    HANDSHAKES_PER_CORE * std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `limits.keep_alive_factor`: 0 (off), or between 1 and 10 (under 1 would close clients that keep to their own
+/// keep-alive; over 10 hardly differs from off).
+fn keep_alive_factor(c: &Checker<'_>, factor: f64) -> Result<KeepAliveFactor, ConfigError> {
+    if factor == 0.0 {
+        return Ok(KeepAliveFactor(0));
+    }
+    if !(1.0..=10.0).contains(&factor) {
+        return Err(c.err("limits.keep_alive_factor", "must be 0 (off) or between 1 and 10"));
+    }
+    // In range, so the product is a small positive whole number of thousandths.
+    Ok(KeepAliveFactor((factor * 1000.0).round() as u32))
+}
+
+/// `limits.tcp_keepalive`: off with `idle: 0`; otherwise within what Linux accepts (TCP_KEEPIDLE and
+/// TCP_KEEPINTVL at most 32767 s, TCP_KEEPCNT at most 127).
+fn tcp_keepalive(c: &Checker<'_>, k: &FileTcpKeepalive) -> Result<Option<TcpKeepalive>, ConfigError> {
+    if k.idle.0.is_zero() {
+        return Ok(None);
+    }
+    let seconds = 1..=32_767;
+    if !seconds.contains(&k.idle.0.as_secs()) {
+        return Err(c.err("limits.tcp_keepalive.idle", "must be 0 (off) or between 1s and 32767s"));
+    }
+    if !seconds.contains(&k.interval.0.as_secs()) {
+        return Err(c.err("limits.tcp_keepalive.interval", "must be between 1s and 32767s"));
+    }
+    if !(1..=127).contains(&k.count) {
+        return Err(c.err("limits.tcp_keepalive.count", "must be between 1 and 127"));
+    }
+    Ok(Some(TcpKeepalive { idle: k.idle.0, interval: k.interval.0, count: k.count }))
 }
 
 fn workers(c: &Checker<'_>, workers: Workers) -> Result<Option<usize>, ConfigError> {
