@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
 use super::address::ServerAddress;
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
@@ -63,6 +65,8 @@ pub struct BackendServer {
     active: Arc<AtomicUsize>,
     /// Woken when the relays to this server must end (`on_down: close`); shared like `active`.
     close_relays: Arc<tokio::sync::Notify>,
+    /// Why the last failed probe failed, until a probe finds the server up again (`/servers`, the DOWN log line).
+    check_error: ArcSwapOption<String>,
 }
 
 impl BackendServer {
@@ -81,6 +85,7 @@ impl BackendServer {
             state: AtomicU8::new(AdminState::Ready as u8),
             active: Arc::new(AtomicUsize::new(0)),
             close_relays: Arc::new(tokio::sync::Notify::new()),
+            check_error: ArcSwapOption::empty(),
         }
     }
 
@@ -102,6 +107,16 @@ impl BackendServer {
     /// Notes that a probe has judged this server: from now on its verdict is proven, kept across reloads.
     pub fn set_probed(&self) {
         self.probed.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the last failed probe failed, while it still explains the verdict.
+    pub fn check_error(&self) -> Option<Arc<String>> {
+        self.check_error.load_full()
+    }
+
+    /// Records why a probe failed (`Some`), or that the server passed and is up (`None`).
+    pub fn set_check_error(&self, error: Option<String>) {
+        self.check_error.store(error.map(Arc::new));
     }
 
     pub fn state(&self) -> AdminState {
@@ -136,6 +151,7 @@ impl BackendServer {
         next.set_up(self.is_up());
         next.probed.store(self.probed(), Ordering::Relaxed);
         next.set_state(self.state());
+        next.check_error.store(self.check_error());
         if next.address == self.address {
             next.active = Arc::clone(&self.active);
             next.close_relays = Arc::clone(&self.close_relays);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeSeed;
 
+mod http_check;
 mod listener_schema;
 mod messages;
 mod runtime;
@@ -22,6 +23,7 @@ mod units;
 mod validate;
 
 pub use crate::net::{source_allowed, Cidr};
+pub use http_check::{ExpectStatus, HttpCheck, HttpCheckTls, DEFAULT_EXPECT_STATUS, DEFAULT_HTTP_CHECK_PATH};
 pub use runtime::*;
 pub use units::{parse_duration, parse_size, DurationValue, SizeValue};
 

@@ -14,6 +14,7 @@ use super::ConfigError;
 mod backends;
 mod coap;
 mod formats;
+mod http_check;
 mod listeners;
 
 /// Builds errors for one file, and resolves paths against its folder.
