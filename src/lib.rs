@@ -31,7 +31,7 @@
 //! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
-//! Beside the path: [`health`] (probes), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
+//! Beside the path: [`health`] (probes; the HTTP readiness probe in `health/http.rs`), [`admin`] (HTTP: metrics, readiness, server states), [`config`] (the file's
 //! schema, its validation by section and the runtime types it builds), [`metrics`] (every metric named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP, with
