@@ -6,10 +6,10 @@
 //! go down. A reload carries a server's proven verdict over (its probe task restarts from it). Servers in `maint`
 //! are not probed.
 //! `coap-ping` ([`crate::udp::coap::ping`]: an Empty Confirmable message answered by a Reset) and `dtls-hello`
-//! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; `http` (`health/http.rs`:
-//! a GET on the broker's readiness endpoint, another port of its host) over TCP without a PROXY header; the other
-//! checks over TCP to the server's address. Why the last probe failed is kept on the server until it is up again
-//! (`/servers` shows it).
+//! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; `http`
+//! (`health/http.rs`: a GET on the broker's readiness endpoint, another port of its host) over TCP without a PROXY
+//! header; the other checks over TCP to the server's address. Why the last probe failed is kept on the server until
+//! it is up again (`/servers` shows it).
 
 mod http;
 
