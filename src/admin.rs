@@ -316,6 +316,7 @@ fn servers_json(state: &AdminView) -> serde_json::Value {
                         "health": if s.is_up() { "up" } else { "down" },
                         "state": s.state().as_str(),
                         "connections": s.active(),
+                        "check_error": s.check_error().map(|e| e.to_string()),
                     })
                 })
                 .collect();

@@ -6,8 +6,12 @@
 //! go down. A reload carries a server's proven verdict over (its probe task restarts from it). Servers in `maint`
 //! are not probed.
 //! `coap-ping` ([`crate::udp::coap::ping`]: an Empty Confirmable message answered by a Reset) and `dtls-hello`
-//! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; the other checks
-//! over TCP.
+//! ([`crate::udp::dtls::hello_probe`]: a ClientHello answered by any DTLS record) probe over UDP; `http`
+//! (`health/http.rs`: a GET on the broker's readiness endpoint, another port of its host) over TCP without a PROXY
+//! header; the other checks over TCP to the server's address. Why the last probe failed is kept on the server until
+//! it is up again (`/servers` shows it).
+
+mod http;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +48,10 @@ pub enum ProbeError {
     WebSocket(String),
     #[error("CoAP ping: {0}")]
     Coap(String),
+    #[error("readiness endpoint: {0}")]
+    Readiness(String),
+    #[error("readiness endpoint answered HTTP {code} (ready is {expected})")]
+    Status { code: u16, expected: String },
 }
 
 impl ProbeError {
@@ -176,14 +184,19 @@ async fn probe_loop(backend: &str, health: &HealthConfig, on_down: OnDown, serve
             if server.is_up() {
                 warn!(backend, server = %server.name, error = %e, "health probe failed");
             }
+            server.set_check_error(Some(e.to_string()));
         }
         let up = verdict.record(result.is_ok());
         server.set_probed();
+        if up && result.is_ok() {
+            server.set_check_error(None);
+        }
         if server.set_up(up) {
             if up {
                 info!(backend, server = %server.name, "server is UP");
             } else {
-                warn!(backend, server = %server.name, "server is DOWN");
+                let error = server.check_error().map(|e| e.to_string()).unwrap_or_default();
+                warn!(backend, server = %server.name, error, "server is DOWN");
                 if on_down == OnDown::Close {
                     info!(backend, server = %server.name, relays = server.active(), "on_down: close: closing its relays");
                     server.close_relays();
@@ -208,9 +221,11 @@ pub async fn probe(health: &HealthConfig, server: &BackendServer) -> Result<(), 
     let run = async {
         let targets = server.socket_addrs().await.map_err(ProbeError::Connect)?;
         let target = &targets[..];
-        match health.check {
-            HealthCheckKind::CoapPing => return Ok(crate::udp::coap::ping(target).await?),
-            HealthCheckKind::DtlsHello => return Ok(crate::udp::dtls::hello_probe(target).await?),
+        match (health.check, &health.http) {
+            (HealthCheckKind::CoapPing, _) => return Ok(crate::udp::coap::ping(target).await?),
+            (HealthCheckKind::DtlsHello, _) => return Ok(crate::udp::dtls::hello_probe(target).await?),
+            (HealthCheckKind::Http, Some(check)) => return http::probe(check, &server.address, target).await,
+            (HealthCheckKind::Http, None) => return Err(ProbeError::Readiness("no settings".to_owned())),
             _ => {}
         }
         let mut tcp = TcpStream::connect(target).await.map_err(ProbeError::Connect)?;
@@ -224,6 +239,7 @@ pub async fn probe(health: &HealthConfig, server: &BackendServer) -> Result<(), 
         match health.check {
             HealthCheckKind::Tcp | HealthCheckKind::None => Ok(()),
             HealthCheckKind::CoapPing | HealthCheckKind::DtlsHello => Ok(()), // probed over UDP above
+            HealthCheckKind::Http => Ok(()),                                  // probed above
             HealthCheckKind::Mqtt => mqtt_probe(&mut tcp, health).await,
             HealthCheckKind::Websocket => {
                 let mut ws = ws::connect(tcp, &server.address, &health.path)
@@ -294,6 +310,7 @@ mod tests {
             password: Some("p".into()),
             path: "/mqtt".into(),
             proxy_protocol: ProxyProtocol::None,
+            http: None,
         };
         let c = crate::mqtt::parse_connect(&probe_connect(&h)).unwrap();
         assert!(c.client_id.starts_with("mqtt-lb-probe-"));

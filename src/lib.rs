@@ -37,7 +37,7 @@
 //! receive buffer and the kernel's drop count ([`udp::receive`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
-//! Beside the path: [`health`] (probes), [`admin`] (HTTP: read-only metrics and readiness, and control of server
+//! Beside the path: [`health`] (probes; the HTTP readiness probe in `health/http.rs`), [`admin`] (HTTP: read-only metrics and readiness, and control of server
 //! states and reload on its own socket or on loopback, with its `access` rules and per-socket caps), [`config`]
 //! (the file's schema, its validation by section and the runtime types it builds; the files it names read by
 //! [`config::named_file`]), [`metrics`] (every metric named once),

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
 use super::address::ServerAddress;
 use super::gate::{Gate, Slot};
 use crate::config::ServerConfig;
@@ -66,6 +68,8 @@ pub struct BackendServer {
     close_relays: Arc<tokio::sync::Notify>,
     /// `max_connections` and `max_connection_rate`, and the clients waiting for them.
     pub gate: Gate,
+    /// Why the last failed probe failed, until a probe finds the server up again (`/servers`, the DOWN log line).
+    check_error: ArcSwapOption<String>,
 }
 
 impl BackendServer {
@@ -86,6 +90,7 @@ impl BackendServer {
             active: Arc::new(AtomicUsize::new(0)),
             close_relays: Arc::new(tokio::sync::Notify::new()),
             gate,
+            check_error: ArcSwapOption::empty(),
         }
     }
 
@@ -107,6 +112,16 @@ impl BackendServer {
     /// Notes that a probe has judged this server: from now on its verdict is proven, kept across reloads.
     pub fn set_probed(&self) {
         self.probed.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the last failed probe failed, while it still explains the verdict.
+    pub fn check_error(&self) -> Option<Arc<String>> {
+        self.check_error.load_full()
+    }
+
+    /// Records why a probe failed (`Some`), or that the server passed and is up (`None`).
+    pub fn set_check_error(&self, error: Option<String>) {
+        self.check_error.store(error.map(Arc::new));
     }
 
     pub fn state(&self) -> AdminState {
@@ -141,6 +156,7 @@ impl BackendServer {
         next.set_up(self.is_up());
         next.probed.store(self.probed(), Ordering::Relaxed);
         next.set_state(self.state());
+        next.check_error.store(self.check_error());
         if next.address == self.address {
             next.active = Arc::clone(&self.active);
             next.close_relays = Arc::clone(&self.close_relays);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeSeed;
 
+mod http_check;
 mod listener_schema;
 mod messages;
 pub mod named_file;
@@ -23,6 +24,7 @@ mod units;
 mod validate;
 
 pub use crate::net::{source_allowed, Cidr};
+pub use http_check::{ExpectStatus, HttpCheck, HttpCheckTls, DEFAULT_EXPECT_STATUS, DEFAULT_HTTP_CHECK_PATH};
 pub use named_file::FileKind;
 pub use runtime::*;
 pub use units::{parse_duration, parse_size, DurationValue, SizeValue};

@@ -255,6 +255,9 @@ pub enum HealthCheckKind {
     /// For `coap` backends on a DTLS port: a DTLS ClientHello answered by a HelloVerifyRequest, a ServerHello or an
     /// alert (a CoAP ping cannot pass DTLS).
     DtlsHello,
+    /// A GET on the broker's own readiness endpoint (another port of the server's host) answered by an expected
+    /// status; the settings are [`HealthConfig::http`].
+    Http,
 }
 
 impl HealthCheckKind {
@@ -266,6 +269,7 @@ impl HealthCheckKind {
             HealthCheckKind::Websocket => "websocket",
             HealthCheckKind::CoapPing => "coap-ping",
             HealthCheckKind::DtlsHello => "dtls-hello",
+            HealthCheckKind::Http => "http",
         }
     }
 }
@@ -284,6 +288,8 @@ pub struct HealthConfig {
     pub path: String,
     /// The backend's `proxy_protocol`: a server that expects a PROXY header refuses a probe without one.
     pub proxy_protocol: ProxyProtocol,
+    /// `check: http`: the readiness endpoint; `None` for every other check.
+    pub http: Option<super::HttpCheck>,
 }
 
 #[derive(Debug, Clone)]

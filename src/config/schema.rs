@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::http_check::{FileExpectStatus, FileHttpTls};
 use super::runtime::{
     BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
     ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT, DEFAULT_RATE_TABLE_SIZE,
@@ -145,6 +146,18 @@ pub(super) struct FileHealth {
     pub(super) username: Option<String>,
     #[serde(default)]
     pub(super) password: Option<String>,
+    /// `check: http` only (see [`super::http_check`]); the port is wider than it is, so that 0 or 70000 gets a
+    /// message saying the range.
+    #[serde(default)]
+    pub(super) port: Option<i64>,
+    #[serde(default)]
+    pub(super) path: Option<String>,
+    #[serde(default)]
+    pub(super) expect_status: Option<FileExpectStatus>,
+    #[serde(default)]
+    pub(super) tls: Option<FileHttpTls>,
+    #[serde(default)]
+    pub(super) host: Option<String>,
 }
 
 impl Default for FileHealth {
@@ -157,6 +170,11 @@ impl Default for FileHealth {
             fall: default_fall(),
             username: None,
             password: None,
+            port: None,
+            path: None,
+            expect_status: None,
+            tls: None,
+            host: None,
         }
     }
 }

@@ -490,3 +490,53 @@ fn extreme_numbers_are_refused_by_key_or_run_without_panic() {
         }
     }
 }
+
+#[test]
+fn http_checks_load_with_defaults_codes_classes_and_tls() {
+    let http = |health: &str| GOOD.replace("{ check: tcp, interval: 500ms }", health);
+    let c = parse(&http("{ check: http, port: 18083 }"), Path::new("test.yaml")).unwrap();
+    let h = c.backends[0].health.http.clone().unwrap();
+    assert_eq!((h.port, h.path.as_str(), h.host.as_deref()), (18083, "/", None));
+    assert_eq!(h.expect, ExpectStatus(vec![(200, 200)]));
+    assert!(h.tls.is_none());
+    let text =
+        http("{ check: http, port: 8080, path: /api/v5/status, expect_status: [2xx, 404], host: emqx, tls: false }");
+    let h = parse(&text, Path::new("test.yaml")).unwrap().backends[0].health.http.clone().unwrap();
+    assert_eq!(h.expect, ExpectStatus(vec![(200, 299), (404, 404)]));
+    assert_eq!((h.path.as_str(), h.host.as_deref()), ("/api/v5/status", Some("emqx")));
+    let text = http("{ check: http, port: 8443, expect_status: 204, tls: { server_name: emqx.example.org } }");
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        assert!(err_of(&text).to_string().contains("backends[0].health.tls: no system CA certificates"));
+    } else {
+        let h = parse(&text, Path::new("test.yaml")).unwrap().backends[0].health.http.clone().unwrap();
+        assert_eq!(h.tls.and_then(|t| t.server_name).as_deref(), Some("emqx.example.org"));
+        assert_eq!(h.expect, ExpectStatus(vec![(204, 204)]));
+    }
+    assert!(c.backends[0].health.check == HealthCheckKind::Http);
+}
+
+#[test]
+fn http_check_errors_name_the_key() {
+    let http = |health: &str| GOOD.replace("{ check: tcp, interval: 500ms }", health);
+    let cases = [
+        ("{ check: http }", "backends[0].health.port", "needs the port"),
+        ("{ check: http, port: 0 }", "backends[0].health.port", "out of range 1 to 65535"),
+        ("{ check: http, port: 70000 }", "backends[0].health.port", "out of range 1 to 65535"),
+        ("{ check: http, port: 80, path: status }", "backends[0].health.path", "must start with /"),
+        ("{ check: http, port: 80, expect_status: 600 }", "backends[0].health.expect_status", "100 to 599"),
+        ("{ check: http, port: 80, expect_status: [200, 99] }", "backends[0].health.expect_status[1]", "100 to 599"),
+        ("{ check: http, port: 80, expect_status: 6xx }", "backends[0].health.expect_status", "1xx to 5xx"),
+        ("{ check: http, port: 80, expect_status: [] }", "backends[0].health.expect_status", "at least one"),
+        ("{ check: http, port: 80, host: \"a b\" }", "backends[0].health.host", "without spaces"),
+        ("{ check: http, port: 80, tls: { ca: /nonexistent.pem } }", "backends[0].health.tls.ca", "cannot read"),
+        ("{ check: http, port: 80, tls: { cert: x } }", "backends[0].health.tls.cert", "ca, server_name"),
+        ("{ check: http, port: 80, tls: yes please }", "backends[0].health.tls", "true, false"),
+        ("{ check: mqtt, port: 18083 }", "backends[0].health.port", "only check: http"),
+        ("{ check: tcp, path: /status }", "backends[0].health.path", "only check: http"),
+    ];
+    for (health, key, what) in cases {
+        let e = err_of(&http(health));
+        assert_eq!(e.key, key, "{health}: {e}");
+        assert!(e.message.contains(what), "{health}: {e}");
+    }
+}

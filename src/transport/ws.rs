@@ -286,15 +286,16 @@ pub fn check_request(head: &[u8], policy: &UpgradePolicy) -> Result<Accepted, Up
     Ok(Accepted { accept_key: key::accept_key(key.as_bytes()), protocol: protocol.to_owned() })
 }
 
-enum HeadError {
+pub(crate) enum HeadError {
     TooLarge,
     Closed,
     Io,
 }
 
-/// Reads until the end of the request head. Returns everything read and the head's length (bytes after it are
-/// the client's first frames). Never holds more than [`MAX_UPGRADE_REQUEST`] plus one read.
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Vec<u8>, usize), HeadError> {
+/// Reads until the end of an HTTP head (a request's, or an answer's: the upgrade client and the readiness check
+/// read theirs with it). Returns everything read and the head's length (bytes after it are the peer's first frames).
+/// Never holds more than [`MAX_UPGRADE_REQUEST`] plus one read.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Vec<u8>, usize), HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {

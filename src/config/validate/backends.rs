@@ -46,6 +46,7 @@ fn backend(
     let (interval, timeout) = probe_timing(c, key, &h)?;
     let path = backend_path(c, key, b.protocol, b.path)?;
     let check = health_check(h.check, b.protocol).map_err(|m| c.err(format!("{key}.health.check"), m))?;
+    let http = super::http_check::http_check(c, key, check, &h)?;
     if b.protocol == BackendProtocol::Coap && b.proxy_protocol != ProxyProtocol::None {
         return Err(c.err(format!("{key}.proxy_protocol"), "a coap backend receives datagrams: no PROXY header"));
     }
@@ -68,6 +69,7 @@ fn backend(
             password: h.password,
             path,
             proxy_protocol: b.proxy_protocol,
+            http,
         },
         servers: servers(c, key, b.servers, b.protocol)?,
         queue_timeout,

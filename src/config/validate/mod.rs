@@ -22,6 +22,7 @@ mod backends;
 pub(super) mod bounds;
 mod coap;
 mod formats;
+mod http_check;
 mod listeners;
 
 /// Builds errors for one file, and resolves paths against its folder.

@@ -1,7 +1,7 @@
-//! Mosquitto brokers on 127.0.0.1, started and killed (by PID) by the test; each one names itself in a retained
+//! Mosquitto brokers on 127.0.0.1 (or another loopback address), started and killed (by PID) by the test; each one names itself in a retained
 //! message on [`WHOAMI_TOPIC`].
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A mosquitto broker on 127.0.0.1, started (and killed) by the test.
+/// A mosquitto broker on 127.0.0.1 (or another loopback address), started (and killed) by the test.
 pub struct Mosquitto {
     /// The broker's name: the payload of its retained `lb/whoami`, and its server name in the proxy config.
     pub name: String,
@@ -39,6 +39,8 @@ pub struct Mosquitto {
     /// The WebSocket port, for brokers started with [`Mosquitto::start_with_websockets`].
     pub ws_port: Option<u16>,
     pub dir: PathBuf,
+    /// The loopback address it listens on: 127.0.0.1 unless started with [`Mosquitto::start_on`].
+    host: Ipv4Addr,
     conf: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
@@ -48,15 +50,21 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker named `name` with its files in `dir`, waits until it accepts, publishes its identity.
     pub async fn start(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, false).await
+        Self::start_inner(dir, name, false, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`Mosquitto::start`], listening on another loopback address (127.0.0.2, ...): servers on distinct
+    /// hosts, as a check on another port of each server's host needs.
+    pub async fn start_on(dir: &Path, name: &str, host: Ipv4Addr) -> Mosquitto {
+        Self::start_inner(dir, name, false, host).await
     }
 
     /// Like [`Mosquitto::start`], plus a second listener speaking MQTT over WebSocket (`ws_port`).
     pub async fn start_with_websockets(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, true).await
+        Self::start_inner(dir, name, true, Ipv4Addr::LOCALHOST).await
     }
 
-    async fn start_inner(dir: &Path, name: &str, websockets: bool) -> Mosquitto {
+    async fn start_inner(dir: &Path, name: &str, websockets: bool, host: Ipv4Addr) -> Mosquitto {
         // A port chosen by `free_port` can be taken by someone else before mosquitto binds it: retry with another.
         let mut last_error = String::new();
         for _ in 0..4 {
@@ -65,6 +73,7 @@ impl Mosquitto {
                 port: free_port(),
                 ws_port: websockets.then(free_port),
                 dir: dir.to_path_buf(),
+                host,
                 conf: dir.join(format!("{name}.conf")),
                 log_path: dir.join(format!("{name}.log")),
                 stderr_path: dir.join(format!("{name}.stderr")),
@@ -93,12 +102,13 @@ impl Mosquitto {
         }
         conf.push_str(&format!(
             "per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type all\n\
-             connection_messages true\nlog_timestamp true\nlistener {} 127.0.0.1\n",
+             connection_messages true\nlog_timestamp true\nlistener {} {}\n",
             self.log_path.display(),
-            self.port
+            self.port,
+            self.host
         ));
         if let Some(ws) = self.ws_port {
-            conf.push_str(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
+            conf.push_str(&format!("listener {ws} {}\nprotocol websockets\n", self.host));
         }
         std::fs::write(&self.conf, conf).expect("write mosquitto config");
     }
@@ -123,7 +133,7 @@ impl Mosquitto {
         let deadline = Instant::now() + Duration::from_secs(5);
         for port in ports {
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                if TcpStream::connect((self.host, port)).await.is_ok() {
                     break;
                 }
                 if let Some(child) = self.child.as_mut() {
@@ -161,13 +171,13 @@ impl Mosquitto {
         c.disconnect().await;
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or its other loopback address).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.socket_addr().to_string()
     }
 
     pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.host, self.port))
     }
 
     /// Whether the process is running (started and not stopped).

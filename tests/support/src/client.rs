@@ -38,10 +38,11 @@ impl From<Option<Arc<rustls::ClientConfig>>> for Via {
     }
 }
 
-/// (host, transport) for a client of `addr`: TLS clients name `localhost` (a SAN of the test certificate); over
-/// WebSocket rumqttc takes the whole URL as the host.
+/// (host, transport) for a client of `addr`: plain TCP clients its address; TLS clients name `localhost` (a SAN of
+/// the test certificate); over WebSocket rumqttc takes the whole URL as the host.
 fn transport(addr: SocketAddr, via: Via) -> (String, rumqttc::Transport) {
     match via {
+        Via::Tcp if !addr.ip().is_unspecified() => (addr.ip().to_string(), rumqttc::Transport::tcp()),
         Via::Tcp => ("127.0.0.1".to_owned(), rumqttc::Transport::tcp()),
         Via::Tls(cfg) => {
             ("localhost".to_owned(), rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(cfg)))
