@@ -8,12 +8,13 @@
 //!
 //! A connection's path, in the order to read the code:
 //!
-//! 1. [`listener`]: accept loop, admission limits (source networks matched by [`net`]), one task per connection (in
-//!    its own tracing span) spawned before any handshake; while full (connections, handshakes: [`slots`]) it does
-//!    not accept, and clients wait in the kernel's accept queue.
+//! 1. [`listener`]: the accept loop, one task per connection (in its own tracing span) spawned before any
+//!    handshake; [`admission`] decides whether a connection may take a place (source networks matched by [`net`],
+//!    connections and handshakes counted in [`slots`], per-IP counts and rates); while full the loop does not
+//!    accept, and clients wait in the kernel's accept queue.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
-//!    [`transport::certificates`], client certificate names in [`transport::identity`], session tickets shared by
-//!    instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
+//!    [`tls_material::certificates`], client certificate names in [`transport::identity`], session tickets shared by
+//!    instances in [`tls_material::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
 //!    headers from trusted balancers ([`proxy_protocol`]), the connection to a server ([`transport::upstream`]:
 //!    TCP connect, PROXY header out, WebSocket client upgrade), and TCP keepalive on both sockets
 //!    ([`transport::keepalive`]).
@@ -27,8 +28,7 @@
 //!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`]; each
 //!    server's `max_connections` / `max_connection_rate` and the bounded queue for them in [`balancer::gate`].
 //! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
-//!    [`session::reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one
-//!    log line.
+//!    [`reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one log line.
 //! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters; its deadlines (idle, and
 //!    the client's MQTT keep-alive: [`relay::keep_alive`]).
 //!
@@ -37,10 +37,12 @@
 //! receive buffer and the kernel's drop count ([`udp::receive`]), placement by
 //! the same [`balancer`], and datagrams relayed both ways through per-device connected sockets.
 //!
-//! Beside the path: [`health`] (probes; the HTTP readiness probe in `health/http.rs`), [`admin`] (HTTP: read-only metrics and readiness, and control of server
-//! states and reload on its own socket or on loopback, with its `access` rules and per-socket caps), [`config`]
-//! (the file's schema, its validation by section and the runtime types it builds; the files it names read by
-//! [`config::named_file`]), [`metrics`] (every metric named once),
+//! Beside the path: [`health`] (probes; the HTTP readiness probe in `health/http.rs`), [`admin`] (HTTP: read-only
+//! metrics and readiness, and control of server states and reload on its own socket or on loopback, with its
+//! `access` rules and per-socket caps), [`config`] (the file's schema, its validation by section and the runtime
+//! types it builds), [`named_file`] (every file the configuration names, read only if regular and under a size
+//! cap), [`tls_material`] (certificates and ticket keys, loaded with the configuration), [`metrics`] (every metric
+//! named once),
 //! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded
 //! table, with [`token_bucket`], which also counts the datagram rate of UDP flows and spaces a server's new
@@ -53,6 +55,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;
+pub mod admission;
 pub mod balancer;
 pub mod config;
 pub mod health;
@@ -60,15 +63,18 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod named_file;
 pub mod net;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod reject;
 pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod slots;
+pub mod tls_material;
 pub mod token_bucket;
 pub mod transport;
 pub mod udp;

@@ -1,9 +1,8 @@
-//! The accept loop of one listener: admission limits, then one task per connection, spawned before any handshake
-//! so that a slow client never stalls accepts.
+//! The accept loop of one listener: waits for room under the shared limits ([`crate::admission`]), admits, then one
+//! task per connection, spawned before any handshake so that a slow client never stalls accepts.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,166 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, Instrument};
 
+use crate::admission::{Admission, AdmissionTicket};
 use crate::config::source_allowed;
-use crate::config::Limits;
-use crate::rate_limit::{RateLimiter, RateTableMetrics};
-use crate::session::reject::Reject;
+use crate::reject::Reject;
 use crate::session::{connection_span, Session, SessionContext};
-use crate::slots::{Slot, Slots};
+use crate::slots::Slot;
 use arc_swap::ArcSwap;
-
-/// Admission limits shared by every listener: connections overall and per source IP.
-///
-/// The limits are replaced by a reload; the counts are not: a successor ([`Admission::successor`]) shares the open
-/// connections, the per-IP counts and, while the rate is the same, the per-IP rate buckets, so that a reload never
-/// lets an address past its limit.
-///
-/// A connection from a listener's `trusted_proxies` is admitted in two steps: at accept against `max_connections`
-/// only ([`Admission::admit_proxy`]: the proxy carries many clients, and its header phase is bounded by that and by
-/// `handshake_timeout`), then, once its PROXY header names the client, against the per-IP limits of that client
-/// ([`Admission::admit_client`]).
-pub struct Admission {
-    max_connections: usize,
-    /// Client connections open now, every listener together.
-    open: Arc<Slots>,
-    max_handshakes: usize,
-    /// TLS handshakes and WebSocket upgrades in progress, every listener together.
-    handshakes: Arc<Slots>,
-    per_ip_max: usize,
-    per_ip: Arc<PerIpCounts>,
-    rate: Option<Arc<RateLimiter>>,
-    /// (rate, burst) of `rate`, to tell whether a successor can keep its buckets.
-    rate_settings: (u32, u32),
-    rate_table: RateTableMetrics,
-}
-
-/// Open client connections per source address. Addresses with none are removed, so the table holds no more
-/// addresses than there are connections open, and each step is one hash look-up.
-type PerIpCounts = Mutex<HashMap<IpAddr, usize>>;
-
-/// A connection's place in the limits, released on drop (into the counts its admission shares with successors).
-pub struct AdmissionTicket {
-    _open: Slot,
-    ip: Option<(IpAddr, Arc<PerIpCounts>)>,
-}
-
-impl Drop for AdmissionTicket {
-    fn drop(&mut self) {
-        if let Some((ip, per_ip)) = self.ip.take() {
-            let mut map = per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    map.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
-impl Admission {
-    /// The admission rules of `limits`: connections overall, per IP, and new connections per second per IP (its
-    /// table shown in `rate_table`).
-    pub fn from_limits(limits: &Limits, rate_table: RateTableMetrics) -> Arc<Admission> {
-        Arc::new(Admission::with_counts(limits, Arc::default(), Arc::default(), Arc::default(), None, rate_table))
-    }
-
-    /// The admission of `limits` after a reload: the counts of this one go on (see [`Admission`]); the rate buckets
-    /// too, unless the rate or the burst changed (then every address starts with a full bucket of the new size).
-    pub fn successor(&self, limits: &Limits) -> Arc<Admission> {
-        let same_rate = rate_settings(limits) == self.rate_settings;
-        let rate = if same_rate { self.rate.clone() } else { None };
-        if let Some(rate) = &rate {
-            rate.resize(limits.connection_rate_table_size, std::time::Instant::now());
-        }
-        let (open, handshakes, per_ip) =
-            (Arc::clone(&self.open), Arc::clone(&self.handshakes), Arc::clone(&self.per_ip));
-        Arc::new(Admission::with_counts(limits, open, handshakes, per_ip, rate, self.rate_table.clone()))
-    }
-
-    /// Wakes the accept loops that wait for room: the limits may have changed (call once this one is in place).
-    pub fn wake_waiting_listeners(&self) {
-        self.open.wake_all();
-        self.handshakes.wake_all();
-    }
-
-    fn with_counts(
-        limits: &Limits,
-        open: Arc<Slots>,
-        handshakes: Arc<Slots>,
-        per_ip: Arc<PerIpCounts>,
-        rate: Option<Arc<RateLimiter>>,
-        rate_table: RateTableMetrics,
-    ) -> Admission {
-        let (per_second, burst) = rate_settings(limits);
-        let size = limits.connection_rate_table_size;
-        let new_table = || Arc::new(RateLimiter::new(per_second, burst, size, rate_table.clone()));
-        let rate = rate.or_else(|| (per_second > 0).then(new_table));
-        if rate.is_none() {
-            rate_table.entries.set(0);
-        }
-        Admission {
-            max_connections: limits.max_connections,
-            open,
-            max_handshakes: limits.max_handshakes,
-            handshakes,
-            per_ip_max: limits.max_connections_per_ip,
-            per_ip,
-            rate,
-            rate_settings: (per_second, burst),
-            rate_table,
-        }
-    }
-
-    /// Admits a connection from `ip`, or says which limit refuses it.
-    pub fn admit(&self, ip: IpAddr) -> Result<AdmissionTicket, Reject> {
-        self.within_rate(ip)?;
-        let mut ticket = self.admit_proxy()?;
-        self.count_per_ip(&mut ticket, ip)?;
-        Ok(ticket)
-    }
-
-    /// Admits a trusted proxy's connection before its header: `max_connections` only.
-    pub fn admit_proxy(&self) -> Result<AdmissionTicket, Reject> {
-        let open = self.open.try_take(self.max_connections).ok_or(Reject::MaxConnections)?;
-        // From here the ticket owns the place it took in `open`.
-        Ok(AdmissionTicket { _open: open, ip: None })
-    }
-
-    /// The client at `ip` that a trusted proxy's header names, on the proxy's `ticket`: the per-IP rate and count.
-    pub fn admit_client(&self, ticket: &mut AdmissionTicket, ip: IpAddr) -> Result<(), Reject> {
-        self.within_rate(ip)?;
-        self.count_per_ip(ticket, ip)
-    }
-
-    /// Takes one of `ip`'s new-connection tokens.
-    fn within_rate(&self, ip: IpAddr) -> Result<(), Reject> {
-        match &self.rate {
-            Some(rate) if !rate.allow(ip, std::time::Instant::now()) => Err(Reject::RateLimited),
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts `ticket`'s connection under `ip` (released when the ticket drops).
-    fn count_per_ip(&self, ticket: &mut AdmissionTicket, ip: IpAddr) -> Result<(), Reject> {
-        if self.per_ip_max == 0 || ticket.ip.is_some() {
-            return Ok(());
-        }
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.per_ip_max {
-            return Err(Reject::MaxConnectionsPerIp);
-        }
-        *n += 1;
-        ticket.ip = Some((ip, Arc::clone(&self.per_ip)));
-        Ok(())
-    }
-}
-
-/// `(max_connection_rate_per_ip, connection_rate_burst)` of `limits`.
-fn rate_settings(limits: &Limits) -> (u32, u32) {
-    (limits.max_connection_rate_per_ip, limits.connection_rate_burst)
-}
 
 /// Which limit a listener waits on before it accepts again: the `limit` label of the pause metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,13 +73,13 @@ async fn wait_for_room(
     let mut paused: Option<Pause> = None;
     loop {
         let (ctx, admission) = (current.load_full(), admission.load_full());
-        let (connection_freed, handshake_freed) = (admission.open.freed(), admission.handshakes.freed());
+        let (connection_freed, handshake_freed) = (admission.open().freed(), admission.handshakes().freed());
         tokio::pin!(connection_freed, handshake_freed);
         connection_freed.as_mut().enable();
         handshake_freed.as_mut().enable();
-        let full = if !admission.open.has_room(admission.max_connections) {
+        let full = if !admission.open().has_room(admission.max_connections()) {
             Full::Connections
-        } else if has_handshake(&ctx) && !admission.handshakes.has_room(admission.max_handshakes) {
+        } else if has_handshake(&ctx) && !admission.handshakes().has_room(admission.max_handshakes()) {
             Full::Handshakes
         } else {
             return true;
@@ -255,10 +100,10 @@ async fn wait_for_room(
 async fn handshake_place(admission: &ArcSwap<Admission>, shutdown: &CancellationToken) -> Option<Slot> {
     loop {
         let current = admission.load_full();
-        let freed = current.handshakes.freed();
+        let freed = current.handshakes().freed();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        if let Some(place) = current.handshakes.try_take(current.max_handshakes) {
+        if let Some(place) = current.handshakes().try_take(current.max_handshakes()) {
             return Some(place);
         }
         tokio::select! {
@@ -279,7 +124,7 @@ async fn admit(
 ) -> Option<Result<AdmissionTicket, Reject>> {
     loop {
         let current = admission.load_full();
-        let freed = current.open.freed();
+        let freed = current.open().freed();
         tokio::pin!(freed);
         freed.as_mut().enable();
         let admitted = match ip {

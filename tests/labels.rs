@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use mqtt_lb::metrics::udp::{drop_reason, eviction_reason};
 use mqtt_lb::mqtt::RejectReason;
+use mqtt_lb::reject::Reject;
 use mqtt_lb::session::end::CloseReason;
-use mqtt_lb::session::reject::Reject;
 use mqtt_lb::transport::ws::Violation;
 
 const METRIC: &str = "mqttlb_connections_rejected_total";

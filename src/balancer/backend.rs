@@ -104,7 +104,7 @@ impl BackendServer {
         self.up.swap(up, Ordering::Relaxed) != up
     }
 
-    /// Whether a probe has judged this server yet (see [`Server::set_probed`]).
+    /// Whether a probe has judged this server yet (see [`BackendServer::set_probed`]).
     pub fn probed(&self) -> bool {
         self.probed.load(Ordering::Relaxed)
     }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::backend::AdminState;
 use super::Balancer;
-use crate::config::named_file::{self, FileKind};
+use crate::named_file::{self, FileKind};
 
 /// Serialises writers: two admin requests at once must not interleave their temporary files.
 static WRITING: Mutex<()> = Mutex::new(());

@@ -17,15 +17,14 @@ use serde::de::DeserializeSeed;
 mod http_check;
 mod listener_schema;
 mod messages;
-pub mod named_file;
 mod runtime;
 mod schema;
 mod units;
 mod validate;
 
+pub use crate::named_file::FileKind;
 pub use crate::net::{source_allowed, Cidr};
 pub use http_check::{ExpectStatus, HttpCheck, HttpCheckTls, DEFAULT_EXPECT_STATUS, DEFAULT_HTTP_CHECK_PATH};
-pub use named_file::FileKind;
 pub use runtime::*;
 pub use units::{parse_duration, parse_size, DurationValue, SizeValue};
 
@@ -62,9 +61,9 @@ pub const STDIN: &str = "<stdin>";
 /// relative to the working directory).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let (origin, bytes) = if path == Path::new("-") {
-        (PathBuf::from(STDIN), named_file::read_capped(std::io::stdin(), FileKind::Config))
+        (PathBuf::from(STDIN), crate::named_file::read_capped(std::io::stdin(), FileKind::Config))
     } else {
-        (path.to_path_buf(), named_file::read(path, FileKind::Config))
+        (path.to_path_buf(), crate::named_file::read(path, FileKind::Config))
     };
     let unreadable = |why: String| ConfigError {
         file: origin.clone(),

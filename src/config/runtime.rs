@@ -136,7 +136,7 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
-    /// Session-ticket keys shared with other instances ([`crate::transport::ticket_keys`]); re-read on reload.
+    /// Session-ticket keys shared with other instances ([`crate::tls_material::ticket_keys`]); re-read on reload.
     pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
     /// The leaf certificate's notAfter (Unix time), read with the files so that applying a reload reads none; or

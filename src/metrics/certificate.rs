@@ -12,7 +12,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The notAfter of the first (leaf) certificate of a PEM file, as a Unix time.
 pub fn leaf_not_after(path: &Path) -> Result<i64, String> {
-    let pem = crate::transport::certificates::read_pem(path)?;
+    let pem = crate::tls_material::certificates::read_pem(path)?;
     let leaf = CertificateDer::pem_slice_iter(&pem)
         .next()
         .ok_or_else(|| format!("{}: no certificate", path.display()))?

@@ -10,10 +10,11 @@ use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::balancer::{address, state_file, Balancer, Pool};
 use crate::config::{Config, ListenerConfig, ListenerProtocol, RequireIdentity};
 use crate::health;
-use crate::listener::{accept_loop, Admission};
+use crate::listener::accept_loop;
 use crate::metrics::Metrics;
 use crate::session::SessionContext;
 use crate::shutdown::Tasks;

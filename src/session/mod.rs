@@ -7,7 +7,7 @@
 //! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
 //! relay -> end ([`end`]: the close reason and the one log line).
 //!
-//! Each phase returns `Result<_, Reject>`; a refusal ([`reject`]) is counted, logged and answered in one place.
+//! Each phase returns `Result<_, Reject>`; a refusal ([`crate::reject`]) is counted, logged and answered in one place.
 //!
 //! A WebSocket client goes through the same CONNECT reader, validator and placement as an MQTTS client: only its
 //! transport differs ([`ClientStream::Ws`]), so a client id lands on the same server over either listener when
@@ -15,7 +15,6 @@
 //! client connection ([`ServerStream`]).
 
 pub mod end;
-pub mod reject;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,15 +27,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, field, Span};
 
+use crate::admission::{Admission, AdmissionTicket};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Refused;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
-use crate::listener::{Admission, AdmissionTicket};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
 use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
 use crate::proxy_protocol;
+use crate::reject::{refuse, Reject};
 use crate::relay::keep_alive::KeepAlive;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
 use crate::slots::Slot;
@@ -46,7 +46,6 @@ use crate::transport::upstream::{self, ClientAddresses};
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
 use end::{ClientSide, EndLine, FirstEof, ServerSide};
-use reject::{refuse, Reject};
 
 /// What every connection of one listener shares.
 pub struct SessionContext {

@@ -1,10 +1,8 @@
 //! Transports between a client and mqtt-lb: TLS (rustls) over TCP, or plain TCP, optionally with WebSocket
 //! ([`ws`]) on top; and between mqtt-lb and a server: TCP, or WebSocket over TCP.
 
-pub mod certificates;
 pub mod identity;
 pub mod keepalive;
-pub mod ticket_keys;
 pub mod tls;
 pub mod upstream;
 pub mod ws;

@@ -375,7 +375,7 @@ impl AsyncWrite for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::certificates::provider;
+    use crate::tls_material::certificates::provider;
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::ServerName;
     use rustls::RootCertStore;

@@ -13,7 +13,7 @@ use crate::config::schema::FileHealth;
 use crate::config::{
     ConfigError, ExpectStatus, HttpCheck, HttpCheckTls, DEFAULT_EXPECT_STATUS, DEFAULT_HTTP_CHECK_PATH,
 };
-use crate::transport::certificates::{load_certs, provider};
+use crate::tls_material::certificates::{load_certs, provider};
 
 /// The `check: http` settings of `backends[i].health` (`key`: `backends[i]`), or `None` for another check.
 pub(super) fn http_check(

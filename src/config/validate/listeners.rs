@@ -14,8 +14,8 @@ use crate::config::runtime::{
 use crate::config::schema::FileTls;
 use crate::config::ConfigError;
 use crate::net::Cidr;
-use crate::transport::certificates::{self, TlsPart};
-use crate::transport::ticket_keys;
+use crate::tls_material::certificates::{self, TlsPart};
+use crate::tls_material::ticket_keys;
 
 /// The listeners, and the TCP addresses they bind (the admin endpoint must not take one).
 pub(super) fn listeners(

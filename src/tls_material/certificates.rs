@@ -1,5 +1,5 @@
 //! A listener's TLS files: the PEM certificate chain, its private key and the optional client CA, read and turned
-//! into the rustls server configuration [`super::tls::TlsStream`] serves with. Read when the configuration is
+//! into the rustls server configuration [`crate::transport::tls::TlsStream`] serves with. Read when the configuration is
 //! loaded (so `check` and a reload refuse a bad file) and never on a connection's path.
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-use crate::config::named_file::{self, FileKind};
+use crate::named_file::{self, FileKind};
 
 /// Which of the TLS settings an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,7 +74,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Reads a key file; the message names the file and, for a bad key, its line.
 pub fn load(path: &Path) -> Result<Arc<TicketKeys>, String> {
-    let text = crate::config::named_file::read_text(path, crate::config::FileKind::TicketKeys)
+    let text = crate::named_file::read_text(path, crate::named_file::FileKind::TicketKeys)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text).map(Arc::new).map_err(|e| format!("{}: {e}", path.display()))
 }
