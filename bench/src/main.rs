@@ -11,11 +11,13 @@
 //! - [`procs`]: the child processes, their configurations, /proc sampling;
 //! - [`load`]: the three loads (connection rate, throughput/latency, idle connections);
 //! - [`storm`]: the failover storm (every client cut at once, then all reconnecting at once);
+//! - [`handshake`]: mqtt-lb built on ring beside aws-lc-rs, proxy CPU per full and resumed handshake;
 //! - [`kill`]: a broker killed under load and brought back, the new-connection rate counted at each broker;
 //! - [`udp`]: the UDP section, CoAP requests to libcoap's coap-server directly, through mqtt-lb's `protocol: coap`
 //!   listener and (when installed) through nginx's UDP stream proxy;
 //! - [`stats`] and [`report`]: percentiles, median/min/max, ratios, the JSON and the markdown.
 
+mod handshake;
 mod kill;
 mod load;
 mod mqtt;
@@ -55,12 +57,14 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,resume,plain,tput,idle,wssidle,storm,kill,udp (default all but
-                          wssidle and kill); wssidle: idle memory of WSS beside MQTTS clients in mqtt-lb; kill: one
+  --phases LIST           comma-separated: conn,resume,plain,tput,idle,wssidle,storm,kill,handshake,udp
+                          (default all but wssidle, kill and handshake); handshake: ring beside aws-lc-rs; wssidle: idle memory of WSS beside MQTTS clients in mqtt-lb; kill: one
                           of three brokers killed and brought back (rates counted at the brokers); resume: the
                           connection rate with clients that resume their TLS session; plain: the same cycle
                           without TLS (plain listeners); storm: N clients cut at once and reconnecting at once,
                           with and without resumption
+  --providers LIST        handshake: NAME=PATH of mqtt-lb builds, one per crypto provider (default:
+                          ring=target/release/mqtt-lb,aws-lc-rs=target/aws-lc/release/mqtt-lb)
   --kill-rate N           kill: mqtt-lb's per-server max_connection_rate in its capped variant (default 400)
   --storm-clients N       storm and kill: clients (default: as many as the open-files limit of every process allows;
                           quick: 1,000)
@@ -125,6 +129,7 @@ pub struct Opts {
     pub idle_conns: Option<usize>,
     pub storm_clients: Option<usize>,
     pub kill_rate: u32,
+    pub providers: Option<String>,
     pub paths: Vec<PathKind>,
     pub phases: Vec<String>,
     pub mqtt_lb: PathBuf,
@@ -165,6 +170,7 @@ fn parse_args() -> Result<Opts, String> {
         idle_conns: None,
         storm_clients: None,
         kill_rate: 400,
+        providers: None,
         paths: PathKind::ALL.to_vec(),
         phases: vec![
             "conn".into(),
@@ -207,7 +213,8 @@ fn parse_args() -> Result<Opts, String> {
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
         match phases.iter().find(|p| {
-            !["conn", "resume", "plain", "tput", "idle", "wssidle", "storm", "kill", "udp"].contains(&p.as_str())
+            !["conn", "resume", "plain", "tput", "idle", "wssidle", "storm", "kill", "handshake", "udp"]
+                .contains(&p.as_str())
         }) {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
             None => Ok(phases),
@@ -230,6 +237,7 @@ fn parse_args() -> Result<Opts, String> {
             "--pairs" => o.pairs = num(val()?)?.max(1.0) as usize,
             "--window" => o.window = num(val()?)?.max(1.0) as u64,
             "--idle-conns" => o.idle_conns = Some(num(val()?)?.max(1.0) as usize),
+            "--providers" => o.providers = Some(val()?),
             "--kill-rate" => o.kill_rate = num(val()?)?.max(1.0) as u32,
             "--storm-clients" => o.storm_clients = Some(num(val()?)?.max(1.0) as usize),
             "--paths" => {
@@ -410,7 +418,8 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main = opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm"].contains(&p.as_str()));
+    let needs_main =
+        opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm", "handshake"].contains(&p.as_str()));
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
@@ -445,7 +454,23 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         }
     }
 
-    let (mut wss_rows, mut kill_rows) = (Vec::new(), Vec::new());
+    let (mut wss_rows, mut kill_rows, mut hs_rows) = (Vec::new(), Vec::new(), Vec::new());
+    let providers = handshake::parse(&opts.providers.clone().unwrap_or_else(|| {
+        let root = manifest_dir().join("..");
+        format!(
+            "ring={},aws-lc-rs={}",
+            root.join("target/release/mqtt-lb").display(),
+            root.join("target/aws-lc/release/mqtt-lb").display()
+        )
+    }))?;
+    let mut hs_pkis = Vec::new();
+    if opts.phases.iter().any(|p| p == "handshake") {
+        for key in [tls::ServerKey::EcdsaP256, tls::ServerKey::Rsa2048] {
+            let dir = work.path.join(if key == tls::ServerKey::Rsa2048 { "rsa" } else { "ecdsa" });
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            hs_pkis.push((key, tls::Pki::generate_with(&dir, key)?));
+        }
+    }
     pause(&mut quiet_budget).await;
     for round in 0..opts.rounds {
         let order: Vec<usize> = (0..opts.paths.len()).map(|i| (i + round) % opts.paths.len()).collect();
@@ -567,6 +592,25 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
                 r.idle(kind, v);
             }
         }
+        if let (true, Some(b)) = (opts.phases.iter().any(|p| p == "handshake"), &broker) {
+            for (key, pki) in &hs_pkis {
+                for k in 0..providers.len() {
+                    let Some(provider) = providers.get((k + round) % providers.len()) else { continue };
+                    pause(&mut quiet_budget).await;
+                    let v =
+                        handshake::measure(&setup, b, provider, pki, *key, opts.conn_secs, opts.workers, round).await?;
+                    log(format!(
+                        "  handshake {:10} {:12} proxy µs per connection: full {} resumed {} plain {}",
+                        provider.name,
+                        key.name(),
+                        v["loads"]["full"]["proxy_cpu_us"],
+                        v["loads"]["resumed"]["proxy_cpu_us"],
+                        v["loads"]["plain"]["proxy_cpu_us"]
+                    ));
+                    hs_rows.push(v);
+                }
+            }
+        }
         if opts.phases.iter().any(|p| p == "wssidle") {
             for wss in [round % 2 == 1, round % 2 == 0] {
                 pause(&mut quiet_budget).await;
@@ -653,6 +697,10 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
     if !wss_rows.is_empty() {
         markdown.push_str(&wss_idle_markdown(&wss_rows, setup.idle_conns));
         json["wss_idle"] = json!(wss_rows);
+    }
+    if !hs_rows.is_empty() {
+        markdown.push_str(&handshake::markdown(&hs_rows, &providers, opts.conn_secs, opts.workers));
+        json["handshake"] = json!(hs_rows);
     }
     if !kill_rows.is_empty() {
         markdown.push_str(&kill::markdown(&kill_rows, opts.kill_rate));
