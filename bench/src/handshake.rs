@@ -98,11 +98,10 @@ pub fn markdown(rows: &[Value], providers: &[Provider], secs: f64, workers: usiz
          (TLS 1.3 tickets under `tls.ticket_keys`), and the plain cycle (no TLS: accept, CONNECT, broker connection, \
          log line). Proxy CPU per connection from /proc, µs; \"per handshake\" is full (or resumed) minus plain. \
          Providers interleaved (order rotated), fresh proxy per load set; median [min – max] of {rounds} rounds. \
-         TLS 1.3, X25519, AES-256-GCM in every case.\n"
+         TLS 1.3, X25519, AES-256-GCM in every case.\n\n"
     );
     let stat = |provider: &str, key: &str, f: &dyn Fn(&Value) -> Option<f64>| -> Option<Value> {
-        let v: Vec<f64> =
-            rows.iter().filter(|r| r["provider"] == provider && r["key"] == key).filter_map(f).collect();
+        let v: Vec<f64> = rows.iter().filter(|r| r["provider"] == provider && r["key"] == key).filter_map(f).collect();
         crate::stats::summarize(&v)
     };
     let fmt = |s: Option<Value>| match s {
