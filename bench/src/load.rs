@@ -47,6 +47,8 @@ pub struct Target {
     tag: String,
     /// Plain MQTT over TCP (no TLS): the connection-rate load of phase `plain`.
     pub plain: bool,
+    /// MQTT inside WebSocket (path `/mqtt`, subprotocol `mqtt`) over TLS: the WSS idle row.
+    pub wss: bool,
 }
 
 impl Target {
@@ -60,7 +62,13 @@ impl Target {
             next_id: AtomicU64::new(0),
             tag: tag.to_owned(),
             plain: false,
+            wss: false,
         }
+    }
+
+    /// A target whose clients speak MQTT inside WebSocket over TLS.
+    pub fn wss(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, tag: &str) -> Target {
+        Target { wss: true, ..Target::new(addr, tls, tag) }
     }
 
     /// A target whose clients speak plain MQTT over TCP (`tls` is kept but unused).
@@ -74,7 +82,7 @@ impl Target {
     }
 
     /// A client id never used before in this run (at most 23 characters, as MQTT 3.1 required).
-    fn client_id(&self) -> String {
+    pub fn client_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!("b{}-{n:x}", self.tag)
     }
@@ -107,12 +115,26 @@ impl Target {
         keep_alive: u16,
         bound: Duration,
     ) -> Result<Stream, &'static str> {
-        let id = self.client_id();
+        self.open_with_id(tls, &self.client_id(), keep_alive, bound).await
+    }
+
+    /// [`Target::open_as`] with a client id of the caller's (a device that reconnects keeps its id).
+    pub async fn open_with_id(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        id: &str,
+        keep_alive: u16,
+        bound: Duration,
+    ) -> Result<Stream, &'static str> {
         tokio::time::timeout(bound, async {
             let tcp = tcp_connect(self.source(), self.addr).await.map_err(|_| "tcp_connect")?;
             let connector = TlsConnector::from(Arc::clone(tls));
             let s = connector.connect(crate::tls::server_name(), tcp).await.map_err(|_| "tls_handshake")?;
-            mqtt_connect(s, &id, keep_alive).await
+            if self.wss {
+                mqtt_connect_ws(s, id, keep_alive).await
+            } else {
+                mqtt_connect(s, id, keep_alive).await
+            }
         })
         .await
         .unwrap_or(Err("connect_timeout"))
@@ -140,13 +162,61 @@ async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
     s.flush().await.map_err(|_| "write_connect")?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.map_err(|_| "no_connack")?;
+    connack_verdict(ack).map(|()| s)
+}
+
+/// A 3.1.1 CONNACK's answer: accepted, or refused with "server unavailable" (3, what a proxy answers for a busy
+/// server) or another code.
+fn connack_verdict(ack: [u8; 4]) -> Result<(), &'static str> {
     if ack[0] >> 4 != mqtt::CONNACK || ack[1] != 2 {
         return Err("bad_connack");
     }
-    if ack[3] != 0 {
-        return Err("connack_refused");
+    match ack[3] {
+        0 => Ok(()),
+        3 => Err("connack_server_unavailable"),
+        _ => Err("connack_refused"),
     }
-    Ok(s)
+}
+
+/// The WebSocket upgrade (`/mqtt`, subprotocol `mqtt`), then CONNECT in one masked binary frame and the CONNACK in
+/// the server's (unmasked) binary frame.
+async fn mqtt_connect_ws<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    id: &str,
+    keep_alive: u16,
+) -> Result<S, &'static str> {
+    let upgrade = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Protocol: mqtt\r\n\r\n";
+    s.write_all(upgrade.as_bytes()).await.map_err(|_| "write_upgrade")?;
+    s.flush().await.map_err(|_| "write_upgrade")?;
+    // The server sends nothing after its answer until our CONNECT: read until the end of the headers.
+    let mut head = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).await.map_err(|_| "no_upgrade")?;
+        if n == 0 || head.len() > 4096 {
+            return Err("no_upgrade");
+        }
+        head.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err("upgrade_refused");
+    }
+    let connect = mqtt::connect(id, keep_alive);
+    let len = u8::try_from(connect.len()).ok().filter(|l| *l < 126).ok_or("connect_too_long")?;
+    let mask = [0x5a, 0x17, 0xc3, 0x8e];
+    let mut frame = vec![0x82, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(connect.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    s.write_all(&frame).await.map_err(|_| "write_connect")?;
+    s.flush().await.map_err(|_| "write_connect")?;
+    let mut reply = [0u8; 6];
+    s.read_exact(&mut reply).await.map_err(|_| "no_connack")?;
+    if reply[0] != 0x82 || reply[1] != 4 {
+        return Err("bad_connack_frame");
+    }
+    connack_verdict([reply[2], reply[3], reply[4], reply[5]]).map(|()| s)
 }
 
 async fn tcp_connect(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {

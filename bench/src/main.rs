@@ -11,10 +11,14 @@
 //! - [`procs`]: the child processes, their configurations, /proc sampling;
 //! - [`load`]: the three loads (connection rate, throughput/latency, idle connections);
 //! - [`storm`]: the failover storm (every client cut at once, then all reconnecting at once);
+//! - [`handshake`]: mqtt-lb built on ring beside aws-lc-rs, proxy CPU per full and resumed handshake;
+//! - [`kill`]: a broker killed under load and brought back, the new-connection rate counted at each broker;
 //! - [`udp`]: the UDP section, CoAP requests to libcoap's coap-server directly, through mqtt-lb's `protocol: coap`
 //!   listener and (when installed) through nginx's UDP stream proxy;
 //! - [`stats`] and [`report`]: percentiles, median/min/max, ratios, the JSON and the markdown.
 
+mod handshake;
+mod kill;
 mod load;
 mod mqtt;
 mod procs;
@@ -53,11 +57,16 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,resume,plain,tput,idle,storm,udp (default all); resume: the
+  --phases LIST           comma-separated: conn,resume,plain,tput,idle,wssidle,storm,kill,handshake,udp
+                          (default all but wssidle, kill and handshake); handshake: ring beside aws-lc-rs; wssidle: idle memory of WSS beside MQTTS clients in mqtt-lb; kill: one
+                          of three brokers killed and brought back (rates counted at the brokers); resume: the
                           connection rate with clients that resume their TLS session; plain: the same cycle
                           without TLS (plain listeners); storm: N clients cut at once and reconnecting at once,
                           with and without resumption
-  --storm-clients N       storm: clients (default: as many as the open-files limit of every process allows;
+  --providers LIST        handshake: NAME=PATH of mqtt-lb builds, one per crypto provider (default:
+                          ring=target/release/mqtt-lb,aws-lc-rs=target/aws-lc/release/mqtt-lb)
+  --kill-rate N           kill: mqtt-lb's per-server max_connection_rate in its capped variant (default 400)
+  --storm-clients N       storm and kill: clients (default: as many as the open-files limit of every process allows;
                           quick: 1,000)
   --only LIST             run only these phases (as --phases), writing into bench/target/only unless --out
                           says otherwise: `--only udp` runs the UDP section alone
@@ -119,6 +128,8 @@ pub struct Opts {
     pub window: u64,
     pub idle_conns: Option<usize>,
     pub storm_clients: Option<usize>,
+    pub kill_rate: u32,
+    pub providers: Option<String>,
     pub paths: Vec<PathKind>,
     pub phases: Vec<String>,
     pub mqtt_lb: PathBuf,
@@ -158,6 +169,8 @@ fn parse_args() -> Result<Opts, String> {
         window: 1000,
         idle_conns: None,
         storm_clients: None,
+        kill_rate: 400,
+        providers: None,
         paths: PathKind::ALL.to_vec(),
         phases: vec![
             "conn".into(),
@@ -199,8 +212,10 @@ fn parse_args() -> Result<Opts, String> {
     let mut out_given = false;
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
-        match phases.iter().find(|p| !["conn", "resume", "plain", "tput", "idle", "storm", "udp"].contains(&p.as_str()))
-        {
+        match phases.iter().find(|p| {
+            !["conn", "resume", "plain", "tput", "idle", "wssidle", "storm", "kill", "handshake", "udp"]
+                .contains(&p.as_str())
+        }) {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
             None => Ok(phases),
         }
@@ -222,6 +237,8 @@ fn parse_args() -> Result<Opts, String> {
             "--pairs" => o.pairs = num(val()?)?.max(1.0) as usize,
             "--window" => o.window = num(val()?)?.max(1.0) as u64,
             "--idle-conns" => o.idle_conns = Some(num(val()?)?.max(1.0) as usize),
+            "--providers" => o.providers = Some(val()?),
+            "--kill-rate" => o.kill_rate = num(val()?)?.max(1.0) as u32,
             "--storm-clients" => o.storm_clients = Some(num(val()?)?.max(1.0) as usize),
             "--paths" => {
                 o.paths = val()?
@@ -401,7 +418,8 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main = opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm"].contains(&p.as_str()));
+    let needs_main =
+        opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm", "handshake"].contains(&p.as_str()));
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
@@ -436,6 +454,23 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         }
     }
 
+    let (mut wss_rows, mut kill_rows, mut hs_rows) = (Vec::new(), Vec::new(), Vec::new());
+    let providers = handshake::parse(&opts.providers.clone().unwrap_or_else(|| {
+        let root = manifest_dir().join("..");
+        format!(
+            "ring={},aws-lc-rs={}",
+            root.join("target/release/mqtt-lb").display(),
+            root.join("target/aws-lc/release/mqtt-lb").display()
+        )
+    }))?;
+    let mut hs_pkis = Vec::new();
+    if opts.phases.iter().any(|p| p == "handshake") {
+        for key in [tls::ServerKey::EcdsaP256, tls::ServerKey::Rsa2048] {
+            let dir = work.path.join(if key == tls::ServerKey::Rsa2048 { "rsa" } else { "ecdsa" });
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            hs_pkis.push((key, tls::Pki::generate_with(&dir, key)?));
+        }
+    }
     pause(&mut quiet_budget).await;
     for round in 0..opts.rounds {
         let order: Vec<usize> = (0..opts.paths.len()).map(|i| (i + round) % opts.paths.len()).collect();
@@ -557,6 +592,67 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
                 r.idle(kind, v);
             }
         }
+        if let (true, Some(b)) = (opts.phases.iter().any(|p| p == "handshake"), &broker) {
+            for (key, pki) in &hs_pkis {
+                for k in 0..providers.len() {
+                    let Some(provider) = providers.get((k + round) % providers.len()) else { continue };
+                    pause(&mut quiet_budget).await;
+                    let v =
+                        handshake::measure(&setup, b, provider, pki, *key, opts.conn_secs, opts.workers, round).await?;
+                    log(format!(
+                        "  handshake {:10} {:12} proxy µs per connection: full {} resumed {} plain {}",
+                        provider.name,
+                        key.name(),
+                        v["loads"]["full"]["proxy_cpu_us"],
+                        v["loads"]["resumed"]["proxy_cpu_us"],
+                        v["loads"]["plain"]["proxy_cpu_us"]
+                    ));
+                    hs_rows.push(v);
+                }
+            }
+        }
+        if opts.phases.iter().any(|p| p == "wssidle") {
+            for wss in [round % 2 == 1, round % 2 == 0] {
+                pause(&mut quiet_budget).await;
+                let mut v = wss_idle_memory(&setup, wss, round).await?;
+                log(format!(
+                    "  idle  mqtt-lb {} {} KiB per connection ({} connections) errors {}",
+                    if wss { "WSS  " } else { "MQTTS" },
+                    v["kib_per_conn"],
+                    v["connections"],
+                    v["errors"]
+                ));
+                v["wss"] = json!(wss);
+                v["round"] = json!(round + 1);
+                wss_rows.push(v);
+            }
+        }
+        if opts.phases.iter().any(|p| p == "kill") {
+            let n = kill_clients(opts, soft);
+            for k in 0..kill::Variant::ALL.len() {
+                let Some(&variant) = kill::Variant::ALL.get((k + round) % kill::Variant::ALL.len()) else { continue };
+                pause(&mut quiet_budget).await;
+                let mut v = kill::run(&setup, variant, n, opts.kill_rate, round).await?;
+                log(format!(
+                    "  kill   {:28} cut {}, all back in {} s; return in {} s; peak/s at brokers {} / {}; refusals {} / {}{}",
+                    variant.name(),
+                    v["cut"],
+                    v["storm"]["secs"],
+                    v["return"]["secs"],
+                    v["storm"]["peak_per_second"],
+                    v["return"]["peak_per_second"],
+                    v["storm"]["refusals"],
+                    v["return"]["refusals"],
+                    match v["rate_respected"].as_bool() {
+                        Some(true) => format!("; PASS: no broker above {}/s", opts.kill_rate),
+                        Some(false) => format!("; FAIL: a broker saw more than {}/s", opts.kill_rate),
+                        None => String::new(),
+                    }
+                ));
+                v["round"] = json!(round + 1);
+                kill_rows.push(v);
+            }
+        }
         if let Some(u) = &udp_peers {
             let n = u.peers.len();
             for k in 0..n {
@@ -597,7 +693,25 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
 
     meta.total_secs = started.elapsed().as_secs_f64();
     meta.quiet_waited_secs = (opts.quiet_wait - quiet_budget.as_secs_f64()).max(0.0);
-    let (json, markdown, ratios, errors) = results.finish(&meta);
+    let (mut json, mut markdown, ratios, errors) = results.finish(&meta);
+    if !wss_rows.is_empty() {
+        markdown.push_str(&wss_idle_markdown(&wss_rows, setup.idle_conns));
+        json["wss_idle"] = json!(wss_rows);
+    }
+    if !hs_rows.is_empty() {
+        markdown.push_str(&handshake::markdown(&hs_rows, &providers, opts.conn_secs, opts.workers));
+        json["handshake"] = json!(hs_rows);
+    }
+    if !kill_rows.is_empty() {
+        markdown.push_str(&kill::markdown(&kill_rows, opts.kill_rate));
+        let failed = kill_rows.iter().any(|r| r["rate_respected"] == json!(false));
+        json["kill"] = json!({ "rate": opts.kill_rate, "runs": kill_rows, "rate_respected": !failed });
+        println!(
+            "kill: every broker at most {}/s with max_connection_rate: {}",
+            opts.kill_rate,
+            if failed { "FAIL" } else { "PASS" }
+        );
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let json_path = opts.out.join("results.json");
     let md_path = opts.out.join("RESULTS.md");
@@ -622,6 +736,50 @@ fn storm_clients(opts: &Opts, soft: u64, broker: &Broker, peers: &[Peer]) -> usi
     let n = opts.storm_clients.map_or(allowed, |n| n.min(allowed));
     log(format!("storm: {n} clients (open files: generator soft limit {soft}; {why})"));
     n
+}
+
+/// Clients of the kill storm: as many as this process's open-files limit allows (each costs it a client socket and
+/// the two of its broker's front), `--storm-clients` lowering it.
+fn kill_clients(opts: &Opts, soft: u64) -> usize {
+    let limit = storm::nofile_limit(std::process::id()).unwrap_or(soft);
+    let allowed = usize::try_from(limit.saturating_sub(storm::FD_MARGIN) / kill::FDS_PER_CLIENT).unwrap_or(1000);
+    opts.storm_clients.map_or(allowed, |n| n.min(allowed))
+}
+
+/// The WSS idle row beside the MQTTS one: KiB per idle connection of mqtt-lb, median [min – max] over rounds.
+fn wss_idle_markdown(rows: &[Value], conns: usize) -> String {
+    let pick = |wss: bool| -> Vec<f64> {
+        rows.iter().filter(|r| r["wss"] == json!(wss)).filter_map(|r| r["kib_per_conn"].as_f64()).collect()
+    };
+    let cell = |v: &[f64]| match stats::summarize(v) {
+        Some(s) => format!(
+            "{:.1} [{:.1} – {:.1}]",
+            s["median"].as_f64().unwrap_or(0.0),
+            s["min"].as_f64().unwrap_or(0.0),
+            s["max"].as_f64().unwrap_or(0.0)
+        ),
+        None => "-".into(),
+    };
+    let (wss, mqtts) = (pick(true), pick(false));
+    let med = |v: &[f64]| stats::summarize(v).and_then(|s| s["median"].as_f64());
+    let ratio = match (med(&wss), med(&mqtts)) {
+        (Some(w), Some(m)) if m > 0.0 => w / m,
+        _ => f64::NAN,
+    };
+    let errors: u64 = rows.iter().filter_map(|r| r["errors"].as_u64()).sum();
+    format!(
+        "\n## Idle WSS connections (phase `wssidle`)\n\nmqtt-lb's RSS per idle connection: {conns} MQTT-over-WebSocket-over-TLS \
+         clients (`/mqtt`, subprotocol `mqtt`, CONNECT/CONNACK in one frame each, keep-alive 300 s) beside {conns} \
+         MQTT-over-TLS clients, each on a fresh mqtt-lb and broker (one listener config with both), VmRSS after - \
+         before / connections; the two interleaved, order alternating; median [min – max] of {} rounds. Target: WSS at \
+         most 1.25x MQTTS.\n\n| metric | MQTTS | WSS | WSS / MQTTS | target met |\n|---|---|---|---|---|\n\
+         | mqtt-lb RSS per idle connection (KiB) | {} | {} | {ratio:.2}x | {} |\n\
+         | errors (all rounds) | {errors} | | | |\n",
+        wss.len().max(mqtts.len()),
+        cell(&mqtts),
+        cell(&wss),
+        if ratio <= 1.25 { "yes" } else { "**no**" },
+    )
 }
 
 fn short(kind: PathKind) -> String {
@@ -649,7 +807,7 @@ async fn start_path(
                 dir,
                 tag,
                 &pki.combined,
-                broker.plain,
+                &[broker.plain],
                 setup.haproxy_maxconn,
                 setup.threads,
                 setup.logs,
@@ -662,9 +820,20 @@ async fn start_path(
         (PathKind::MqttLbBase, None) => return Err("path mqtt-lb-base needs --compare".into()),
     };
     let keys = kind == PathKind::MqttLb;
-    let (p, a, plain) =
-        procs::start_mqtt_lb(bin, name, dir, tag, pki, keys, broker.plain, setup.threads, setup.logs).await?;
-    Ok((Some(p), a, plain))
+    let servers = [broker.plain];
+    let (p, at) = procs::start_mqtt_lb(
+        bin,
+        name,
+        dir,
+        tag,
+        pki,
+        keys,
+        &procs::LbBackend::one(&servers),
+        setup.threads,
+        setup.logs,
+    )
+    .await?;
+    Ok((Some(p), at.tls, at.plain))
 }
 
 /// One path of the UDP section: where the senders send, and the proxy's process (none for direct).
@@ -759,6 +928,31 @@ async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Valu
     let (proxy, addr, _) = start_path(setup, kind, &broker, &tag).await?;
     let pid = proxy.as_ref().map_or(broker.proc.pid, |p| p.pid);
     let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &format!("{}i", short(kind))));
+    Ok(measure_idle(setup, pid, &broker, target).await)
+}
+
+/// The WSS idle row: RSS per idle connection of a fresh mqtt-lb (and broker) holding idle MQTT-over-WebSocket-over-TLS
+/// clients (`wss`) or, for the figure beside it, MQTT-over-TLS clients; the same count, the same process config.
+async fn wss_idle_memory(setup: &Setup, wss: bool, round: usize) -> Result<Value, String> {
+    let tag = format!("wssidle{}-{}", round + 1, if wss { "wss" } else { "mqtts" });
+    let broker = Broker::start(&setup.dir, &format!("mosquitto-{tag}"), &setup.pki.cert, &setup.pki.key).await?;
+    let servers = [broker.plain];
+    let backend = procs::LbBackend::one(&servers);
+    let (dir, pki) = (setup.dir.as_path(), &setup.pki);
+    let (proxy, at) =
+        procs::start_mqtt_lb(&setup.mqtt_lb, "mqtt-lb", dir, &tag, pki, true, &backend, setup.threads, setup.logs)
+            .await?;
+    let target = if wss {
+        Target::wss(at.wss, Arc::clone(&setup.client_tls), "mw")
+    } else {
+        Target::new(at.tls, Arc::clone(&setup.client_tls), "mt")
+    };
+    Ok(measure_idle(setup, proxy.pid, &broker, Arc::new(target)).await)
+}
+
+/// After 50 warm-up connections, `setup.idle_conns` idle clients of `target`: the RSS of `pid` (the TLS end) and of
+/// the broker per connection, from VmRSS before and after.
+async fn measure_idle(setup: &Setup, pid: u32, broker: &Broker, target: Arc<Target>) -> Value {
     // Warm up: code paths, thread-local caches, the first allocations of each worker thread.
     let (warm, mut errors) = load::open_idle(Arc::clone(&target), 50, 10).await;
     for (k, v) in load::close_idle(warm, 10).await {
@@ -789,7 +983,7 @@ async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Valu
             0.0
         }
     };
-    Ok(json!({
+    json!({
         "connections": count,
         "rss_before_kib": before,
         "rss_after_kib": after,
@@ -799,5 +993,5 @@ async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Valu
         "open_secs": (open_secs * 100.0).round() / 100.0,
         "errors": total_errors,
         "error_kinds": errors,
-    }))
+    })
 }

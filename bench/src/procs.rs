@@ -207,11 +207,13 @@ pub fn haproxy_config(
     bind: SocketAddr,
     plain: SocketAddr,
     pem: &Path,
-    broker: SocketAddr,
+    brokers: &[SocketAddr],
     maxconn: u64,
     threads: usize,
     logs: bool,
 ) -> String {
+    let servers: String =
+        brokers.iter().enumerate().map(|(i, b)| format!("  server broker{} {b} check inter 2s\n", i + 1)).collect();
     let (global_log, log) =
         if logs { ("  log stdout format raw local0\n", "  log global\n  option tcplog\n") } else { ("", "") };
     format!(
@@ -246,7 +248,7 @@ pub fn haproxy_config(
          \x20 stick-table type string len 32 size 100k expire 30m\n\
          \x20 stick on req.payload(0,0),mqtt_field_value(connect,client_identifier)\n\
          \x20 balance roundrobin\n\
-         \x20 server broker1 {broker} check inter 2s\n",
+         {servers}",
         pem = pem.display()
     )
 }
@@ -278,23 +280,52 @@ pub fn spawn_checked_mqtt_lb(bin: &Path, name: &str, cfg: &Path, log: &Path, log
     Proc::spawn(name, cmd, log)
 }
 
-/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe), and
-/// the same without TLS on `plain` (the plain connection-rate load); with
-/// `ticket_keys`, session tickets sealed by the key file (`tls.ticket_keys`), as a pair of instances would run (a
-/// `--compare` binary older than the key runs without it).
+/// The backend behind mqtt-lb's listeners: its servers, keys added to each server (e.g. `max_connection_rate`) and
+/// keys added to the backend (e.g. `queue_timeout`), as YAML flow entries / lines.
+pub struct LbBackend<'a> {
+    pub servers: &'a [SocketAddr],
+    pub server_keys: &'a str,
+    pub backend_keys: &'a str,
+}
+
+impl<'a> LbBackend<'a> {
+    /// One server, no extra keys: the backend of the single-broker loads.
+    pub fn one(server: &'a [SocketAddr; 1]) -> LbBackend<'a> {
+        LbBackend { servers: server, server_keys: "", backend_keys: "" }
+    }
+}
+
+/// Where a started mqtt-lb listens: MQTT over TLS, plain MQTT, MQTT over WebSocket over TLS (`/mqtt`).
+pub struct LbAddrs {
+    pub tls: SocketAddr,
+    pub plain: SocketAddr,
+    pub wss: SocketAddr,
+}
+
+/// mqtt-lb's configuration: the same front door (TLS, CONNECT validation, placement by client id, MQTT probe), the
+/// same without TLS on `plain` (the plain connection-rate load) and inside WebSocket over TLS on `wss` (the WSS idle
+/// row); with `ticket_keys`, session tickets sealed by the key file (`tls.ticket_keys`), as a pair of instances
+/// would run (a `--compare` binary older than the key runs without it).
 pub fn mqtt_lb_config(
-    bind: SocketAddr,
-    plain: SocketAddr,
+    at: &LbAddrs,
     pki: &crate::tls::Pki,
     ticket_keys: bool,
-    broker: SocketAddr,
+    backend: &LbBackend,
     threads: usize,
 ) -> String {
     let keys = if ticket_keys { format!(", ticket_keys: \"{}\"", pki.ticket_keys.display()) } else { String::new() };
+    let servers: String = backend
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!("      - {{ name: broker{}, address: \"{b}\", weight: 1{} }}\n", i + 1, backend.server_keys)
+        })
+        .collect();
     format!(
         "listeners:\n\
          \x20 - name: mqtts\n\
-         \x20   bind: \"{bind}\"\n\
+         \x20   bind: \"{tls}\"\n\
          \x20   protocol: mqtt\n\
          \x20   tls: {{ cert: \"{cert}\", key: \"{key}\"{keys} }}\n\
          \x20   backend: brokers\n\
@@ -302,20 +333,31 @@ pub fn mqtt_lb_config(
          \x20   bind: \"{plain}\"\n\
          \x20   protocol: mqtt\n\
          \x20   backend: brokers\n\
+         \x20 - name: wss\n\
+         \x20   bind: \"{wss}\"\n\
+         \x20   protocol: websocket\n\
+         \x20   path: /mqtt\n\
+         \x20   tls: {{ cert: \"{cert}\", key: \"{key}\"{keys} }}\n\
+         \x20   backend: brokers\n\
          backends:\n\
          \x20 - name: brokers\n\
          \x20   protocol: mqtt\n\
          \x20   balance: client-id\n\
          \x20   connect_timeout: 5s\n\
          \x20   health: {{ check: mqtt, interval: 2s, timeout: 1s, rise: 2, fall: 3 }}\n\
+         {backend_keys}\
          \x20   servers:\n\
-         \x20     - {{ name: broker1, address: \"{broker}\", weight: 1 }}\n\
+         {servers}\
          limits:\n\
          \x20 connect_timeout: 10s\n\
          \x20 max_connections: 100000\n\
          shutdown:\n\
          \x20 drain_timeout: 1s\n\
          workers: {threads}\n",
+        tls = at.tls,
+        plain = at.plain,
+        wss = at.wss,
+        backend_keys = backend.backend_keys,
         cert = pki.cert.display(),
         key = pki.key.display(),
     )
@@ -326,7 +368,7 @@ pub async fn start_haproxy(
     dir: &Path,
     tag: &str,
     pem: &Path,
-    broker: SocketAddr,
+    brokers: &[SocketAddr],
     maxconn: u64,
     threads: usize,
     logs: bool,
@@ -335,7 +377,7 @@ pub async fn start_haproxy(
     for _ in 0..3 {
         let (bind, plain) = (loopback(free_port()?), loopback(free_port()?));
         let cfg = dir.join(format!("haproxy-{tag}.cfg"));
-        std::fs::write(&cfg, haproxy_config(bind, plain, pem, broker, maxconn, threads, logs))
+        std::fs::write(&cfg, haproxy_config(bind, plain, pem, brokers, maxconn, threads, logs))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let check = Command::new(haproxy_binary())
             .arg("-c")
@@ -371,19 +413,19 @@ pub async fn start_mqtt_lb(
     tag: &str,
     pki: &crate::tls::Pki,
     ticket_keys: bool,
-    broker: SocketAddr,
+    backend: &LbBackend<'_>,
     threads: usize,
     logs: bool,
-) -> Result<(Proc, SocketAddr, SocketAddr), String> {
+) -> Result<(Proc, LbAddrs), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let (bind, plain) = (loopback(free_port()?), loopback(free_port()?));
+        let at = LbAddrs { tls: loopback(free_port()?), plain: loopback(free_port()?), wss: loopback(free_port()?) };
         let cfg = dir.join(format!("{name}-{tag}.yaml"));
-        std::fs::write(&cfg, mqtt_lb_config(bind, plain, pki, ticket_keys, broker, threads))
+        std::fs::write(&cfg, mqtt_lb_config(&at, pki, ticket_keys, backend, threads))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let mut proc = spawn_checked_mqtt_lb(bin, name, &cfg, &dir.join(format!("{name}-{tag}.log")), logs)?;
-        match proc.wait_accepting(bind).await {
-            Ok(()) => return Ok((proc, bind, plain)),
+        match proc.wait_accepting(at.tls).await {
+            Ok(()) => return Ok((proc, at)),
             Err(e) => last = e,
         }
     }

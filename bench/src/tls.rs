@@ -25,12 +25,55 @@ pub struct Pki {
     cert_der: CertificateDer<'static>,
 }
 
+/// The server certificate's key: what each full handshake signs with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ServerKey {
+    EcdsaP256,
+    Rsa2048,
+}
+
+impl ServerKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKey::EcdsaP256 => "ECDSA P-256",
+            ServerKey::Rsa2048 => "RSA 2048",
+        }
+    }
+
+    fn generate(self, dir: &Path) -> Result<rcgen::KeyPair, String> {
+        match self {
+            ServerKey::EcdsaP256 => {
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("server key: {e}"))
+            }
+            // ring (rcgen's provider) cannot generate RSA keys: OpenSSL's command line does, rcgen signs with it.
+            ServerKey::Rsa2048 => {
+                let path = dir.join("rsa.key");
+                let made = std::process::Command::new("openssl")
+                    .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                    .arg(&path)
+                    .output()
+                    .map_err(|e| format!("openssl genpkey: {e}"))?;
+                if !made.status.success() {
+                    return Err(format!("openssl genpkey: {}", String::from_utf8_lossy(&made.stderr)));
+                }
+                let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                rcgen::KeyPair::from_pem(&pem).map_err(|e| format!("RSA key: {e}"))
+            }
+        }
+    }
+}
+
 impl Pki {
     /// A CA and a server certificate for `localhost` / 127.0.0.1, both ECDSA P-256, written into `dir`.
     pub fn generate(dir: &Path) -> Result<Pki, String> {
+        Pki::generate_with(dir, ServerKey::EcdsaP256)
+    }
+
+    /// [`Pki::generate`] with a server key of the given kind (the CA stays ECDSA P-256).
+    pub fn generate_with(dir: &Path, kind: ServerKey) -> Result<Pki, String> {
         let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
         let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err("CA key", &e))?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| err("server key", &e))?;
+        let key = kind.generate(dir)?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| err("CA", &e))?;
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "mqtt-lb bench CA");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -32,9 +32,16 @@ fn fail(part: TlsPart, message: String) -> TlsLoadError {
     TlsLoadError { part, message }
 }
 
-/// The crypto provider every TLS object of the process uses.
+/// The crypto provider every TLS object of the process uses: ring, or aws-lc-rs with the `aws-lc-rs` feature.
+#[cfg(not(feature = "aws-lc-rs"))]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The crypto provider every TLS object of the process uses: aws-lc-rs (the `aws-lc-rs` feature).
+#[cfg(feature = "aws-lc-rs")]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The bytes of a PEM file (a regular file of at most [`FileKind::Pem`]'s size).
