@@ -65,6 +65,7 @@ pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod relay;
 pub mod reload;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -106,6 +106,8 @@ fn read<'de, S: DeserializeSeed<'de>>(
 }
 
 #[cfg(test)]
+mod routes_tests;
+#[cfg(test)]
 mod server_caps_tests;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! ([`ws`]) on top; and between mqtt-lb and a server: TCP, or WebSocket over TCP.
 
 pub mod certificates;
+pub mod client_hello;
 pub mod identity;
 pub mod keepalive;
 pub mod ticket_keys;
