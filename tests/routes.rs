@@ -215,6 +215,8 @@ async fn each_route_dimension_first_match_and_the_default_backend() {
              \x20     - {{ name: ops, username: \"ops-*\", backend: t1 }}\n\
              \x20 - name: wss\n    bind: \"127.0.0.1:0\"\n    protocol: websocket\n    {tls}\n    backend: t0\n    routes:\n\
              \x20     - {{ client_id: \"gb-*\", backend: t2 }}\n\
+             \x20 - name: passthrough\n    bind: \"127.0.0.1:0\"\n    protocol: tcp\n    {tls}\n    backend: t0\n    routes:\n\
+             \x20     - {{ sni: \"mqtt.example.com\", backend: t2 }}\n\
              \x20 - name: certs\n    bind: \"127.0.0.1:0\"\n    protocol: mqtt\n    {mtls}\n    routes:\n\
              \x20     - {{ name: sensors, identity: \"sensor-*.example.net\", backend: t1 }}\n\
              \x20     - {{ name: admins, identity: \"admin-?\", backend: t2 }}\n",
@@ -246,6 +248,12 @@ async fn each_route_dimension_first_match_and_the_default_backend() {
         assert_eq!(c.next_publish(WHOAMI_TOPIC, STEP_TIMEOUT).await.expect("whoami"), b"b2");
         c.disconnect().await;
 
+        // A tcp listener routes on sni only: the relayed bytes are the CONNECT, unread.
+        let passthrough = proxy.addrs["passthrough"];
+        let sni = whoami_tls(passthrough, plain.clone(), "mqtt.example.com", &v4("vip-2", None)).await;
+        assert_eq!(sni, Ok("b2".into()));
+        assert_eq!(whoami_tls(passthrough, plain.clone(), "localhost", &v4("vip-2", None)).await, Ok("b0".into()));
+
         // identity: the certificate's SAN or CN, whatever the client id; no route, no default: refused.
         let sensor = pki.client(Some(("sensor-1", &["sensor-1.example.net"])));
         let admin = pki.client(Some(("admin-1", &[])));
@@ -266,6 +274,7 @@ async fn each_route_dimension_first_match_and_the_default_backend() {
             ("front", "gb", 1.0),
             ("front", "ops", 1.0),
             ("wss", "0", 1.0),
+            ("passthrough", "0", 1.0),
             ("certs", "sensors", 1.0),
             ("certs", "admins", 1.0),
         ] {
