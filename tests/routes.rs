@@ -332,6 +332,12 @@ async fn a_reload_changes_routes_for_new_clients_while_earlier_ones_stay() {
         kept.disconnect().await;
         assert!(brokers[1].client_ids_seen().iter().any(|id| id == "tenant-a/kept"), "it was on b1");
         assert_eq!(route_matches(proxy.admin, "plain", "a").await, 3.0, "the route's count goes on by name");
+        assert_eq!(route_matches(proxy.admin, "plain", "1").await, 1.0);
+        // A route the file no longer has leaves the metrics.
+        std::fs::write(&path, &before).expect("write the first configuration again");
+        reload.reload().await.expect("the reload applies");
+        let (_, exposition) = http_get(proxy.admin, "/metrics").await;
+        assert!(exposition.contains("route=\"a\"") && !exposition.contains("route=\"1\""), "{exposition}");
         proxy.stop().await;
     })
     .await;
