@@ -7,8 +7,8 @@
 //! - listeners of every protocol are matched to the running ones of the same kind (TCP, or UDP for `coap`) by
 //!   name, else by a non-zero bind address; a match keeps its socket only if its address is the same, and then
 //!   takes the new settings (certificate, limits, backend, routes, origins, sources, coap keys) for its next
-//!   connections or datagrams; a `coap` listener also keeps its device flows (see [`crate::udp`], "Reload"). A new listener
-//!   is bound before anything is changed; a removed one stops accepting while its open connections go on;
+//!   connections or datagrams; a `coap` listener also keeps its device flows (see [`crate::udp`], "Reload"). A
+//!   new listener is bound before anything is changed; a removed one stops accepting while its open connections go on;
 //! - backends are matched by name; each server of the new pool takes over the health and administrative state of
 //!   the server with the same name, and probes restart with the new health settings; relays to removed servers go
 //!   on until they end;
