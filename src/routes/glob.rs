@@ -1,14 +1,15 @@
 //! The glob patterns of routes' `client_id`, `username` and `identity`: `*` matches any run of characters (`/`
 //! included, and none), `?` exactly one character, every other character itself (case-sensitive: client ids and
 //! user names are). Our own small matcher rather than a glob crate: those give `/`, `[...]`, `{a,b}` and `**` a
-//! meaning for file paths that MQTT identifiers do not have, and this one is linear in practice, allocates
-//! nothing per match and can tell whether one pattern covers another ([`Glob::covers`]), which `check` needs to find
-//! routes that can never match.
+//! meaning for file paths that MQTT identifiers do not have, and this one takes at most pattern x value steps
+//! (backtracking to the last `*` only) and can tell whether one pattern covers another ([`Glob::covers`]), which
+//! `check` needs to find routes that can never match.
 
 /// A checked pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
     text: String,
+    tokens: Vec<Token>,
 }
 
 /// One element of a pattern.
@@ -41,7 +42,7 @@ impl Glob {
                 "invalid pattern {text:?}: {c:?} is not allowed (only * and ? are special; use ? for one character)"
             ));
         }
-        Ok(Glob { text: text.to_owned() })
+        Ok(Glob { text: text.to_owned(), tokens: tokens(text) })
     }
 
     pub fn as_str(&self) -> &str {
@@ -55,9 +56,8 @@ impl Glob {
 
     /// Whether `value` matches the pattern.
     pub fn matches(&self, value: &str) -> bool {
-        let pattern: Vec<Token> = tokens(&self.text);
         let value: Vec<char> = value.chars().collect();
-        walk(&pattern, &value, |p, v| match p {
+        walk(&self.tokens, &value, |p, v| match p {
             Token::One => true,
             Token::Char(c) => c == v,
             Token::Any => false,
@@ -69,7 +69,7 @@ impl Glob {
     /// and its `?` one character: this pattern's `*` takes any run of it, `?` one character or `?`, and other
     /// characters only themselves.
     pub fn covers(&self, other: &Glob) -> bool {
-        walk(&tokens(&self.text), &tokens(&other.text), |p, o| match (p, o) {
+        walk(&self.tokens, &other.tokens, |p, o| match (p, o) {
             (Token::One, Token::One | Token::Char(_)) => true,
             (Token::Char(a), Token::Char(b)) => a == b,
             _ => false,
