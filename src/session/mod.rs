@@ -235,13 +235,13 @@ impl Session {
         // Boxed: the handshake's state (rustls's connection in the making) would otherwise size the session's task
         // for the whole life of the connection.
         let accepting = Box::pin(tls::accept(tcp, Arc::clone(config)));
-        let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
+        let mut tls = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
             Ok(Ok(tls)) => tls,
             Err(_) => return Err(Reject::TlsHandshake { kind: "timeout" }),
             Ok(Err(e)) => return Err(Reject::TlsHandshake { kind: tls::handshake_failure_kind(&e) }),
         };
         ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
-        self.server_name = tls.server_name().map(str::to_owned);
+        self.server_name = tls.take_server_name();
         let connection = tls.connection();
         self.identity = connection.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::from_der(c));
         self.tls_info = Some(proxy_protocol::TlsInfo {

@@ -162,9 +162,9 @@ pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Res
 }
 
 impl TlsStream {
-    /// The server name the client asked for (SNI), if it sent one.
-    pub fn server_name(&self) -> Option<&str> {
-        self.server_name.as_deref()
+    /// The server name the client asked for (SNI), if it sent one, handed over once (the stream keeps none).
+    pub fn take_server_name(&mut self) -> Option<String> {
+        self.server_name.take()
     }
 
     /// The rustls connection: negotiated version, client certificate.
