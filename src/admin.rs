@@ -10,7 +10,8 @@
 //!   while the process stops (see [`crate::shutdown`])
 //!
 //! Control (bearer token when `admin.token_file` is set):
-//! - `GET /servers`: JSON list of backends and servers (health, state, open connections, addresses)
+//! - `GET /servers`: JSON list of backends and servers (health, state, open connections, addresses), and of
+//!   listeners with their default backend and routes
 //! - `PUT /servers/{backend}/{server}/state` with body `ready`, `drain` or `maint`: set a server's state
 //! - `POST /reload`: reload the configuration file (as SIGHUP does); 200, 422 with the error, or 409 while another
 //!   `POST /reload` runs
@@ -66,8 +67,12 @@ pub struct AdminContext {
 /// The backends as configured now.
 pub struct AdminView {
     pub balancers: Vec<Arc<Balancer>>,
-    /// Indexes into `balancers` of the backends that listeners use.
+    /// Indexes into `balancers` of the listeners' default backends (`backend`): readiness needs each to have a
+    /// server. Backends only routes use do not count: every instance would be alike unready for those clients, and
+    /// the others would lose the front door.
     pub listened: Vec<usize>,
+    /// The listeners' default backends and routes, for `GET /servers` ([`crate::config::view`]).
+    pub listeners: serde_json::Value,
     /// `admin.state_file`: where a state change is recorded.
     pub state_file: Option<std::path::PathBuf>,
     /// `admin.token_file`'s token, required by the control endpoints.
@@ -328,7 +333,7 @@ fn servers_json(state: &AdminView) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "backends": backends })
+    serde_json::json!({ "backends": backends, "listeners": state.listeners })
 }
 
 fn set_state(state: &AdminView, backend: &str, server: &str, wanted: &str) -> Response<Full<Bytes>> {

@@ -27,9 +27,13 @@
 //!    [`balancer::address`]) and the choice of one ([`balancer::selection`]: weighted rendezvous hashing,
 //!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`]; each
 //!    server's `max_connections` / `max_connection_rate` and the bounded queue for them in [`balancer::gate`].
-//! 5. [`session`]: one client from accept to close, its phases in path order; every refusal is a
+//! 5. [`routes`]: which backend a client goes to (a listener's routes on SNI, client id, user name and certificate
+//!    identity, first match wins; [`routes::glob`] and [`routes::host`] the patterns, [`session::route_table`]
+//!    the per-listener table, [`config::view`] what `/servers` shows), before [`balancer`] places it in that
+//!    backend; the SNI read from the ClientHello by [`transport::client_hello`].
+//! 6. [`session`]: one client from accept to close, its phases in path order; every refusal is a
 //!    [`reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one log line.
-//! 6. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters; its deadlines (idle, and
+//! 7. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters; its deadlines (idle, and
 //!    the client's MQTT keep-alive: [`relay::keep_alive`]).
 //!
 //! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),
@@ -70,6 +74,7 @@ pub mod rate_limit;
 pub mod reject;
 pub mod relay;
 pub mod reload;
+pub mod routes;
 pub mod server;
 pub mod session;
 pub mod shutdown;

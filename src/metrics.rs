@@ -37,6 +37,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A listener and one of its routes (`mqttlb_route_matches_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub route: String,
+}
+
 /// A listener and the limit that stopped it accepting (`max_connections`, `max_handshakes`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -107,6 +114,8 @@ pub struct Metrics {
     pub accept_paused: Family<LimitLabels, Gauge>,
     pub handshakes_in_flight: Family<ListenerLabels, Gauge>,
     pub connect_invalid: Family<ReasonLabels, Counter>,
+    /// Clients each listener's route took (the first route that matched).
+    pub route_matches: Family<RouteLabels, Counter>,
     pub tls_handshake_failures: Family<KindLabels, Counter>,
     pub websocket_frame_errors: Family<ReasonLabels, Counter>,
     pub tls_handshake_seconds: HistogramFamily<ListenerLabels>,
@@ -152,6 +161,7 @@ impl Metrics {
             accept_paused: Family::default(),
             handshakes_in_flight: Family::default(),
             connect_invalid: Family::default(),
+            route_matches: Family::default(),
             tls_handshake_failures: Family::default(),
             websocket_frame_errors: Family::default(),
             tls_handshake_seconds: Family::new_with_constructor(latency_histogram),
@@ -211,6 +221,11 @@ impl Metrics {
             "connect_validation_failures",
             "First packets that failed CONNECT validation, per listener and reason",
             m.connect_invalid.clone(),
+        );
+        r.register(
+            "route_matches",
+            "Clients sent to a backend by a listener's route (the first that matched), per listener and route",
+            m.route_matches.clone(),
         );
         r.register(
             "tls_handshake_failures",

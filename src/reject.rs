@@ -70,6 +70,9 @@ pub enum Reject {
     InvalidConnect(ConnectError),
     /// `tls.require_identity`: the client certificate does not vouch for the CONNECT's identity.
     IdentityMismatch(ProtocolVersion),
+    /// No route of the listener takes the client and it has no default `backend`. The version is None on raw TCP
+    /// listeners.
+    NoRoute(Option<ProtocolVersion>),
     /// No server of the backend is up and ready. The version is None on raw TCP listeners.
     NoServerAvailable(Option<ProtocolVersion>),
     /// Every candidate server failed to connect.
@@ -97,6 +100,7 @@ impl Reject {
             Reject::ConnectTooLarge(None),
             Reject::ClientError,
             Reject::IdentityMismatch(ProtocolVersion::V5),
+            Reject::NoRoute(None),
             Reject::NoServerAvailable(None),
             Reject::ServerConnectFailed(None),
             Reject::ServerBusy(None),
@@ -133,6 +137,7 @@ impl Reject {
             Reject::ClientError => "client_error",
             Reject::InvalidConnect(e) => e.reason.label(),
             Reject::IdentityMismatch(_) => "identity_mismatch",
+            Reject::NoRoute(_) => "no_route",
             Reject::NoServerAvailable(_) => "no_server_available",
             Reject::ServerConnectFailed(_) => "server_connect_failed",
             Reject::ServerBusy(_) => "server_busy",
@@ -156,7 +161,9 @@ impl Reject {
     pub fn connack(self) -> Option<Vec<u8>> {
         match self {
             Reject::InvalidConnect(e) => e.connack(),
-            Reject::IdentityMismatch(version) => connack(version, Refusal::NotAuthorized),
+            Reject::IdentityMismatch(version) | Reject::NoRoute(Some(version)) => {
+                connack(version, Refusal::NotAuthorized)
+            }
             Reject::ConnectTooLarge(Some(version)) => connack(version, Refusal::PacketTooLarge),
             Reject::NoServerAvailable(Some(version)) | Reject::ServerConnectFailed(Some(version)) => {
                 connack(version, Refusal::ServerUnavailable)
@@ -240,7 +247,7 @@ mod tests {
         {
             assert!(labels.contains(label), "{label}");
         }
-        assert_eq!(labels.len(), 16 + 8 + 2 + 16 - 1, "client_error is both an upgrade and a read failure");
+        assert_eq!(labels.len(), 17 + 8 + 2 + 16 - 1, "client_error is both an upgrade and a read failure");
     }
 
     #[test]
@@ -254,6 +261,14 @@ mod tests {
         assert_eq!(Reject::ServerConnectFailed(None).connack(), None, "raw TCP: no CONNACK");
         assert_eq!(Reject::ConnectTimeout.connack(), None);
         assert_eq!(Reject::NoServerAvailable(None).side(), Side::Server);
+    }
+
+    #[test]
+    fn no_route_is_not_authorized() {
+        assert_eq!(Reject::NoRoute(Some(ProtocolVersion::V5)).connack(), Some(vec![0x20, 0x03, 0x00, 0x87, 0x00]));
+        assert_eq!(Reject::NoRoute(Some(ProtocolVersion::V311)).connack(), Some(vec![0x20, 0x02, 0x00, 0x05]));
+        assert_eq!(Reject::NoRoute(None).connack(), None, "raw TCP: no CONNACK");
+        assert_eq!(Reject::NoRoute(None).side(), Side::Client);
     }
 
     #[test]

@@ -195,7 +195,8 @@ async fn stop_or_cancel(shutdown: &CancellationToken, lifecycle: &Lifecycle) {
 fn admin_view(running: &Running) -> AdminView {
     AdminView {
         balancers: running.pools().to_vec(),
-        listened: running.config.listeners.iter().map(|l| l.backend).collect(),
+        listened: running.config.listeners.iter().filter_map(|l| l.backend).collect(),
+        listeners: crate::config::view::listeners_json(&running.config),
         state_file: running.config.admin.as_ref().and_then(|a| a.state_file.clone()),
         token: running.config.admin.as_ref().and_then(|a| a.token.clone()),
         request_timeout: running.config.admin.as_ref().map_or(DEFAULT_ADMIN_REQUEST_TIMEOUT, |a| a.request_timeout),

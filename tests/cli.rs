@@ -318,7 +318,7 @@ fn an_unknown_key_suggests_the_closest_and_lists_only_the_keys_valid_there() {
     assert!(text.contains("listeners[0].trusted_proxy: unknown field"), "{text}");
     assert!(text.contains("did you mean `trusted_proxies`?"), "{text}");
     assert!(
-        text.contains("(the keys here: name, bind, protocol, backend, tls, allowed_sources, trusted_proxies)"),
+        text.contains("(the keys here: name, bind, protocol, backend, routes, tls, allowed_sources, trusted_proxies)"),
         "{text}"
     );
     for other in ["max_flows", "flow_idle_timeout", "dtls_cid_length", "allowed_origins", "path"] {

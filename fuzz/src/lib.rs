@@ -257,7 +257,10 @@ pub fn config(data: &[u8]) {
         Ok(c) => {
             assert!(!c.backends.is_empty());
             for l in &c.listeners {
-                assert!(l.backend < c.backends.len(), "listener {} refers to backend {}", l.name, l.backend);
+                assert!(l.backend.is_some() || !l.routes.is_empty(), "listener {} goes nowhere", l.name);
+                for backend in l.backend.iter().chain(l.routes.iter().map(|r| &r.backend)) {
+                    assert!(*backend < c.backends.len(), "listener {} refers to backend {backend}", l.name);
+                }
             }
             for b in &c.backends {
                 assert!(!b.servers.is_empty(), "backend {} without servers", b.name);

@@ -27,7 +27,10 @@ pub(super) struct StreamListenerKeys {
     pub(super) name: String,
     pub(super) bind: String,
     pub(super) protocol: ListenerProtocol,
-    pub(super) backend: String,
+    #[serde(default)]
+    pub(super) backend: Option<String>,
+    #[serde(default)]
+    pub(super) routes: Option<Vec<FileRoute>>,
     #[serde(default)]
     pub(super) tls: Option<FileTls>,
     #[serde(default)]
@@ -43,7 +46,10 @@ pub(super) struct WebsocketListenerKeys {
     pub(super) name: String,
     pub(super) bind: String,
     pub(super) protocol: ListenerProtocol,
-    pub(super) backend: String,
+    #[serde(default)]
+    pub(super) backend: Option<String>,
+    #[serde(default)]
+    pub(super) routes: Option<Vec<FileRoute>>,
     #[serde(default)]
     pub(super) tls: Option<FileTls>,
     #[serde(default)]
@@ -54,6 +60,23 @@ pub(super) struct WebsocketListenerKeys {
     pub(super) path: Option<String>,
     #[serde(default)]
     pub(super) allowed_origins: Option<Vec<String>>,
+}
+
+/// `listeners[].routes[]`: a backend and the conditions a client must meet to go there.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRoute {
+    #[serde(default)]
+    pub(super) name: Option<String>,
+    pub(super) backend: String,
+    #[serde(default)]
+    pub(super) sni: Option<String>,
+    #[serde(default)]
+    pub(super) client_id: Option<String>,
+    #[serde(default)]
+    pub(super) username: Option<String>,
+    #[serde(default)]
+    pub(super) identity: Option<String>,
 }
 
 /// The keys of a `coap` listener (UDP): no TLS (DTLS passes through) and no PROXY header, but a flow table.
@@ -90,9 +113,19 @@ pub(super) struct CoapListenerKeys {
 
 /// The keys each protocol's listener has, as the structs above declare them (a test holds them equal).
 pub(super) const STREAM_KEYS: &[&str] =
-    &["name", "bind", "protocol", "backend", "tls", "allowed_sources", "trusted_proxies"];
-pub(super) const WEBSOCKET_KEYS: &[&str] =
-    &["name", "bind", "protocol", "backend", "tls", "allowed_sources", "trusted_proxies", "path", "allowed_origins"];
+    &["name", "bind", "protocol", "backend", "routes", "tls", "allowed_sources", "trusted_proxies"];
+pub(super) const WEBSOCKET_KEYS: &[&str] = &[
+    "name",
+    "bind",
+    "protocol",
+    "backend",
+    "routes",
+    "tls",
+    "allowed_sources",
+    "trusted_proxies",
+    "path",
+    "allowed_origins",
+];
 pub(super) const COAP_KEYS: &[&str] = &[
     "name",
     "bind",
@@ -227,11 +260,30 @@ impl FileListener {
         }
     }
 
-    pub(super) fn backend(&self) -> &str {
+    /// `backend`: required of `coap` listeners, the default of the others' `routes`.
+    pub(super) fn backend(&self) -> Option<&str> {
         match self {
-            FileListener::Stream(k) => &k.backend,
-            FileListener::Websocket(k) => &k.backend,
-            FileListener::Coap(k) => &k.backend,
+            FileListener::Stream(k) => k.backend.as_deref(),
+            FileListener::Websocket(k) => k.backend.as_deref(),
+            FileListener::Coap(k) => Some(&k.backend),
+        }
+    }
+
+    /// `tls`, or None (`coap` listeners have none).
+    pub(super) fn tls(&self) -> Option<&FileTls> {
+        match self {
+            FileListener::Stream(k) => k.tls.as_ref(),
+            FileListener::Websocket(k) => k.tls.as_ref(),
+            FileListener::Coap(_) => None,
+        }
+    }
+
+    /// `routes`, or None (`coap` listeners have none).
+    pub(super) fn routes(&self) -> Option<&[FileRoute]> {
+        match self {
+            FileListener::Stream(k) => k.routes.as_deref(),
+            FileListener::Websocket(k) => k.routes.as_deref(),
+            FileListener::Coap(_) => None,
         }
     }
 }

@@ -21,6 +21,7 @@ mod runtime;
 mod schema;
 mod units;
 mod validate;
+pub mod view;
 
 pub use crate::named_file::FileKind;
 pub use crate::net::{source_allowed, Cidr};
@@ -106,6 +107,8 @@ fn read<'de, S: DeserializeSeed<'de>>(
     })
 }
 
+#[cfg(test)]
+mod routes_tests;
 #[cfg(test)]
 mod server_caps_tests;
 #[cfg(test)]

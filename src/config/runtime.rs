@@ -68,8 +68,11 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub protocol: ListenerProtocol,
     pub tls: Option<TlsConfig>,
-    /// Index into [`Config::backends`].
-    pub backend: usize,
+    /// Index into [`Config::backends`]: where clients go that no route takes; None (only with `routes`): they are
+    /// refused.
+    pub backend: Option<usize>,
+    /// Tried in order for each client; the first that matches chooses its backend ([`crate::routes`]).
+    pub routes: Vec<RouteConfig>,
     /// `websocket` listeners: the only path upgraded (other paths get 404); the query string is ignored.
     pub path: String,
     /// `websocket` listeners: when not empty, a request with an `Origin` header must name one of these (ASCII
@@ -83,6 +86,16 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// `coap` listeners: the flow table and its limits (None for the others).
     pub coap: Option<CoapListenerConfig>,
+}
+
+/// `listeners[].routes[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// `name`, or the route's index in the list: the `route` label of `mqttlb_route_matches_total`.
+    pub name: String,
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+    pub conditions: crate::routes::Conditions,
 }
 
 /// The UDP settings of a `coap` listener (read by the UDP path; `docs/coap.md` describes each).

@@ -138,8 +138,8 @@ fn unknown_and_missing_keys() {
     let e = err_of(&GOOD.replace("admin:", "admni:"));
     assert!(e.message.contains("admni"), "{e}");
     let e = err_of(&GOOD.replace("    backend: brokers\n", "\n"));
-    assert_eq!(e.key, "listeners[0]");
-    assert!(e.message.contains("backend"), "{e}");
+    assert_eq!(e.key, "listeners[0].backend");
+    assert!(e.message.contains("routes"), "{e}");
 }
 
 #[test]

@@ -6,9 +6,9 @@
 //! bound (a bind failure changes nothing), then the plan is applied ([`apply`]):
 //! - listeners of every protocol are matched to the running ones of the same kind (TCP, or UDP for `coap`) by
 //!   name, else by a non-zero bind address; a match keeps its socket only if its address is the same, and then
-//!   takes the new settings (certificate, limits, backend, origins, sources, coap keys) for its next connections
-//!   or datagrams; a `coap` listener also keeps its device flows (see [`crate::udp`], "Reload"). A new listener
-//!   is bound before anything is changed; a removed one stops accepting while its open connections go on;
+//!   takes the new settings (certificate, limits, backend, routes, origins, sources, coap keys) for its next
+//!   connections or datagrams; a `coap` listener also keeps its device flows (see [`crate::udp`], "Reload"). A
+//!   new listener is bound before anything is changed; a removed one stops accepting while its open connections go on;
 //! - backends are matched by name; each server of the new pool takes over the health and administrative state of
 //!   the server with the same name, and probes restart with the new health settings; relays to removed servers go
 //!   on until they end;
@@ -27,6 +27,7 @@ use tracing::warn;
 use crate::balancer::backend::BackendServer;
 use crate::balancer::{Balancer, Pool};
 use crate::config::{self, Config, ConfigError};
+use crate::metrics::RouteLabels;
 use plan::{ListenerStep, Plan, PoolStep, ServerStep, Transport};
 use running::{Running, Socket};
 
@@ -191,6 +192,9 @@ fn swap_pools(running: &mut Running, plan: &Plan, new: &Config) {
     }
     for (backend, server) in &plan.forgotten {
         metrics.forget_server(backend, server);
+    }
+    for (listener, route) in &plan.forgotten_routes {
+        metrics.route_matches.remove(&RouteLabels { listener: listener.clone(), route: route.clone() });
     }
     running.pools = pools;
 }

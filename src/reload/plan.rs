@@ -65,6 +65,8 @@ pub struct Plan {
     pub pools: Vec<PoolStep>,
     /// Servers (backend, server) that left their pool, whose metric series are dropped.
     pub forgotten: Vec<(String, String)>,
+    /// Routes (listener, route name) the new configuration no longer has, whose match counters are dropped.
+    pub forgotten_routes: Vec<(String, String)>,
     /// The `limits` changed: admission is replaced.
     pub admission_changed: bool,
     /// `admin.bind` changed (not reloaded: the endpoint stays where it is).
@@ -82,6 +84,7 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         removed,
         pools,
         forgotten,
+        forgotten_routes: forgotten_routes(old, new),
         admission_changed: old.limits != new.limits,
         admin_bind_changed: old.admin.as_ref().map(|a| (a.bind, a.control_bind, a.max_connections))
             != new.admin.as_ref().map(|a| (a.bind, a.control_bind, a.max_connections)),
@@ -103,6 +106,15 @@ impl Plan {
             servers
         )
     }
+}
+
+/// The (listener, route) names of `old` that `new` does not have.
+fn forgotten_routes(old: &Config, new: &Config) -> Vec<(String, String)> {
+    let names = |c: &Config| -> Vec<(String, String)> {
+        c.listeners.iter().flat_map(|l| l.routes.iter().map(|r| (l.name.clone(), r.name.clone()))).collect()
+    };
+    let kept = names(new);
+    names(old).into_iter().filter(|r| !kept.contains(r)).collect()
 }
 
 /// Matches each new listener to a running one, and finds the running ones that stop.

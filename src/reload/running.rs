@@ -16,6 +16,7 @@ use crate::config::{Config, ListenerConfig, ListenerProtocol, RequireIdentity};
 use crate::health;
 use crate::listener::accept_loop;
 use crate::metrics::Metrics;
+use crate::session::route_table::Table;
 use crate::session::SessionContext;
 use crate::shutdown::Tasks;
 use crate::transport::ws::UpgradePolicy;
@@ -133,12 +134,11 @@ impl Running {
 
     /// Serves `l` on its bound socket until shutdown or a reload that removes it.
     pub(super) fn start_listener(&mut self, l: &ListenerConfig, socket: Socket) {
-        let Some(balancer) = self.pools.get(l.backend) else { return };
         let stop = self.tasks.shutdown.child_token();
         let addr = socket.local_addr();
         let settings = match socket {
             Socket::Tcp(tcp) => {
-                let ctx = Arc::new(ArcSwap::from_pointee(self.session_context(l, Arc::clone(balancer))));
+                let ctx = Arc::new(ArcSwap::from_pointee(self.session_context(l)));
                 info!(listener = %l.name, addr = addr.map(display), protocol = l.protocol.as_str(), tls = l.tls.is_some(), "listening");
                 let (tracker, close) = (self.tasks.connections.clone(), self.tasks.close_sessions.clone());
                 let admission = Arc::clone(&self.admission);
@@ -146,6 +146,7 @@ impl Running {
                 Settings::Tcp(ctx)
             }
             Socket::Udp(socket) => {
+                let Some(balancer) = l.backend.and_then(|i| self.pools.get(i)) else { return };
                 let ctx = udp::context(l, Arc::clone(balancer), &self.metrics, self.generation);
                 let ctx = Arc::new(ArcSwap::from_pointee(ctx));
                 info!(listener = %l.name, addr = addr.map(display), protocol = "coap", "listening (UDP)");
@@ -163,18 +164,18 @@ impl Running {
 
     /// Gives a running listener the settings of `l` (of `self.config`) for its next connections or datagrams.
     pub(super) fn update_listener(&self, r: &mut RunningListener, l: &ListenerConfig) {
-        let Some(balancer) = self.pools.get(l.backend) else { return };
         match &r.settings {
-            Settings::Tcp(ctx) => ctx.store(Arc::new(self.session_context(l, Arc::clone(balancer)))),
+            Settings::Tcp(ctx) => ctx.store(Arc::new(self.session_context(l))),
             Settings::Udp(ctx) => {
+                let Some(balancer) = l.backend.and_then(|i| self.pools.get(i)) else { return };
                 ctx.store(Arc::new(udp::context(l, Arc::clone(balancer), &self.metrics, self.generation)));
             }
         }
         r.name.clone_from(&l.name);
     }
 
-    fn session_context(&self, l: &ListenerConfig, balancer: Arc<Balancer>) -> SessionContext {
-        session_context(l, &self.config, balancer, &self.metrics, &self.tasks)
+    fn session_context(&self, l: &ListenerConfig) -> SessionContext {
+        session_context(l, &self.config, &self.pools, &self.metrics, &self.tasks)
     }
 }
 
@@ -190,10 +191,10 @@ pub fn dry_run(config: &Config) {
     let _ticket = admission.admit(std::net::IpAddr::from([192, 0, 2, 1]));
     let _ = admission.successor(&config.limits);
     for l in &config.listeners {
-        let Some(balancer) = pools.get(l.backend) else { continue };
-        match Transport::of(l) {
-            Transport::Tcp => drop(session_context(l, config, Arc::clone(balancer), &metrics, &tasks)),
-            Transport::Udp => drop(udp::context(l, Arc::clone(balancer), &metrics, 0)),
+        match (Transport::of(l), l.backend.and_then(|i| pools.get(i))) {
+            (Transport::Tcp, _) => drop(session_context(l, config, &pools, &metrics, &tasks)),
+            (Transport::Udp, Some(balancer)) => drop(udp::context(l, Arc::clone(balancer), &metrics, 0)),
+            (Transport::Udp, None) => {}
         }
     }
     let _ = tokio::time::Instant::now() + config.shutdown.grace + config.shutdown.drain_timeout;
@@ -203,7 +204,7 @@ pub fn dry_run(config: &Config) {
 fn session_context(
     l: &ListenerConfig,
     config: &Config,
-    balancer: Arc<Balancer>,
+    pools: &[Arc<Balancer>],
     metrics: &Arc<Metrics>,
     tasks: &Tasks,
 ) -> SessionContext {
@@ -223,7 +224,7 @@ fn session_context(
             timeout: config.limits.handshake_timeout,
         }),
         allowed_sources: l.allowed_sources.clone(),
-        balancer,
+        backends: Table::new(&l.name, &l.routes, l.backend, pools, metrics),
         limits: config.limits.clone(),
         metrics: Arc::clone(metrics),
         listener_metrics: metrics.listener(&l.name),

@@ -1,7 +1,8 @@
 //! One client connection, from accept to close, read in the order it happens:
 //! PROXY header in (from trusted proxies) -> transport (TLS handshake under a deadline; for `websocket` listeners
 //! the HTTP upgrade, under a deadline too) -> first packet (read under `connect_timeout` and `max_connect_size`,
-//! validated) -> placement (the backend's servers ranked for the client id, from one snapshot of the pool) ->
+//! validated) -> placement (the backend: the listener's first route that matches, else its `backend`
+//! ([`crate::routes`]); then that backend's servers ranked for the client id, from one snapshot of the pool) ->
 //! queue (the chosen server's `max_connections` and `max_connection_rate`: the client waits for them, within
 //! `queue_timeout` and its connect deadline, or is refused busy; never sent elsewhere: [`crate::balancer::gate`]) ->
 //! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
@@ -15,6 +16,7 @@
 //! client connection ([`ServerStream`]).
 
 pub mod end;
+pub mod route_table;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use tracing::{debug, field, Span};
 use crate::admission::{Admission, AdmissionTicket};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Refused;
-use crate::balancer::{Balancer, Pool};
+use crate::balancer::Pool;
 use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
@@ -39,6 +41,7 @@ use crate::proxy_protocol;
 use crate::reject::{refuse, Reject};
 use crate::relay::keep_alive::KeepAlive;
 use crate::relay::{relay, RelayEnd, ShutdownNotice};
+use crate::routes::Client;
 use crate::slots::Slot;
 use crate::transport::identity::PeerIdentity;
 use crate::transport::tls;
@@ -46,6 +49,7 @@ use crate::transport::upstream::{self, ClientAddresses};
 use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
 use end::{ClientSide, EndLine, FirstEof, ServerSide};
+use route_table::Table;
 
 /// What every connection of one listener shares.
 pub struct SessionContext {
@@ -57,7 +61,8 @@ pub struct SessionContext {
     /// When not empty, the only client addresses accepted (checked by the accept loop, or after the PROXY header of
     /// a trusted proxy).
     pub allowed_sources: Vec<Cidr>,
-    pub balancer: Arc<Balancer>,
+    /// The listener's routes and default backend: where each client goes.
+    pub backends: Table,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub listener_metrics: ListenerMetrics,
@@ -96,6 +101,8 @@ pub struct Session {
     /// The verified client certificate's names (mTLS) and the TLS version, once the handshake is done.
     tls_info: Option<proxy_protocol::TlsInfo>,
     identity: Option<PeerIdentity>,
+    /// The server name the client's TLS ClientHello asked for (SNI), for routes.
+    server_name: Option<String>,
     /// The connection's place in the admission limits, held until the session ends.
     ticket: AdmissionTicket,
     /// The admission limits of the moment: a trusted proxy's client is admitted once its header is read.
@@ -121,7 +128,17 @@ impl Session {
         ticket: AdmissionTicket,
         admission: Arc<ArcSwap<Admission>>,
     ) -> Session {
-        Session { ctx, peer, local: None, started: Instant::now(), tls_info: None, identity: None, ticket, admission }
+        Session {
+            ctx,
+            peer,
+            local: None,
+            started: Instant::now(),
+            tls_info: None,
+            identity: None,
+            server_name: None,
+            ticket,
+            admission,
+        }
     }
 
     /// The whole path; run inside [`connection_span`]. `handshake`: the place under `limits.max_handshakes` taken
@@ -218,12 +235,13 @@ impl Session {
         // Boxed: the handshake's state (rustls's connection in the making) would otherwise size the session's task
         // for the whole life of the connection.
         let accepting = Box::pin(tls::accept(tcp, Arc::clone(config)));
-        let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
+        let mut tls = match tokio::time::timeout(ctx.limits.handshake_timeout, accepting).await {
             Ok(Ok(tls)) => tls,
             Err(_) => return Err(Reject::TlsHandshake { kind: "timeout" }),
             Ok(Err(e)) => return Err(Reject::TlsHandshake { kind: tls::handshake_failure_kind(&e) }),
         };
         ctx.listener_metrics.handshake_seconds.observe(start.elapsed().as_secs_f64());
+        self.server_name = tls.take_server_name();
         let connection = tls.connection();
         self.identity = connection.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::from_der(c));
         self.tls_info = Some(proxy_protocol::TlsInfo {
@@ -244,8 +262,14 @@ impl Session {
         if self.ctx.log_client_id {
             Span::current().record("client_id", crate::logging::clip(&connect.client_id).as_ref());
         }
+        let client = Client {
+            sni: self.server_name.as_deref(),
+            client_id: Some(&connect.client_id),
+            username: connect.username.as_deref(),
+            identity: self.identity.as_ref().map(PeerIdentity::names),
+        };
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
-        let (pool, candidates) = self.placement(key, version)?;
+        let (pool, candidates) = self.placement(&client, key, version)?;
         let (server, guard) = self.upstream(&pool, &candidates, &buf, deadline, version).await?;
         debug!(server = %guard.server().name, "relaying");
         let notice = match (&self.ctx.shutdown_notice, connect.version) {
@@ -263,7 +287,12 @@ impl Session {
     /// A raw TCP client: place it (by source address for `client-id` balance) and relay. Ok as for [`Self::mqtt`].
     async fn passthrough(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         let ip = self.peer.ip().to_string();
-        let (pool, candidates) = self.placement(Some(ip.as_bytes()), None)?;
+        let client = Client {
+            sni: self.server_name.as_deref(),
+            identity: self.identity.as_ref().map(PeerIdentity::names),
+            ..Client::default()
+        };
+        let (pool, candidates) = self.placement(&client, Some(ip.as_bytes()), None)?;
         let deadline = Instant::now() + pool.config.queue_timeout;
         let (server, guard) = self.upstream(&pool, &candidates, &[], deadline, None).await?;
         Ok(self.relay(stream, server, guard, None, 0, None).await)
@@ -297,13 +326,19 @@ impl Session {
         Err(Reject::IdentityMismatch(connect.version))
     }
 
-    /// One snapshot of the backend's pool and its usable servers for `key`, best first.
+    /// The client's backend (its route, else the listener's default), then one snapshot of that backend's pool
+    /// and its usable servers for `key`, best first.
     fn placement(
         &self,
+        client: &Client<'_>,
         key: Option<&[u8]>,
         version: Option<ProtocolVersion>,
     ) -> Result<(Arc<Pool>, Vec<Arc<BackendServer>>), Reject> {
-        let pool = self.ctx.balancer.pool();
+        let Some(balancer) = self.ctx.backends.choose(client) else {
+            debug!(sni = ?client.sni, "no route takes the client and the listener has no default backend");
+            return Err(Reject::NoRoute(version));
+        };
+        let pool = balancer.pool();
         let candidates = pool.candidates(key);
         if candidates.is_empty() {
             return Err(Reject::NoServerAvailable(version));

@@ -16,6 +16,11 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
+    /// The names a route's `identity` condition is matched against.
+    pub fn names(&self) -> crate::routes::CertificateNames<'_> {
+        crate::routes::CertificateNames { common_names: &self.common_names, alt_names: &self.alt_names }
+    }
+
     /// Reads the names of a DER certificate; None if it cannot be parsed (rustls verified it already, so that
     /// would be a certificate using features this parser lacks).
     pub fn from_der(der: &[u8]) -> Option<PeerIdentity> {

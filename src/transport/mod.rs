@@ -1,6 +1,7 @@
 //! Transports between a client and mqtt-lb: TLS (rustls) over TCP, or plain TCP, optionally with WebSocket
 //! ([`ws`]) on top; and between mqtt-lb and a server: TCP, or WebSocket over TCP.
 
+pub mod client_hello;
 pub mod identity;
 pub mod keepalive;
 pub mod tls;

@@ -15,6 +15,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::client_hello;
+
 /// Bytes asked of the socket per read: a whole TLS record of the largest size (2^14 + 256 bytes of ciphertext plus
 /// its 5-byte header) fits, so a bulk sender is read one record or more per system call.
 const READ_SIZE: usize = 16 * 1024 + 256 + 5;
@@ -42,6 +44,8 @@ pub struct TlsStream {
     peer_closed: bool,
     /// close_notify is queued or sent.
     close_sent: bool,
+    /// The ClientHello's server name (SNI); read during the handshake.
+    server_name: Option<String>,
 }
 
 /// What a pass over the received records is for.
@@ -129,8 +133,16 @@ pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Res
         eof: false,
         peer_closed: false,
         close_sent: false,
+        server_name: None,
     };
+    // Until the first record is whole (rustls processes nothing before), it is where the server name is.
+    let mut hello_read = false;
     loop {
+        if !hello_read {
+            if let client_hello::Hello::Read(name) = client_hello::server_name(&s.incoming) {
+                (s.server_name, hello_read) = (name, true);
+            }
+        }
         if let Err(e) = s.process(Action::Read) {
             // The alert rustls chose goes out, best effort; the handshake's error is what is reported.
             s.queue_alert();
@@ -150,6 +162,11 @@ pub async fn accept(io: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Res
 }
 
 impl TlsStream {
+    /// The server name the client asked for (SNI), if it sent one, handed over once (the stream keeps none).
+    pub fn take_server_name(&mut self) -> Option<String> {
+        self.server_name.take()
+    }
+
     /// The rustls connection: negotiated version, client certificate.
     pub fn connection(&self) -> &UnbufferedServerConnection {
         &self.conn

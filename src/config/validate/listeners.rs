@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::coap::coap_settings;
 use super::formats::{check_origin, check_ws_path};
+use super::routes::{routes, Offers};
 use super::Checker;
 use crate::config::listener_schema::FileListener;
 use crate::config::runtime::{
@@ -38,7 +39,20 @@ pub(super) fn listeners(
         if bind.port() != 0 && !same_transport.insert(bind) {
             return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
         }
-        let backend = backend(c, &key, &l, backends)?;
+        let default = l.backend().map(|name| backend(c, &format!("{key}.backend"), l.protocol(), name, backends));
+        let backend = default.transpose()?;
+        let offers = Offers {
+            protocol: l.protocol(),
+            tls: l.tls().is_some(),
+            client_ca: l.tls().is_some_and(|t| t.client_ca.is_some()),
+        };
+        let routes = routes(c, &key, l.routes(), &offers, backends)?;
+        if backend.is_none() && routes.is_empty() {
+            return Err(c.err(
+                format!("{key}.backend"),
+                "needed, unless routes are given (then clients no route takes are refused)",
+            ));
+        }
         listeners.push(match l {
             FileListener::Stream(k) => ListenerConfig {
                 tls: tls(c, &key, k.tls)?,
@@ -50,6 +64,7 @@ pub(super) fn listeners(
                 bind,
                 protocol: k.protocol,
                 backend,
+                routes: routes.clone(),
                 coap: None,
             },
             FileListener::Websocket(k) => ListenerConfig {
@@ -62,6 +77,7 @@ pub(super) fn listeners(
                 bind,
                 protocol: k.protocol,
                 backend,
+                routes: routes.clone(),
                 coap: None,
             },
             FileListener::Coap(k) => ListenerConfig {
@@ -81,23 +97,28 @@ pub(super) fn listeners(
                 bind,
                 protocol: k.protocol,
                 backend,
+                routes,
             },
         });
     }
     Ok((listeners, binds))
 }
 
-/// The index of the listener's backend, which must carry what the listener receives: datagrams for a coap
-/// listener, streams for the others, and raw bytes (not WebSocket) for a tcp listener.
-fn backend(c: &Checker<'_>, key: &str, l: &FileListener, backends: &[BackendConfig]) -> Result<usize, ConfigError> {
-    let name = l.backend();
+/// The index of the backend `name` (at `key`: a listener's `backend` or a route's), which must carry what the
+/// listener receives: datagrams for a coap listener, streams for the others, and raw bytes (not WebSocket) for a
+/// tcp listener.
+pub(super) fn backend(
+    c: &Checker<'_>,
+    key: &str,
+    protocol: ListenerProtocol,
+    name: &str,
+    backends: &[BackendConfig],
+) -> Result<usize, ConfigError> {
     let Some((index, backend)) = backends.iter().enumerate().find(|(_, b)| b.name == name) else {
         let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-        return Err(
-            c.err(format!("{key}.backend"), format!("no backend named {name:?} (backends: {})", known.join(", ")))
-        );
+        return Err(c.err(key, format!("no backend named {name:?} (backends: {})", known.join(", "))));
     };
-    let why = match (l.protocol(), backend.protocol) {
+    let why = match (protocol, backend.protocol) {
         (ListenerProtocol::Coap, BackendProtocol::Coap) => None,
         (ListenerProtocol::Coap, _) => {
             Some(format!("a coap listener relays datagrams: backend {name:?} must have protocol: coap"))
@@ -111,7 +132,7 @@ fn backend(c: &Checker<'_>, key: &str, l: &FileListener, backends: &[BackendConf
         _ => None,
     };
     match why {
-        Some(why) => Err(c.err(format!("{key}.backend"), why)),
+        Some(why) => Err(c.err(key, why)),
         None => Ok(index),
     }
 }

@@ -24,6 +24,7 @@ mod coap;
 mod formats;
 mod http_check;
 mod listeners;
+mod routes;
 
 /// Builds errors for one file, and resolves paths against its folder.
 struct Checker<'a> {

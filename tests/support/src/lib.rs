@@ -46,5 +46,5 @@ pub use cluster::Cluster;
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
 pub use proxy_yaml::{yaml_for, ProxyYaml};
-pub use raw_mqtt::{connect_packet_v311, connect_packet_v5, tls_connect, tls_exchange};
+pub use raw_mqtt::{connect_packet, connect_packet_v311, connect_packet_v5, tls_connect, tls_exchange};
 pub use time::{bounded, eventually, free_port, init_tracing, wait_accepting, STEP_TIMEOUT};

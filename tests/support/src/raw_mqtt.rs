@@ -10,22 +10,26 @@ use tokio::net::TcpStream;
 
 /// A 3.1.1 CONNECT (clean session, keep alive 60, no credentials).
 pub fn connect_packet_v311(client_id: &str) -> Vec<u8> {
-    connect_packet(4, client_id)
+    connect_packet(4, client_id, None)
 }
 
 /// A 5 CONNECT (clean start, keep alive 60, no properties, no credentials).
 pub fn connect_packet_v5(client_id: &str) -> Vec<u8> {
-    connect_packet(5, client_id)
+    connect_packet(5, client_id, None)
 }
 
-fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
-    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02, 0x00, 60];
+/// A CONNECT of protocol `level` (4: 3.1.1, 5) (clean session, keep alive 60, no properties), with a user name if
+/// given (no password).
+pub fn connect_packet(level: u8, client_id: &str, username: Option<&str>) -> Vec<u8> {
+    let flags = if username.is_some() { 0x82 } else { 0x02 };
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, flags, 0x00, 60];
     if level == 5 {
         body.push(0x00); // property length
     }
-    let id = client_id.as_bytes();
-    body.extend_from_slice(&u16::try_from(id.len()).expect("client id too long").to_be_bytes());
-    body.extend_from_slice(id);
+    for s in std::iter::once(client_id).chain(username) {
+        body.extend_from_slice(&u16::try_from(s.len()).expect("string too long").to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
     let mut packet = vec![0x10];
     let mut len = body.len();
     loop {
