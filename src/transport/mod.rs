@@ -4,6 +4,9 @@
 pub mod certificates;
 pub mod identity;
 pub mod keepalive;
+pub mod ocsp;
+pub mod revocation;
+pub mod sni;
 pub mod ticket_keys;
 pub mod tls;
 pub mod upstream;

@@ -23,6 +23,7 @@ pub(super) mod bounds;
 mod coap;
 mod formats;
 mod listeners;
+mod tls;
 
 /// Builds errors for one file, and resolves paths against its folder.
 struct Checker<'a> {
