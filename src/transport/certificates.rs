@@ -78,7 +78,10 @@ pub fn server_config(
     for (i, files) in certificates.iter().enumerate() {
         served.push(certified_key(i, files)?);
     }
-    let resolver = SniResolver::new(served).map_err(|(i, m)| fail(TlsPart::Cert(i), m))?;
+    let resolver = SniResolver::new(served).map_err(|(i, m)| {
+        let file = certificates.get(i).map(|c| c.cert.display().to_string()).unwrap_or_default();
+        fail(TlsPart::Cert(i), format!("{file}: {m}"))
+    })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| fail(TlsPart::Cert(0), format!("TLS set-up failed: {e}")))?;

@@ -56,8 +56,8 @@ fn is_context(any: &Any<'_>, tag: u32) -> bool {
 
 const MALFORMED: &str = "not a well-formed OCSP response";
 
-/// Checks a DER OCSP response against the certificate it is to be stapled to, at Unix time `now`.
-fn check(response: &[u8], leaf: &[u8], now: i64) -> Result<(), String> {
+/// Checks a DER OCSP response against the certificate it is to be stapled to (DER), at Unix time `now`.
+pub fn check(response: &[u8], leaf: &[u8], now: i64) -> Result<(), String> {
     let (outer, rest) = element(response)?;
     if !rest.is_empty() {
         return Err("trailing bytes after the OCSP response".to_owned());
