@@ -12,8 +12,9 @@
 //!    its own tracing span) spawned before any handshake; while full (connections, handshakes: [`slots`]) it does
 //!    not accept, and clients wait in the kernel's accept queue.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
-//!    [`transport::certificates`], client certificate names in [`transport::identity`], session tickets shared by
-//!    instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
+//!    [`transport::certificates`], the certificate chosen by SNI in [`transport::sni`], OCSP staples checked in
+//!    [`transport::ocsp`], client CRLs in [`transport::revocation`], client certificate names in
+//!    [`transport::identity`], session tickets shared by instances in [`transport::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
 //!    headers from trusted balancers ([`proxy_protocol`]), the connection to a server ([`transport::upstream`]:
 //!    TCP connect, PROXY header out, WebSocket client upgrade), and TCP keepalive on both sockets
 //!    ([`transport::keepalive`]).
