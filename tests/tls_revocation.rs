@@ -16,23 +16,24 @@ use common::*;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn tls_block(server: &Issued, ca: &TestCa, crls: &[&Path]) -> String {
+fn tls_block(server: &Issued, client_ca: &Path, crls: &[&Path]) -> String {
     let crls = crls.iter().map(|p| format!("\"{}\"", p.display())).collect::<Vec<_>>().join(", ");
     format!(
         "{{ cert: \"{}\", key: \"{}\", client_ca: \"{}\", client_crl: [{crls}] }}",
         server.cert.display(),
         server.key.display(),
-        ca.pem.display()
+        client_ca.display()
     )
 }
 
 /// Connects with `client`'s certificate and sends a CONNECT: whether mosquitto's CONNACK came back. (With TLS 1.3
 /// the client finishes its side before the server has checked its certificate, so a refusal shows on the read.)
 async fn connects(listen: SocketAddr, ca: &TestCa, client: &Issued, id: &str) -> bool {
+    let tls = ca.client_config(Some(client));
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(listen).await?;
         let name = ServerName::try_from("localhost").expect("name").to_owned();
-        let mut s = tokio_rustls::TlsConnector::from(ca.client_config(Some(client))).connect(name, tcp).await?;
+        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
         s.write_all(&connect_packet_v311(id)).await?;
         let mut connack = [0u8; 4];
         s.read_exact(&mut connack).await?;
@@ -55,13 +56,19 @@ async fn a_revoked_client_is_refused_and_counted_and_a_reloaded_crl_revokes_anot
         let (alice, bob, carol) =
             (ca.client("alice", "alice", 101), ca.client("bob", "bob", 102), ca.client("carol", "carol", 103));
         // First a PEM CRL revoking alice; later a DER one revoking bob too.
+        // A second client CA in the bundle, without a CRL: its clients' status is unknown, and they are refused.
+        let uncovered_ca = TestCa::new(d, "uncovered-ca");
+        let dave = uncovered_ca.client("dave", "dave", 104);
+        let bundle = d.join("bundle.pem");
+        let pems = [&ca.pem, &uncovered_ca.pem].map(|p| std::fs::read_to_string(p).expect("read a CA"));
+        std::fs::write(&bundle, pems.concat()).expect("write the CA bundle");
         let crl = d.join("clients.crl");
         std::fs::write(&crl, ca.current_crl(&[101]).pem().expect("PEM CRL")).expect("write the CRL");
         let broker = Mosquitto::start(d, "b1").await;
         let (listen, admin) =
             (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
         let path = d.join("lb.yaml");
-        std::fs::write(&path, tls_listener_yaml(listen, admin, &tls_block(&server, &ca, &[&crl]), &broker.addr()))
+        std::fs::write(&path, tls_listener_yaml(listen, admin, &tls_block(&server, &bundle, &[&crl]), &broker.addr()))
             .expect("write the config");
         let lb = LbProcess::start(&path, admin).await;
 
@@ -70,6 +77,11 @@ async fn a_revoked_client_is_refused_and_counted_and_a_reloaded_crl_revokes_anot
         let counted =
             eventually(Duration::from_secs(3), || async { (revoked_count(admin).await == 1.0).then_some(()) });
         assert!(counted.await.is_some(), "alice's handshake counted as revoked");
+        assert!(!connects(listen, &ca, &dave, "dave").await, "dave refused");
+        let unknown = "mqttlb_tls_handshake_failures_total{listener=\"mqtts\",kind=\"revocation_unknown\"}";
+        let counted =
+            eventually(Duration::from_secs(3), || async { (metric(admin, unknown).await == 1.0).then_some(()) });
+        assert!(counted.await.is_some(), "dave's handshake, whose CA has no CRL, counted as revocation_unknown");
         let seen = broker.connections_seen();
 
         std::fs::write(&crl, ca.current_crl(&[101, 102]).der().as_ref()).expect("write the new CRL");
@@ -114,7 +126,7 @@ fn check_refuses_unusable_crl_files_naming_file_and_key() {
     let (addr, admin) = (SocketAddr::from(([127, 0, 0, 1], 18883)), SocketAddr::from(([127, 0, 0, 1], 19100)));
     let with =
         |tls: String| std::fs::write(&path, tls_listener_yaml(addr, admin, &tls, "127.0.0.1:1883")).expect("write");
-    with(tls_block(&server, &ca, &[&good]));
+    with(tls_block(&server, &ca.pem, &[&good]));
     let (ok, text) = check_config(&path);
     assert!(ok, "a current CRL of the client CA is accepted: {text}");
 
@@ -127,7 +139,7 @@ fn check_refuses_unusable_crl_files_naming_file_and_key() {
     ];
     for (what, crl, words) in cases {
         // Second in the list, so that the key names its position.
-        with(tls_block(&server, &ca, &[&good, crl]));
+        with(tls_block(&server, &ca.pem, &[&good, crl]));
         let (ok, text) = check_config(&path);
         assert!(!ok, "{what}: accepted");
         assert!(text.contains("listeners[0].tls.client_crl[1]"), "{what}: names the key: {text}");

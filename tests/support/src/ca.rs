@@ -117,7 +117,7 @@ impl TestCa {
         run(&mut ocsp).map(drop)
     }
 
-    /// A rustls client trusting this CA, presenting `identity` if given.
+    /// A rustls client trusting this CA (for the server), presenting `identity` (issued by any CA) if given.
     pub fn client_config(&self, identity: Option<&Issued>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.issuer.der().clone()).expect("add the CA to the root store");
