@@ -13,8 +13,10 @@
 //!    connections and handshakes counted in [`slots`], per-IP counts and rates); while full the loop does not
 //!    accept, and clients wait in the kernel's accept queue.
 //! 2. [`transport`]: TLS termination with rustls ([`transport::tls`], its files read by
-//!    [`tls_material::certificates`], client certificate names in [`transport::identity`], session tickets shared by
-//!    instances in [`tls_material::ticket_keys`]), the WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
+//!    [`tls_material::certificates`], the certificate chosen by SNI in [`tls_material::sni`], OCSP staples checked
+//!    in [`tls_material::ocsp`], client CRLs in [`tls_material::revocation`], client certificate names in
+//!    [`transport::identity`], session tickets shared by instances in [`tls_material::ticket_keys`]), the
+//!    WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
 //!    headers from trusted balancers ([`proxy_protocol`]), the connection to a server ([`transport::upstream`]:
 //!    TCP connect, PROXY header out, WebSocket client upgrade), and TCP keepalive on both sockets
 //!    ([`transport::keepalive`]).

@@ -31,6 +31,13 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// A serving certificate of a listener, named by its `cert` file as the configuration spells it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub listener: String,
+    pub certificate: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub listener: String,
@@ -136,7 +143,7 @@ pub struct Metrics {
     pub server_queue_refusals: Family<ServerReasonLabels, Counter>,
     pub probe_local_errors: Family<ServerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
-    pub tls_certificate_expiry: Family<ListenerLabels, Gauge>,
+    pub tls_certificate_expiry: Family<CertificateLabels, Gauge>,
     /// The families of `coap` listeners (`mqttlb_udp_*`).
     pub udp: udp::UdpFamilies,
     /// The per-IP connection rate table (`limits.max_connection_rate_per_ip`).
@@ -319,7 +326,8 @@ impl Metrics {
         r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
-            "End of validity (notAfter) of the serving certificate of a TLS listener, as a Unix time",
+            "End of validity (notAfter) of each serving certificate of a TLS listener (named by its cert file), as a Unix \
+             time",
             Unit::Seconds,
             m.tls_certificate_expiry.clone(),
         );
@@ -412,10 +420,10 @@ impl Metrics {
         self.server_state.get_or_create(&labels).clone()
     }
 
-    /// Sets `mqttlb_tls_certificate_expiry_timestamp_seconds` of a listener from its certificate's notAfter.
-    pub fn set_certificate_expiry(&self, listener: &str, not_after_unix: i64) {
+    /// Sets `mqttlb_tls_certificate_expiry_timestamp_seconds` of a listener's certificate from its notAfter.
+    pub fn set_certificate_expiry(&self, listener: &str, certificate: &str, not_after_unix: i64) {
         self.tls_certificate_expiry
-            .get_or_create(&ListenerLabels { listener: listener.to_owned() })
+            .get_or_create(&CertificateLabels { listener: listener.to_owned(), certificate: certificate.to_owned() })
             .set(not_after_unix);
     }
 

@@ -16,6 +16,10 @@ pub enum FileKind {
     Pem,
     /// A `tls.ticket_keys` file (a key is 108 characters a line).
     TicketKeys,
+    /// A `tls.client_crl` file (a large CA's list runs to megabytes).
+    Crl,
+    /// A `tls.ocsp_response` file (one DER response, a few KiB).
+    OcspResponse,
     /// `admin.state_file` (one line per server).
     ServerStates,
 }
@@ -26,7 +30,8 @@ impl FileKind {
         match self {
             FileKind::Config | FileKind::ServerStates => 16 << 20,
             FileKind::Pem => 1 << 20,
-            FileKind::TicketKeys => 64 << 10,
+            FileKind::Crl => 16 << 20,
+            FileKind::TicketKeys | FileKind::OcspResponse => 64 << 10,
         }
     }
 
@@ -35,6 +40,8 @@ impl FileKind {
             FileKind::Config => "configuration file",
             FileKind::Pem => "PEM file",
             FileKind::TicketKeys => "ticket key file",
+            FileKind::Crl => "CRL file",
+            FileKind::OcspResponse => "OCSP response file",
             FileKind::ServerStates => "server state file",
         }
     }

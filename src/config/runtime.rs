@@ -144,18 +144,19 @@ impl Default for CoapListenerConfig {
 /// TLS settings of a listener, with the certificate already loaded and checked.
 #[derive(Clone)]
 pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// The serving certificates, chosen by SNI; the first serves clients without SNI or with an unknown name.
+    pub certificates: Vec<CertificateFiles>,
     pub client_ca: Option<PathBuf>,
+    /// `tls.client_crl`: revocation lists applied to client certificates (with `client_ca`).
+    pub client_crl: Vec<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
     /// Session-ticket keys shared with other instances ([`crate::tls_material::ticket_keys`]); re-read on reload.
     pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
-    /// The leaf certificate's notAfter (Unix time), read with the files so that applying a reload reads none; or
-    /// why it is unknown.
-    pub not_after: Result<i64, String>,
 }
+
+pub use crate::tls_material::certificates::CertificateFiles;
 
 /// `tls.require_identity`: what a client certificate must vouch for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -184,9 +185,9 @@ pub enum OnDown {
 impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
+            .field("certificates", &self.certificates)
             .field("client_ca", &self.client_ca)
+            .field("client_crl", &self.client_crl)
             .field("ticket_keys", &self.ticket_keys)
             .finish_non_exhaustive()
     }

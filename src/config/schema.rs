@@ -89,14 +89,33 @@ impl<'de> Deserialize<'de> for Workers {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileTls {
-    pub(super) cert: PathBuf,
-    pub(super) key: PathBuf,
+    /// One certificate: `cert` and `key` (with its optional `ocsp_response`), or several in `certificates`.
+    #[serde(default)]
+    pub(super) cert: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) ocsp_response: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) certificates: Option<Vec<FileCertificate>>,
+    #[serde(default)]
+    pub(super) client_crl: Option<Vec<PathBuf>>,
     #[serde(default)]
     pub(super) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(super) require_identity: RequireIdentity,
     #[serde(default)]
     pub(super) ticket_keys: Option<PathBuf>,
+}
+
+/// One of `tls.certificates`: a certificate chosen by the name the client asks for (SNI).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileCertificate {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    #[serde(default)]
+    pub(super) ocsp_response: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -152,6 +152,23 @@ fn unreadable_certificate_names_the_key() {
 }
 
 #[test]
+fn the_certificate_forms_are_one_or_the_other_and_errors_name_the_key() {
+    let with = |tls: &str| err_of(&GOOD.replace("protocol: mqtt\n", &format!("protocol: mqtt\n    tls: {tls}\n")));
+    let cases = [
+        ("{ cert: a.crt }", "listeners[0].tls.key"),
+        ("{ key: a.key }", "listeners[0].tls.cert"),
+        ("{ certificates: [] }", "listeners[0].tls.certificates"),
+        ("{ cert: a.crt, key: a.key, certificates: [{ cert: b.crt, key: b.key }] }", "listeners[0].tls.certificates"),
+        ("{ ocsp_response: a.ocsp, certificates: [{ cert: b.crt, key: b.key }] }", "listeners[0].tls.ocsp_response"),
+        ("{ cert: a.crt, key: a.key, client_crl: [a.crl] }", "listeners[0].tls.client_crl"),
+        ("{ certificates: [{ cert: /nonexistent.crt, key: b.key }] }", "listeners[0].tls.certificates[0].cert"),
+    ];
+    for (tls, key) in cases {
+        assert_eq!(with(tls).key, key, "{tls}");
+    }
+}
+
+#[test]
 fn syntax_error_is_reported() {
     let e = err_of("listeners: [\n");
     assert!(e.to_string().starts_with("test.yaml"), "{e}");

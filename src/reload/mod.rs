@@ -226,6 +226,9 @@ fn swap_listeners(running: &mut Running, plan: &Plan, old: &Config, sockets: Vec
     for r in before {
         r.stop.cancel();
     }
+    // Every listener kept or started sets the expiry of its certificates again: a certificate no longer served
+    // must not stay in the gauge (its alert would fire for a file nobody serves).
+    running.metrics.tls_certificate_expiry.clear();
     for (l, mut r) in kept {
         running.update_listener(&mut r, l);
         running.listeners.push(r);

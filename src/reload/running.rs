@@ -208,10 +208,10 @@ fn session_context(
     metrics: &Arc<Metrics>,
     tasks: &Tasks,
 ) -> SessionContext {
-    if let Some(t) = &l.tls {
-        match &t.not_after {
-            Ok(not_after) => metrics.set_certificate_expiry(&l.name, *not_after),
-            Err(e) => warn!(listener = %l.name, error = %e, "certificate expiry unknown"),
+    for c in l.tls.iter().flat_map(|t| &t.certificates) {
+        match &c.not_after {
+            Ok(not_after) => metrics.set_certificate_expiry(&l.name, &c.label, *not_after),
+            Err(e) => warn!(listener = %l.name, certificate = %c.label, error = %e, "certificate expiry unknown"),
         }
     }
     SessionContext {

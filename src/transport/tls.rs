@@ -111,6 +111,10 @@ pub fn handshake_failure_kind(e: &io::Error) -> &'static str {
     }
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => "revoked",
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownRevocationStatus)) => {
+            "revocation_unknown"
+        }
         Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => "client_certificate",
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         Some(_) => "protocol",

@@ -105,3 +105,10 @@ impl Drop for LbProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `mqtt-lb check --config <config>`: whether it accepted the file, and what it printed.
+pub fn check_config(config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-lb")).args(["check", "--config"]).arg(config).output();
+    let out = out.expect("run mqtt-lb check");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

@@ -2,21 +2,16 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::coap::coap_settings;
 use super::formats::{check_origin, check_ws_path};
 use super::routes::{routes, Offers};
+use super::tls::tls;
 use super::Checker;
 use crate::config::listener_schema::FileListener;
-use crate::config::runtime::{
-    BackendConfig, BackendProtocol, ListenerConfig, ListenerProtocol, RequireIdentity, TlsConfig, DEFAULT_WS_PATH,
-};
-use crate::config::schema::FileTls;
+use crate::config::runtime::{BackendConfig, BackendProtocol, ListenerConfig, ListenerProtocol, DEFAULT_WS_PATH};
 use crate::config::ConfigError;
 use crate::net::Cidr;
-use crate::tls_material::certificates::{self, TlsPart};
-use crate::tls_material::ticket_keys;
 
 /// The listeners, and the TCP addresses they bind (the admin endpoint must not take one).
 pub(super) fn listeners(
@@ -135,44 +130,6 @@ pub(super) fn backend(
         Some(why) => Err(c.err(key, why)),
         None => Ok(index),
     }
-}
-
-/// `listeners[].tls`: the files resolved against the configuration's folder, read and checked now.
-fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfig>, ConfigError> {
-    let Some(t) = t else {
-        return Ok(None);
-    };
-    let cert = c.resolve(&t.cert);
-    let key_path = c.resolve(&t.key);
-    let client_ca = t.client_ca.as_deref().map(|p| c.resolve(p));
-    if t.require_identity != RequireIdentity::None && client_ca.is_none() {
-        return Err(c.err(
-            format!("{key}.tls.require_identity"),
-            "needs tls.client_ca: only a verified client certificate can vouch for an identity",
-        ));
-    }
-    let mut server_config = certificates::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
-        let field = match e.part {
-            TlsPart::Cert => "cert",
-            TlsPart::Key => "key",
-            TlsPart::ClientCa => "client_ca",
-        };
-        c.err(format!("{key}.tls.{field}"), e.message)
-    })?;
-    let ticket_keys = t.ticket_keys.as_deref().map(|p| c.resolve(p));
-    if let Some(path) = &ticket_keys {
-        server_config.ticketer = ticket_keys::load(path).map_err(|m| c.err(format!("{key}.tls.ticket_keys"), m))?;
-    }
-    let not_after = crate::metrics::certificate::leaf_not_after(&cert);
-    Ok(Some(TlsConfig {
-        cert,
-        key: key_path,
-        client_ca,
-        require_identity: t.require_identity,
-        ticket_keys,
-        server_config: Arc::new(server_config),
-        not_after,
-    }))
 }
 
 /// `listeners[].path`: the one path a `websocket` listener upgrades.

@@ -25,6 +25,7 @@ mod formats;
 mod http_check;
 mod listeners;
 mod routes;
+mod tls;
 
 /// Builds errors for one file, and resolves paths against its folder.
 struct Checker<'a> {

@@ -20,6 +20,7 @@
 //! - [`time`]: bounded waits, polling, free ports, opt-in logs.
 //! - [`broker`]: mosquitto processes.
 //! - [`pki`]: TLS material.
+//! - [`ca`]: a CA issuing certificates with chosen names and serials, CRLs and OCSP responses.
 //! - [`client`]: rumqttc clients and "which broker" through the proxy.
 //! - [`raw_mqtt`]: hand-made MQTT bytes over TLS.
 //! - [`proxy_yaml`]: the proxy's configuration text.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod ca;
 pub mod client;
 pub mod cluster;
 pub mod pki;
@@ -39,12 +41,13 @@ pub mod time;
 
 pub use admin::{http_get, metric, metric_in, try_http_get};
 pub use broker::{Mosquitto, WHOAMI_TOPIC};
+pub use ca::{Issued, TestCa};
 pub use client::{
     connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version, Via,
 };
 pub use cluster::Cluster;
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
-pub use proxy_yaml::{yaml_for, ProxyYaml};
+pub use proxy_yaml::{tls_listener_yaml, yaml_for, ProxyYaml};
 pub use raw_mqtt::{connect_packet, connect_packet_v311, connect_packet_v5, tls_connect, tls_exchange};
 pub use time::{bounded, eventually, free_port, init_tracing, wait_accepting, STEP_TIMEOUT};

@@ -1,5 +1,6 @@
 //! The configuration text of a proxy in front of test brokers, built field by field.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::broker::Mosquitto;
@@ -102,4 +103,15 @@ impl ProxyYaml {
         }
         y
     }
+}
+
+/// A configuration for the binary: one `mqtt` listener `mqtts` on `listen` with this `tls:` block (a YAML flow
+/// mapping), relaying to one server `b1` at `broker` (no health checks), the admin endpoint on `admin`, and a
+/// shutdown that neither waits nor drains for long.
+pub fn tls_listener_yaml(listen: SocketAddr, admin: SocketAddr, tls: &str, broker: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: mqtts, bind: \"{listen}\", protocol: mqtt, backend: brokers,\n      tls: {tls} }}\n\
+         backends:\n  - {{ name: brokers, health: {{ check: none }}, servers: [{{ name: b1, address: \"{broker}\" }}] }}\n\
+         admin: {{ bind: \"{admin}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n"
+    )
 }
