@@ -136,6 +136,9 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
+    /// With `client_ca`: the certificate name relayed to the broker as the CONNECT's User Name, whatever the client
+    /// sent ([`crate::mqtt::rewrite`]).
+    pub username_from_certificate: Option<CertificateName>,
     /// Session-ticket keys shared with other instances ([`crate::transport::ticket_keys`]); re-read on reload.
     pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
@@ -155,6 +158,16 @@ pub enum RequireIdentity {
     ClientId,
     /// The MQTT user name must be the certificate's CN or a SAN (else CONNACK not authorized).
     Username,
+}
+
+/// `tls.username_from_certificate`: which name of the verified client certificate becomes the User Name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateName {
+    /// The subject's first common name.
+    Cn,
+    /// The first subject alternative name (DNS name, e-mail address or URI, in the certificate's order).
+    San,
 }
 
 /// `backends[].on_down`: what happens to the relays of a server that health checks take down.

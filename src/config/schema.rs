@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::runtime::{
-    BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
-    ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT, DEFAULT_RATE_TABLE_SIZE,
-    DEFAULT_SHUTDOWN_GRACE,
+    BackendProtocol, Balance, CertificateName, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol,
+    RequireIdentity, ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT,
+    DEFAULT_RATE_TABLE_SIZE, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::units::{DurationValue, SizeValue};
 
@@ -94,6 +94,8 @@ pub(super) struct FileTls {
     pub(super) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(super) require_identity: RequireIdentity,
+    #[serde(default)]
+    pub(super) username_from_certificate: Option<CertificateName>,
     #[serde(default)]
     pub(super) ticket_keys: Option<PathBuf>,
 }

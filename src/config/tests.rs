@@ -490,3 +490,18 @@ fn extreme_numbers_are_refused_by_key_or_run_without_panic() {
         }
     }
 }
+
+#[test]
+fn username_from_certificate_needs_client_ca_and_names_cn_or_san() {
+    let with =
+        |tls: &str| GOOD.replacen("    backend: brokers\n", &format!("    tls: {tls}\n    backend: brokers\n"), 1);
+    let e = err_of(&with("{ cert: a.crt, key: a.key, username_from_certificate: cn }"));
+    assert_eq!(
+        e.to_string(),
+        "test.yaml: listeners[0].tls.username_from_certificate: needs tls.client_ca: the user name is taken from a \
+         verified client certificate"
+    );
+    let e = err_of(&with("{ cert: a.crt, key: a.key, client_ca: ca.pem, username_from_certificate: subject }"));
+    assert!(e.to_string().contains("username_from_certificate"), "{e}");
+    assert!(e.to_string().contains("cn") && e.to_string().contains("san"), "{e}");
+}

@@ -4,7 +4,8 @@
 //! validated) -> placement (the backend's servers ranked for the client id, from one snapshot of the pool) ->
 //! queue (the chosen server's `max_connections` and `max_connection_rate`: the client waits for them, within
 //! `queue_timeout` and its connect deadline, or is refused busy; never sent elsewhere: [`crate::balancer::gate`]) ->
-//! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
+//! upstream (the first candidate that answers gets the buffered bytes: unchanged, or with the CONNECT's user name
+//! from the client certificate under `tls.username_from_certificate`: [`crate::transport::upstream`]) ->
 //! relay -> end ([`end`]: the close reason and the one log line).
 //!
 //! Each phase returns `Result<_, Reject>`; a refusal ([`reject`]) is counted, logged and answered in one place.
@@ -31,7 +32,7 @@ use tracing::{debug, field, Span};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Refused;
 use crate::balancer::{Balancer, Pool};
-use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
+use crate::config::{CertificateName, Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::listener::{Admission, AdmissionTicket};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
@@ -68,6 +69,9 @@ pub struct SessionContext {
     pub trusted_proxies: Vec<Cidr>,
     /// `tls.require_identity`: the CONNECT field a client certificate must vouch for.
     pub require_identity: RequireIdentity,
+    /// `tls.username_from_certificate`: the certificate name the CONNECT relayed to the broker carries as its User
+    /// Name.
+    pub username_from_certificate: Option<CertificateName>,
     /// The server's shutdown token and the MQTT 5 DISCONNECT reason to send when it fires (`shutdown.disconnect`).
     pub shutdown_notice: Option<(CancellationToken, u8)>,
 }
@@ -239,9 +243,10 @@ impl Session {
     async fn mqtt(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         // The client's connect deadline: its CONNECT must arrive by then, and a wait for its server ends there too.
         let deadline = Instant::now() + self.ctx.limits.connect_timeout;
-        let (connect, buf) = self.first_packet(stream).await?;
+        let (connect, buf, len) = self.first_packet(stream).await?;
         let version = Some(connect.version);
         self.check_identity(&connect)?;
+        let buf = self.certificate_username(&connect, buf, len)?;
         if self.ctx.log_client_id {
             Span::current().record("client_id", crate::logging::clip(&connect.client_id).as_ref());
         }
@@ -271,8 +276,8 @@ impl Session {
     }
 
     /// The first packet, read under `connect_timeout` and `max_connect_size`, and validated as a CONNECT. Returns
-    /// it with the bytes read (the packet and anything the client sent after it).
-    async fn first_packet(&self, stream: &mut ClientStream) -> Result<(Connect, Vec<u8>), Reject> {
+    /// it with the bytes read (the packet and anything the client sent after it) and the packet's length.
+    async fn first_packet(&self, stream: &mut ClientStream) -> Result<(Connect, Vec<u8>, usize), Reject> {
         let ctx = &self.ctx;
         let start = Instant::now();
         let limits = &ctx.limits;
@@ -281,7 +286,7 @@ impl Session {
         let rules = ConnectRules { strict_v31_client_id: limits.strict_v31_client_id };
         let connect = parse_connect_with(buf.get(..len).unwrap_or_default(), rules).map_err(Reject::InvalidConnect)?;
         ctx.listener_metrics.connect_read_seconds.observe(start.elapsed().as_secs_f64());
-        Ok((connect, buf))
+        Ok((connect, buf, len))
     }
 
     /// `tls.require_identity`: the client certificate must vouch for the CONNECT's client id or user name.
@@ -296,6 +301,31 @@ impl Session {
         }
         debug!(claimed = %crate::logging::clip(claimed), "the client certificate does not vouch for this identity");
         Err(Reject::IdentityMismatch(connect.version))
+    }
+
+    /// `tls.username_from_certificate`: the bytes to send the server, with the CONNECT (the first `len` of `buf`)
+    /// re-encoded to carry the certificate's name as its User Name; `buf` unchanged without the option. A
+    /// certificate without that name (or with one MQTT cannot carry) is refused as not authorized.
+    fn certificate_username(&self, connect: &Connect, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, Reject> {
+        let Some(which) = self.ctx.username_from_certificate else {
+            return Ok(buf);
+        };
+        let name = self.identity.as_ref().and_then(|id| match which {
+            CertificateName::Cn => id.common_names.first(),
+            CertificateName::San => id.alt_names.first(),
+        });
+        let refused = || Reject::IdentityMismatch(connect.version);
+        let Some(name) = name else {
+            debug!(?which, "the client certificate has no name to use as the user name");
+            return Err(refused());
+        };
+        let (packet, after) = buf.split_at_checked(len).ok_or_else(refused)?;
+        let mut out = crate::mqtt::rewrite::with_username(packet, name).map_err(|e| {
+            debug!(error = %e, "the CONNECT could not carry the certificate's name as its user name");
+            refused()
+        })?;
+        out.extend_from_slice(after);
+        Ok(out)
     }
 
     /// One snapshot of the backend's pool and its usable servers for `key`, best first.

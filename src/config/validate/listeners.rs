@@ -130,6 +130,12 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
             "needs tls.client_ca: only a verified client certificate can vouch for an identity",
         ));
     }
+    if t.username_from_certificate.is_some() && client_ca.is_none() {
+        return Err(c.err(
+            format!("{key}.tls.username_from_certificate"),
+            "needs tls.client_ca: the user name is taken from a verified client certificate",
+        ));
+    }
     let mut server_config = certificates::server_config(&cert, &key_path, client_ca.as_deref()).map_err(|e| {
         let field = match e.part {
             TlsPart::Cert => "cert",
@@ -148,6 +154,7 @@ fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Option<TlsConfi
         key: key_path,
         client_ca,
         require_identity: t.require_identity,
+        username_from_certificate: t.username_from_certificate,
         ticket_keys,
         server_config: Arc::new(server_config),
         not_after,

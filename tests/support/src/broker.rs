@@ -42,21 +42,29 @@ pub struct Mosquitto {
     conf: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
+    /// Lines added to the configuration (e.g. `acl_file`, `auto_id_prefix`).
+    extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     /// Starts a broker named `name` with its files in `dir`, waits until it accepts, publishes its identity.
     pub async fn start(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, false).await
+        Self::start_inner(dir, name, false, "").await
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` lines added to the configuration (global options such as `acl_file`
+    /// or `auto_id_prefix`; an ACL must let anonymous clients write `lb/whoami`).
+    pub async fn start_with_config(dir: &Path, name: &str, extra: &str) -> Mosquitto {
+        Self::start_inner(dir, name, false, extra).await
     }
 
     /// Like [`Mosquitto::start`], plus a second listener speaking MQTT over WebSocket (`ws_port`).
     pub async fn start_with_websockets(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, true).await
+        Self::start_inner(dir, name, true, "").await
     }
 
-    async fn start_inner(dir: &Path, name: &str, websockets: bool) -> Mosquitto {
+    async fn start_inner(dir: &Path, name: &str, websockets: bool, extra: &str) -> Mosquitto {
         // A port chosen by `free_port` can be taken by someone else before mosquitto binds it: retry with another.
         let mut last_error = String::new();
         for _ in 0..4 {
@@ -68,6 +76,7 @@ impl Mosquitto {
                 conf: dir.join(format!("{name}.conf")),
                 log_path: dir.join(format!("{name}.log")),
                 stderr_path: dir.join(format!("{name}.stderr")),
+                extra: extra.to_owned(),
                 child: None,
             };
             if m.ws_port == Some(m.port) {
@@ -97,6 +106,8 @@ impl Mosquitto {
             self.log_path.display(),
             self.port
         ));
+        conf.push_str(&self.extra);
+        conf.push('\n');
         if let Some(ws) = self.ws_port {
             conf.push_str(&format!("listener {ws} 127.0.0.1\nprotocol websockets\n"));
         }
