@@ -340,6 +340,9 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// New relays to this server per second at most, evenly spaced; None: no cap.
     pub max_connection_rate: Option<u32>,
+    /// The prefix of the client ids this broker assigns (mosquitto's `auto_id_prefix`): a client id starting with
+    /// it is placed on this server ([`crate::balancer::assigned_id`]). No two servers' prefixes overlap.
+    pub assigned_id_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]

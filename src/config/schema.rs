@@ -190,6 +190,8 @@ pub(super) struct FileServer {
     pub(super) max_connections: Option<usize>,
     #[serde(default)]
     pub(super) max_connection_rate: Option<u32>,
+    #[serde(default)]
+    pub(super) assigned_id_prefix: Option<String>,
 }
 
 fn default_weight() -> u32 {

@@ -505,3 +505,25 @@ fn username_from_certificate_needs_client_ca_and_names_cn_or_san() {
     assert!(e.to_string().contains("username_from_certificate"), "{e}");
     assert!(e.to_string().contains("cn") && e.to_string().contains("san"), "{e}");
 }
+
+#[test]
+fn assigned_id_prefixes_are_set_per_server_and_never_overlap() {
+    let with =
+        |p1: &str, p2: &str| {
+            GOOD.replacen("\"127.0.0.1:1883\" }", &format!("\"127.0.0.1:1883\", assigned_id_prefix: {p1} }}"), 1)
+                .replacen("weight: 2 }", &format!("weight: 2, assigned_id_prefix: {p2} }}"), 1)
+        };
+    let c = parse(&with("b1-", "b2-"), Path::new("test.yaml")).unwrap();
+    let prefixes: Vec<_> = c.backends[0].servers.iter().map(|s| s.assigned_id_prefix.as_deref()).collect();
+    assert_eq!(prefixes, [Some("b1-"), Some("b2-")]);
+    assert_eq!(parse(GOOD, Path::new("test.yaml")).unwrap().backends[0].servers[0].assigned_id_prefix, None);
+    for (p1, p2, why) in [
+        ("b-", "b-2", "overlaps server \"b1\"'s prefix \"b-\""),
+        ("b-1", "b-", "overlaps"),
+        ("a", "\"\"", "must be 1 to"),
+    ] {
+        let e = err_of(&with(p1, p2)).to_string();
+        assert!(e.starts_with("test.yaml: backends[0].servers[1].assigned_id_prefix: "), "{p1} {p2}: {e}");
+        assert!(e.contains(why), "{p1} {p2}: {e}");
+    }
+}

@@ -49,6 +49,14 @@ use crate::transport::{ClientStream, ServerStream};
 use end::{ClientSide, EndLine, FirstEof, ServerSide};
 use reject::{refuse, Reject};
 
+/// What a client is placed by.
+enum Placement<'a> {
+    /// An MQTT client's id (None: empty), which may carry a server's `assigned_id_prefix`.
+    ClientId(Option<&'a [u8]>),
+    /// A `tcp` listener's client: its source address.
+    Source(&'a [u8]),
+}
+
 /// What every connection of one listener shares.
 pub struct SessionContext {
     pub name: String,
@@ -251,7 +259,7 @@ impl Session {
             Span::current().record("client_id", crate::logging::clip(&connect.client_id).as_ref());
         }
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
-        let (pool, candidates) = self.placement(key, version)?;
+        let (pool, candidates) = self.placement(Placement::ClientId(key), version)?;
         let (server, guard) = self.upstream(&pool, &candidates, &buf, deadline, version).await?;
         debug!(server = %guard.server().name, "relaying");
         let notice = match (&self.ctx.shutdown_notice, connect.version) {
@@ -269,7 +277,7 @@ impl Session {
     /// A raw TCP client: place it (by source address for `client-id` balance) and relay. Ok as for [`Self::mqtt`].
     async fn passthrough(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         let ip = self.peer.ip().to_string();
-        let (pool, candidates) = self.placement(Some(ip.as_bytes()), None)?;
+        let (pool, candidates) = self.placement(Placement::Source(ip.as_bytes()), None)?;
         let deadline = Instant::now() + pool.config.queue_timeout;
         let (server, guard) = self.upstream(&pool, &candidates, &[], deadline, None).await?;
         Ok(self.relay(stream, server, guard, None, 0, None).await)
@@ -331,11 +339,14 @@ impl Session {
     /// One snapshot of the backend's pool and its usable servers for `key`, best first.
     fn placement(
         &self,
-        key: Option<&[u8]>,
+        key: Placement<'_>,
         version: Option<ProtocolVersion>,
     ) -> Result<(Arc<Pool>, Vec<Arc<BackendServer>>), Reject> {
         let pool = self.ctx.balancer.pool();
-        let candidates = pool.candidates(key);
+        let candidates = match key {
+            Placement::ClientId(id) => pool.candidates_for_client(id),
+            Placement::Source(ip) => pool.candidates(Some(ip)),
+        };
         if candidates.is_empty() {
             return Err(Reject::NoServerAvailable(version));
         }
