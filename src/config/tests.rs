@@ -501,6 +501,9 @@ fn username_from_certificate_needs_client_ca_and_names_cn_or_san() {
         "test.yaml: listeners[0].tls.username_from_certificate: needs tls.client_ca: the user name is taken from a \
          verified client certificate"
     );
+    let tcp = with("{ cert: a.crt, key: a.key, client_ca: ca.pem, username_from_certificate: cn }");
+    let e = err_of(&tcp.replacen("protocol: mqtt", "protocol: tcp", 1)).to_string();
+    assert!(e.starts_with("test.yaml: listeners[0].tls.username_from_certificate: a tcp listener"), "{e}");
     let e = err_of(&with("{ cert: a.crt, key: a.key, client_ca: ca.pem, username_from_certificate: subject }"));
     assert!(e.to_string().contains("username_from_certificate"), "{e}");
     assert!(e.to_string().contains("cn") && e.to_string().contains("san"), "{e}");

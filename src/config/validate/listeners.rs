@@ -39,6 +39,16 @@ pub(super) fn listeners(
             return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
         }
         let backend = backend(c, &key, &l, backends)?;
+        if let FileListener::Stream(k) = &l {
+            if k.protocol == ListenerProtocol::Tcp
+                && k.tls.as_ref().is_some_and(|t| t.username_from_certificate.is_some())
+            {
+                return Err(c.err(
+                    format!("{key}.tls.username_from_certificate"),
+                    "a tcp listener reads no CONNECT: only mqtt and websocket listeners can set its user name",
+                ));
+            }
+        }
         listeners.push(match l {
             FileListener::Stream(k) => ListenerConfig {
                 tls: tls(c, &key, k.tls)?,
