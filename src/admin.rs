@@ -383,6 +383,7 @@ mod tests {
                     dtls_cid_node_id: None,
                     max_connections: None,
                     max_connection_rate: None,
+                    assigned_id_prefix: None,
                 };
                 let s = BackendServer::new(&config, metrics.server("b", &config.name));
                 s.set_state(state);

@@ -23,11 +23,13 @@
 //! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions
 //!    ([`mqtt::version`]), refusals ([`mqtt::connack`]), DISCONNECT ([`mqtt::disconnect`]), packet boundaries
-//!    ([`mqtt::boundary`]), the health probe's packets ([`mqtt::probe`]) and the broker's Server Keep Alive
-//!    ([`mqtt::server_keep_alive`]).
+//!    ([`mqtt::boundary`]), the health probe's packets ([`mqtt::probe`]), the broker's Server Keep Alive
+//!    ([`mqtt::server_keep_alive`]) and the CONNECT re-encoded with the client certificate's name as its user name
+//!    ([`mqtt::rewrite`]).
 //! 4. [`balancer`]: the servers of a backend ([`balancer::backend`], their addresses resolved off the path by
 //!    [`balancer::address`]) and the choice of one ([`balancer::selection`]: weighted rendezvous hashing,
-//!    round-robin, least connections); administrative states kept across restarts in [`balancer::state_file`]; each
+//!    round-robin, least connections; broker-assigned client ids placed back on their broker by its prefix,
+//!    [`balancer::assigned_id`]); administrative states kept across restarts in [`balancer::state_file`]; each
 //!    server's `max_connections` / `max_connection_rate` and the bounded queue for them in [`balancer::gate`].
 //! 5. [`routes`]: which backend a client goes to (a listener's routes on SNI, client id, user name and certificate
 //!    identity, first match wins; [`routes::glob`] and [`routes::host`] the patterns, [`session::route_table`]

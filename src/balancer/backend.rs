@@ -231,6 +231,7 @@ mod tests {
             dtls_cid_node_id: None,
             max_connections,
             max_connection_rate: None,
+            assigned_id_prefix: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! tries them in that order, so a connect error falls through to the next choice of the same ranking.
 
 pub mod address;
+pub mod assigned_id;
 pub mod backend;
 pub mod gate;
 pub mod selection;
@@ -50,6 +51,16 @@ impl Pool {
     pub fn candidates(&self, key: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
         let mut servers: Vec<Arc<BackendServer>> = self.servers.iter().filter(|s| s.usable()).cloned().collect();
         self.selection.order(key, &mut servers);
+        servers
+    }
+
+    /// [`Self::candidates`] for an MQTT client id (None: empty), with the server whose `assigned_id_prefix` the id
+    /// starts with first ([`assigned_id`]).
+    pub fn candidates_for_client(&self, client_id: Option<&[u8]>) -> Vec<Arc<BackendServer>> {
+        let mut servers = self.candidates(client_id);
+        if let Some(id) = client_id {
+            assigned_id::place_first(&self.config.servers, id, &mut servers);
+        }
         servers
     }
 }

@@ -124,6 +124,7 @@ mod tests {
                     dtls_cid_node_id: None,
                     max_connections: None,
                     max_connection_rate: None,
+                    assigned_id_prefix: None,
                 };
                 Arc::new(BackendServer::new(&c, m.server("b", &c.name)))
             })

@@ -151,6 +151,9 @@ pub struct TlsConfig {
     pub client_crl: Vec<PathBuf>,
     /// With `client_ca`: which CONNECT field must be the client certificate's CN or one of its SANs.
     pub require_identity: RequireIdentity,
+    /// With `client_ca`: the certificate name relayed to the broker as the CONNECT's User Name, whatever the client
+    /// sent ([`crate::mqtt::rewrite`]).
+    pub username_from_certificate: Option<CertificateName>,
     /// Session-ticket keys shared with other instances ([`crate::tls_material::ticket_keys`]); re-read on reload.
     pub ticket_keys: Option<PathBuf>,
     pub server_config: Arc<rustls::ServerConfig>,
@@ -169,6 +172,16 @@ pub enum RequireIdentity {
     ClientId,
     /// The MQTT user name must be the certificate's CN or a SAN (else CONNACK not authorized).
     Username,
+}
+
+/// `tls.username_from_certificate`: which name of the verified client certificate becomes the User Name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateName {
+    /// The subject's first common name.
+    Cn,
+    /// The first subject alternative name (DNS name, e-mail address or URI, in the certificate's order).
+    San,
 }
 
 /// `backends[].on_down`: what happens to the relays of a server that health checks take down.
@@ -347,6 +360,9 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// New relays to this server per second at most, evenly spaced; None: no cap.
     pub max_connection_rate: Option<u32>,
+    /// The prefix of the client ids this broker assigns (mosquitto's `auto_id_prefix`): a client id starting with
+    /// it is placed on this server ([`crate::balancer::assigned_id`]). No two servers' prefixes overlap.
+    pub assigned_id_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use super::http_check::{FileExpectStatus, FileHttpTls};
 use super::runtime::{
-    BackendProtocol, Balance, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol, RequireIdentity,
-    ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT, DEFAULT_RATE_TABLE_SIZE,
-    DEFAULT_SHUTDOWN_GRACE,
+    BackendProtocol, Balance, CertificateName, HealthCheckKind, ListenerProtocol, OnDown, ProxyProtocol,
+    RequireIdentity, ShutdownDisconnect, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_ADMIN_REQUEST_TIMEOUT,
+    DEFAULT_RATE_TABLE_SIZE, DEFAULT_SHUTDOWN_GRACE,
 };
 use super::units::{DurationValue, SizeValue};
 
@@ -104,6 +104,8 @@ pub(super) struct FileTls {
     pub(super) client_ca: Option<PathBuf>,
     #[serde(default)]
     pub(super) require_identity: RequireIdentity,
+    #[serde(default)]
+    pub(super) username_from_certificate: Option<CertificateName>,
     #[serde(default)]
     pub(super) ticket_keys: Option<PathBuf>,
 }
@@ -225,6 +227,8 @@ pub(super) struct FileServer {
     pub(super) max_connections: Option<usize>,
     #[serde(default)]
     pub(super) max_connection_rate: Option<u32>,
+    #[serde(default)]
+    pub(super) assigned_id_prefix: Option<String>,
 }
 
 fn default_weight() -> u32 {

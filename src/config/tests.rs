@@ -557,3 +557,43 @@ fn http_check_errors_name_the_key() {
         assert!(e.message.contains(what), "{health}: {e}");
     }
 }
+
+#[test]
+fn username_from_certificate_needs_client_ca_and_names_cn_or_san() {
+    let with =
+        |tls: &str| GOOD.replacen("    backend: brokers\n", &format!("    tls: {tls}\n    backend: brokers\n"), 1);
+    let e = err_of(&with("{ cert: a.crt, key: a.key, username_from_certificate: cn }"));
+    assert_eq!(
+        e.to_string(),
+        "test.yaml: listeners[0].tls.username_from_certificate: needs tls.client_ca: the user name is taken from a \
+         verified client certificate"
+    );
+    let tcp = with("{ cert: a.crt, key: a.key, client_ca: ca.pem, username_from_certificate: cn }");
+    let e = err_of(&tcp.replacen("protocol: mqtt", "protocol: tcp", 1)).to_string();
+    assert!(e.starts_with("test.yaml: listeners[0].tls.username_from_certificate: a tcp listener"), "{e}");
+    let e = err_of(&with("{ cert: a.crt, key: a.key, client_ca: ca.pem, username_from_certificate: subject }"));
+    assert!(e.to_string().contains("username_from_certificate"), "{e}");
+    assert!(e.to_string().contains("cn") && e.to_string().contains("san"), "{e}");
+}
+
+#[test]
+fn assigned_id_prefixes_are_set_per_server_and_never_overlap() {
+    let with =
+        |p1: &str, p2: &str| {
+            GOOD.replacen("\"127.0.0.1:1883\" }", &format!("\"127.0.0.1:1883\", assigned_id_prefix: {p1} }}"), 1)
+                .replacen("weight: 2 }", &format!("weight: 2, assigned_id_prefix: {p2} }}"), 1)
+        };
+    let c = parse(&with("b1-", "b2-"), Path::new("test.yaml")).unwrap();
+    let prefixes: Vec<_> = c.backends[0].servers.iter().map(|s| s.assigned_id_prefix.as_deref()).collect();
+    assert_eq!(prefixes, [Some("b1-"), Some("b2-")]);
+    assert_eq!(parse(GOOD, Path::new("test.yaml")).unwrap().backends[0].servers[0].assigned_id_prefix, None);
+    for (p1, p2, why) in [
+        ("b-", "b-2", "overlaps server \"b1\"'s prefix \"b-\""),
+        ("b-1", "b-", "overlaps"),
+        ("a", "\"\"", "must be 1 to"),
+    ] {
+        let e = err_of(&with(p1, p2)).to_string();
+        assert!(e.starts_with("test.yaml: backends[0].servers[1].assigned_id_prefix: "), "{p1} {p2}: {e}");
+        assert!(e.contains(why), "{p1} {p2}: {e}");
+    }
+}

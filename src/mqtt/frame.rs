@@ -149,6 +149,11 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
+    /// How many bytes are left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next `n` bytes.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], ReadError> {
         let (head, tail) = self.buf.split_at_checked(n).ok_or(ReadError::Eof)?;

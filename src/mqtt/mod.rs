@@ -21,7 +21,9 @@
 //! [`boundary`] (packet boundaries the relay stops at), [`probe`] (the
 //! `mqtt` health check's CONNECT and the CONNACK it expects) and
 //! [`server_keep_alive`] (the keep-alive an MQTT 5 broker imposes in its
-//! CONNACK, which the relay's keep-alive deadline follows).
+//! CONNACK, which the relay's keep-alive deadline follows) and [`rewrite`]
+//! (the CONNECT re-encoded with the client certificate's name as its User
+//! Name, `tls.username_from_certificate`).
 //!
 //! The parsers never panic, never allocate more than the input size, and
 //! borrow from the input until the few strings kept in [`Connect`] are copied.
@@ -63,6 +65,7 @@ pub mod disconnect;
 pub mod first_packet;
 pub mod frame;
 pub mod probe;
+pub mod rewrite;
 pub mod server_keep_alive;
 pub mod version;
 

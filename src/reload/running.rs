@@ -231,6 +231,7 @@ fn session_context(
         log_client_id: config.log.client_id,
         trusted_proxies: l.trusted_proxies.clone(),
         require_identity: l.tls.as_ref().map_or(RequireIdentity::None, |t| t.require_identity),
+        username_from_certificate: l.tls.as_ref().and_then(|t| t.username_from_certificate),
         shutdown_notice: config.shutdown.disconnect.reason_code().map(|reason| (tasks.shutdown.clone(), reason)),
     }
 }

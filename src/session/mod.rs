@@ -5,7 +5,8 @@
 //! ([`crate::routes`]); then that backend's servers ranked for the client id, from one snapshot of the pool) ->
 //! queue (the chosen server's `max_connections` and `max_connection_rate`: the client waits for them, within
 //! `queue_timeout` and its connect deadline, or is refused busy; never sent elsewhere: [`crate::balancer::gate`]) ->
-//! upstream (the first candidate that answers gets the buffered bytes unchanged: [`crate::transport::upstream`]) ->
+//! upstream (the first candidate that answers gets the buffered bytes: unchanged, or with the CONNECT's user name
+//! from the client certificate under `tls.username_from_certificate`: [`crate::transport::upstream`]) ->
 //! relay -> end ([`end`]: the close reason and the one log line).
 //!
 //! Each phase returns `Result<_, Reject>`; a refusal ([`crate::reject`]) is counted, logged and answered in one place.
@@ -33,7 +34,7 @@ use crate::admission::{Admission, AdmissionTicket};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Refused;
 use crate::balancer::Pool;
-use crate::config::{Cidr, Limits, ListenerProtocol, RequireIdentity};
+use crate::config::{CertificateName, Cidr, Limits, ListenerProtocol, RequireIdentity};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
 use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
@@ -50,6 +51,14 @@ use crate::transport::ws::{self, UpgradePolicy};
 use crate::transport::{ClientStream, ServerStream};
 use end::{ClientSide, EndLine, FirstEof, ServerSide};
 use route_table::Table;
+
+/// What a client is placed by.
+enum Placement<'a> {
+    /// An MQTT client's id (None: empty), which may carry a server's `assigned_id_prefix`.
+    ClientId(Option<&'a [u8]>),
+    /// A `tcp` listener's client: its source address.
+    Source(&'a [u8]),
+}
 
 /// What every connection of one listener shares.
 pub struct SessionContext {
@@ -72,6 +81,9 @@ pub struct SessionContext {
     pub trusted_proxies: Vec<Cidr>,
     /// `tls.require_identity`: the CONNECT field a client certificate must vouch for.
     pub require_identity: RequireIdentity,
+    /// `tls.username_from_certificate`: the certificate name the CONNECT relayed to the broker carries as its User
+    /// Name.
+    pub username_from_certificate: Option<CertificateName>,
     /// The server's shutdown token and the MQTT 5 DISCONNECT reason to send when it fires (`shutdown.disconnect`).
     pub shutdown_notice: Option<(CancellationToken, u8)>,
 }
@@ -256,9 +268,10 @@ impl Session {
     async fn mqtt(&self, stream: &mut ClientStream) -> Result<bool, Reject> {
         // The client's connect deadline: its CONNECT must arrive by then, and a wait for its server ends there too.
         let deadline = Instant::now() + self.ctx.limits.connect_timeout;
-        let (connect, buf) = self.first_packet(stream).await?;
+        let (connect, buf, len) = self.first_packet(stream).await?;
         let version = Some(connect.version);
         self.check_identity(&connect)?;
+        let buf = self.certificate_username(&connect, buf, len)?;
         if self.ctx.log_client_id {
             Span::current().record("client_id", crate::logging::clip(&connect.client_id).as_ref());
         }
@@ -269,7 +282,7 @@ impl Session {
             identity: self.identity.as_ref().map(PeerIdentity::names),
         };
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
-        let (pool, candidates) = self.placement(&client, key, version)?;
+        let (pool, candidates) = self.placement(&client, Placement::ClientId(key), version)?;
         let (server, guard) = self.upstream(&pool, &candidates, &buf, deadline, version).await?;
         debug!(server = %guard.server().name, "relaying");
         let notice = match (&self.ctx.shutdown_notice, connect.version) {
@@ -292,15 +305,15 @@ impl Session {
             identity: self.identity.as_ref().map(PeerIdentity::names),
             ..Client::default()
         };
-        let (pool, candidates) = self.placement(&client, Some(ip.as_bytes()), None)?;
+        let (pool, candidates) = self.placement(&client, Placement::Source(ip.as_bytes()), None)?;
         let deadline = Instant::now() + pool.config.queue_timeout;
         let (server, guard) = self.upstream(&pool, &candidates, &[], deadline, None).await?;
         Ok(self.relay(stream, server, guard, None, 0, None).await)
     }
 
     /// The first packet, read under `connect_timeout` and `max_connect_size`, and validated as a CONNECT. Returns
-    /// it with the bytes read (the packet and anything the client sent after it).
-    async fn first_packet(&self, stream: &mut ClientStream) -> Result<(Connect, Vec<u8>), Reject> {
+    /// it with the bytes read (the packet and anything the client sent after it) and the packet's length.
+    async fn first_packet(&self, stream: &mut ClientStream) -> Result<(Connect, Vec<u8>, usize), Reject> {
         let ctx = &self.ctx;
         let start = Instant::now();
         let limits = &ctx.limits;
@@ -309,7 +322,7 @@ impl Session {
         let rules = ConnectRules { strict_v31_client_id: limits.strict_v31_client_id };
         let connect = parse_connect_with(buf.get(..len).unwrap_or_default(), rules).map_err(Reject::InvalidConnect)?;
         ctx.listener_metrics.connect_read_seconds.observe(start.elapsed().as_secs_f64());
-        Ok((connect, buf))
+        Ok((connect, buf, len))
     }
 
     /// `tls.require_identity`: the client certificate must vouch for the CONNECT's client id or user name.
@@ -326,12 +339,37 @@ impl Session {
         Err(Reject::IdentityMismatch(connect.version))
     }
 
+    /// `tls.username_from_certificate`: the bytes to send the server, with the CONNECT (the first `len` of `buf`)
+    /// re-encoded to carry the certificate's name as its User Name; `buf` unchanged without the option. A
+    /// certificate without that name (or with one MQTT cannot carry) is refused as not authorized.
+    fn certificate_username(&self, connect: &Connect, buf: Vec<u8>, len: usize) -> Result<Vec<u8>, Reject> {
+        let Some(which) = self.ctx.username_from_certificate else {
+            return Ok(buf);
+        };
+        let name = self.identity.as_ref().and_then(|id| match which {
+            CertificateName::Cn => id.common_names.first(),
+            CertificateName::San => id.alt_names.first(),
+        });
+        let refused = || Reject::IdentityMismatch(connect.version);
+        let Some(name) = name else {
+            debug!(?which, "the client certificate has no name to use as the user name");
+            return Err(refused());
+        };
+        let (packet, after) = buf.split_at_checked(len).ok_or_else(refused)?;
+        let mut out = crate::mqtt::rewrite::with_username(packet, name).map_err(|e| {
+            debug!(error = %e, "the CONNECT could not carry the certificate's name as its user name");
+            refused()
+        })?;
+        out.extend_from_slice(after);
+        Ok(out)
+    }
+
     /// The client's backend (its route, else the listener's default), then one snapshot of that backend's pool
     /// and its usable servers for `key`, best first.
     fn placement(
         &self,
         client: &Client<'_>,
-        key: Option<&[u8]>,
+        key: Placement<'_>,
         version: Option<ProtocolVersion>,
     ) -> Result<(Arc<Pool>, Vec<Arc<BackendServer>>), Reject> {
         let Some(balancer) = self.ctx.backends.choose(client) else {
@@ -339,7 +377,10 @@ impl Session {
             return Err(Reject::NoRoute(version));
         };
         let pool = balancer.pool();
-        let candidates = pool.candidates(key);
+        let candidates = match key {
+            Placement::ClientId(id) => pool.candidates_for_client(id),
+            Placement::Source(ip) => pool.candidates(Some(ip)),
+        };
         if candidates.is_empty() {
             return Err(Reject::NoServerAvailable(version));
         }

@@ -184,6 +184,8 @@ fn servers(
         let dtls_cid_node_id = node_id(s.dtls_cid_node_id, protocol, &servers)
             .map_err(|m| c.err(format!("{skey}.dtls_cid_node_id"), m))?;
         caps(&s, protocol).map_err(|(name, m)| c.err(format!("{skey}.{name}"), m))?;
+        let assigned_id_prefix = assigned_id_prefix(s.assigned_id_prefix, protocol, &servers)
+            .map_err(|m| c.err(format!("{skey}.assigned_id_prefix"), m))?;
         servers.push(ServerConfig {
             name: s.name,
             address: s.address,
@@ -191,9 +193,43 @@ fn servers(
             dtls_cid_node_id,
             max_connections: s.max_connections,
             max_connection_rate: s.max_connection_rate,
+            assigned_id_prefix,
         });
     }
     Ok(servers)
+}
+
+/// The longest `servers[].assigned_id_prefix`, in bytes: mosquitto's ids are the prefix and 36 characters, and a
+/// client id is at most 65535 bytes.
+const MAX_ASSIGNED_ID_PREFIX: usize = 1024;
+
+/// `servers[].assigned_id_prefix`: not empty, no NUL, on MQTT backends only, and overlapping no other server's
+/// (neither may start with the other, or an id could belong to both).
+fn assigned_id_prefix(
+    set: Option<String>,
+    protocol: BackendProtocol,
+    others: &[ServerConfig],
+) -> Result<Option<String>, String> {
+    let Some(prefix) = set else {
+        return Ok(None);
+    };
+    if prefix.is_empty() || prefix.len() > MAX_ASSIGNED_ID_PREFIX || prefix.contains('\0') {
+        return Err(format!("must be 1 to {MAX_ASSIGNED_ID_PREFIX} bytes without NUL"));
+    }
+    if protocol == BackendProtocol::Coap {
+        return Err("coap backends have no client ids: only servers of MQTT backends have this key".to_owned());
+    }
+    let overlapping = others.iter().find(|o| {
+        o.assigned_id_prefix.as_deref().is_some_and(|p| p.starts_with(prefix.as_str()) || prefix.starts_with(p))
+    });
+    if let Some(other) = overlapping {
+        return Err(format!(
+            "{prefix:?} overlaps server {:?}'s prefix {:?}: an id must name one server",
+            other.name,
+            other.assigned_id_prefix.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(Some(prefix))
 }
 
 /// `servers[].dtls_cid_node_id`: a byte, on `coap` backends only, unique within the backend.

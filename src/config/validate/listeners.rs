@@ -48,6 +48,16 @@ pub(super) fn listeners(
                 "needed, unless routes are given (then clients no route takes are refused)",
             ));
         }
+        if let FileListener::Stream(k) = &l {
+            if k.protocol == ListenerProtocol::Tcp
+                && k.tls.as_ref().is_some_and(|t| t.username_from_certificate.is_some())
+            {
+                return Err(c.err(
+                    format!("{key}.tls.username_from_certificate"),
+                    "a tcp listener reads no CONNECT: only mqtt and websocket listeners can set its user name",
+                ));
+            }
+        }
         listeners.push(match l {
             FileListener::Stream(k) => ListenerConfig {
                 tls: tls(c, &key, k.tls)?,

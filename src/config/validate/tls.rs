@@ -25,6 +25,12 @@ pub(super) fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Opti
             "needs tls.client_ca: only a verified client certificate can vouch for an identity",
         ));
     }
+    if t.username_from_certificate.is_some() && client_ca.is_none() {
+        return Err(c.err(
+            format!("{key}.tls.username_from_certificate"),
+            "needs tls.client_ca: the user name is taken from a verified client certificate",
+        ));
+    }
     let client_crl: Vec<PathBuf> = t.client_crl.iter().flatten().map(|p| c.resolve(p)).collect();
     if t.client_crl.is_some() && client_ca.is_none() {
         return Err(c.err(
@@ -58,6 +64,7 @@ pub(super) fn tls(c: &Checker<'_>, key: &str, t: Option<FileTls>) -> Result<Opti
         client_ca,
         client_crl,
         require_identity: t.require_identity,
+        username_from_certificate: t.username_from_certificate,
         ticket_keys,
         server_config: Arc::new(server_config),
     }))

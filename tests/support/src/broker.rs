@@ -44,27 +44,35 @@ pub struct Mosquitto {
     conf: PathBuf,
     log_path: PathBuf,
     stderr_path: PathBuf,
+    /// Lines added to the configuration (e.g. `acl_file`, `auto_id_prefix`).
+    extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     /// Starts a broker named `name` with its files in `dir`, waits until it accepts, publishes its identity.
     pub async fn start(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, false, Ipv4Addr::LOCALHOST).await
+        Self::start_inner(dir, name, false, Ipv4Addr::LOCALHOST, "").await
     }
 
     /// Like [`Mosquitto::start`], listening on another loopback address (127.0.0.2, ...): servers on distinct
     /// hosts, as a check on another port of each server's host needs.
     pub async fn start_on(dir: &Path, name: &str, host: Ipv4Addr) -> Mosquitto {
-        Self::start_inner(dir, name, false, host).await
+        Self::start_inner(dir, name, false, host, "").await
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` lines added to the configuration (global options such as `acl_file`
+    /// or `auto_id_prefix`; an ACL must let anonymous clients write `lb/whoami`).
+    pub async fn start_with_config(dir: &Path, name: &str, extra: &str) -> Mosquitto {
+        Self::start_inner(dir, name, false, Ipv4Addr::LOCALHOST, extra).await
     }
 
     /// Like [`Mosquitto::start`], plus a second listener speaking MQTT over WebSocket (`ws_port`).
     pub async fn start_with_websockets(dir: &Path, name: &str) -> Mosquitto {
-        Self::start_inner(dir, name, true, Ipv4Addr::LOCALHOST).await
+        Self::start_inner(dir, name, true, Ipv4Addr::LOCALHOST, "").await
     }
 
-    async fn start_inner(dir: &Path, name: &str, websockets: bool, host: Ipv4Addr) -> Mosquitto {
+    async fn start_inner(dir: &Path, name: &str, websockets: bool, host: Ipv4Addr, extra: &str) -> Mosquitto {
         // A port chosen by `free_port` can be taken by someone else before mosquitto binds it: retry with another.
         let mut last_error = String::new();
         for _ in 0..4 {
@@ -77,6 +85,7 @@ impl Mosquitto {
                 conf: dir.join(format!("{name}.conf")),
                 log_path: dir.join(format!("{name}.log")),
                 stderr_path: dir.join(format!("{name}.stderr")),
+                extra: extra.to_owned(),
                 child: None,
             };
             if m.ws_port == Some(m.port) {
@@ -107,6 +116,8 @@ impl Mosquitto {
             self.port,
             self.host
         ));
+        conf.push_str(&self.extra);
+        conf.push('\n');
         if let Some(ws) = self.ws_port {
             conf.push_str(&format!("listener {ws} {}\nprotocol websockets\n", self.host));
         }

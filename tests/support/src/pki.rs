@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A test CA and a server certificate it signed (SANs `localhost`, 127.0.0.1), as PEM files in `dir`.
 pub struct TestPki {
@@ -17,6 +17,8 @@ pub struct TestPki {
     /// `server.key`
     pub key: PathBuf,
     ca_der: CertificateDer<'static>,
+    /// The CA's certificate and key, to issue client certificates.
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl TestPki {
@@ -55,8 +57,9 @@ impl TestPki {
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
             ca_der: ca.der().clone(),
+            issuer: ca,
         };
-        std::fs::write(&pki.ca, ca.pem()).expect("write ca.pem");
+        std::fs::write(&pki.ca, pki.issuer.pem()).expect("write ca.pem");
         std::fs::write(&pki.cert, cert.pem()).expect("write server.crt");
         std::fs::write(&pki.key, server_key.serialize_pem()).expect("write server.key");
         pki
@@ -64,14 +67,30 @@ impl TestPki {
 
     /// A rustls client configuration (ring provider) trusting only this CA.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(self.client_builder().with_no_client_auth())
+    }
+
+    /// Like [`TestPki::client_config`], presenting a client certificate this CA issues now, with subject CN `cn`
+    /// and DNS SANs `sans` (for listeners with `tls.client_ca: ca.pem`).
+    pub fn client_config_with_cert(&self, cn: &str, sans: &[&str]) -> Arc<rustls::ClientConfig> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate a client key");
+        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).expect("client certificate parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign the client certificate");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = self.client_builder().with_client_auth_cert(vec![cert.der().clone()], key);
+        Arc::new(config.expect("client certificate and key"))
+    }
+
+    fn client_builder(&self) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).expect("add the test CA to the root store");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("TLS versions of the ring provider")
             .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
     }
 }
 
