@@ -195,156 +195,179 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
+        m.register_clients(r);
+        m.register_servers(r);
+        m.register_configuration(r);
+        m.udp.register(r);
+        // Read from /proc at scrape time: a handful of small files, whatever the number of connections.
+        r.register_collector(Box::new(process::ProcessCollector::new()));
+        Metrics { registry, ..m }
+    }
+
+    /// The client side: connections by listener, their refusals and ends, handshakes, CONNECT validation, routes.
+    fn register_clients(&self, r: &mut Registry) {
         r.register("build", "mqtt-lb version", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
-        r.register("connections_accepted", "Client connections accepted, per listener", m.connections_accepted.clone());
-        r.register("connections_active", "Client connections open now, per listener", m.connections_active.clone());
+        r.register(
+            "connections_accepted",
+            "Client connections accepted, per listener",
+            self.connections_accepted.clone(),
+        );
+        r.register("connections_active", "Client connections open now, per listener", self.connections_active.clone());
         r.register(
             "connections_rejected",
             "Client connections refused or closed before relaying, per listener and reason",
-            m.connections_rejected.clone(),
+            self.connections_rejected.clone(),
         );
         r.register(
             "connections_closed",
             "Relayed client connections that ended, per listener and close reason",
-            m.connections_closed.clone(),
+            self.connections_closed.clone(),
         );
         r.register(
             "accept_pauses",
             "Times a listener stopped accepting because a limit was reached (max_connections, max_handshakes); \
              new clients wait in the kernel's accept queue meanwhile",
-            m.accept_pauses.clone(),
+            self.accept_pauses.clone(),
         );
         r.register(
             "accept_paused",
             "1 while a listener does not accept because of the limit, else 0",
-            m.accept_paused.clone(),
+            self.accept_paused.clone(),
         );
         r.register(
             "handshakes_in_flight",
             "TLS handshakes and WebSocket upgrades in progress, per listener (limits.max_handshakes bounds the sum)",
-            m.handshakes_in_flight.clone(),
+            self.handshakes_in_flight.clone(),
         );
         r.register(
             "connect_validation_failures",
             "First packets that failed CONNECT validation, per listener and reason",
-            m.connect_invalid.clone(),
+            self.connect_invalid.clone(),
         );
         r.register(
             "route_matches",
             "Clients sent to a backend by a listener's route (the first that matched), per listener and route",
-            m.route_matches.clone(),
+            self.route_matches.clone(),
         );
         r.register(
             "tls_handshake_failures",
             "TLS handshakes that failed, per listener and kind (timeout, eof, protocol, certificate, io)",
-            m.tls_handshake_failures.clone(),
+            self.tls_handshake_failures.clone(),
         );
         r.register(
             "websocket_frame_errors",
             "WebSocket clients closed for breaking the frame rules (ws_text_frame, ws_protocol), \
              per listener and reason",
-            m.websocket_frame_errors.clone(),
+            self.websocket_frame_errors.clone(),
         );
         r.register_with_unit(
             "tls_handshake_duration",
             "Time from accept to a completed TLS handshake",
             Unit::Seconds,
-            m.tls_handshake_seconds.clone(),
+            self.tls_handshake_seconds.clone(),
         );
         r.register_with_unit(
             "connect_read_duration",
             "Time to read the client's complete CONNECT once the transport is up",
             Unit::Seconds,
-            m.connect_read_seconds.clone(),
+            self.connect_read_seconds.clone(),
         );
-        r.register("server_up", "1 when the server passes its health checks, else 0", m.server_up.clone());
+    }
+
+    /// The server side: state, relays, bytes, connects, health probes, the per-server queue.
+    fn register_servers(&self, r: &mut Registry) {
+        r.register("server_up", "1 when the server passes its health checks, else 0", self.server_up.clone());
         r.register(
             "server_state",
             "Administrative state of the server: 1 for the current one of ready, drain, maint; 0 for the others",
-            m.server_state.clone(),
+            self.server_state.clone(),
         );
-        r.register("server_connections_active", "Relays open to the server now", m.server_connections_active.clone());
-        r.register("server_connections", "Relays opened to the server", m.server_connections.clone());
+        r.register(
+            "server_connections_active",
+            "Relays open to the server now",
+            self.server_connections_active.clone(),
+        );
+        r.register("server_connections", "Relays opened to the server", self.server_connections.clone());
         r.register_with_unit(
             "server_sent",
             "Bytes sent to the server (client to broker)",
             Unit::Bytes,
-            m.server_sent_bytes.clone(),
+            self.server_sent_bytes.clone(),
         );
         r.register_with_unit(
             "server_received",
             "Bytes received from the server (broker to client)",
             Unit::Bytes,
-            m.server_received_bytes.clone(),
+            self.server_received_bytes.clone(),
         );
         r.register(
             "server_connect_errors",
             "Failed or timed-out connects to the server",
-            m.server_connect_errors.clone(),
+            self.server_connect_errors.clone(),
         );
         r.register(
             "server_dns_lookups",
             "DNS lookups of the server's host name (in the background, not per connection)",
-            m.server_dns_lookups.clone(),
+            self.server_dns_lookups.clone(),
         );
         r.register_with_unit(
             "server_connect_duration",
             "Time to open a TCP connection to the server",
             Unit::Seconds,
-            m.server_connect_seconds.clone(),
+            self.server_connect_seconds.clone(),
         );
         r.register_with_unit(
             "health_probe_duration",
             "Duration of health probes, successful or not",
             Unit::Seconds,
-            m.probe_seconds.clone(),
+            self.probe_seconds.clone(),
         );
-        r.register("health_probe_failures", "Failed health probes", m.probe_failures.clone());
+        r.register("health_probe_failures", "Failed health probes", self.probe_failures.clone());
         r.register(
             "server_queued_clients",
             "Clients waiting now for the server's max_connections or max_connection_rate",
-            m.server_queued.clone(),
+            self.server_queued.clone(),
         );
         r.register_with_unit(
             "server_queue_wait",
             "Time clients of a capped server waited for it (0 when admitted at once), admitted or refused",
             Unit::Seconds,
-            m.server_queue_wait_seconds.clone(),
+            self.server_queue_wait_seconds.clone(),
         );
         r.register(
             "server_queue_refusals",
             "Clients of the server refused because it stayed at a cap: reason server_busy (waited until \
              queue_timeout or the connect deadline) or server_queue_full (max_queue clients waiting already)",
-            m.server_queue_refusals.clone(),
+            self.server_queue_refusals.clone(),
         );
         r.register(
             "health_probe_local_errors",
             "Health probes that could not run for want of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM, no \
              ephemeral port): not held against the server",
-            m.probe_local_errors.clone(),
+            self.probe_local_errors.clone(),
         );
-        r.register("config_reloads", "Configuration reloads by result", m.config_reloads.clone());
+    }
+
+    /// Reloads, certificates and the per-IP rate table.
+    fn register_configuration(&self, r: &mut Registry) {
+        r.register("config_reloads", "Configuration reloads by result", self.config_reloads.clone());
         r.register_with_unit(
             "tls_certificate_expiry_timestamp",
             "End of validity (notAfter) of each serving certificate of a TLS listener (named by its cert file), as a Unix \
              time",
             Unit::Seconds,
-            m.tls_certificate_expiry.clone(),
+            self.tls_certificate_expiry.clone(),
         );
         r.register(
             "connection_rate_table_entries",
             "Addresses the per-IP connection rate table holds now",
-            m.rate_table.entries.clone(),
+            self.rate_table.entries.clone(),
         );
         r.register(
             "connection_rate_table_evictions",
             "Per-IP rate buckets not yet refilled that were evicted to admit a new address (the table was full)",
-            m.rate_table.evictions.clone(),
+            self.rate_table.evictions.clone(),
         );
-        m.udp.register(r);
-        // Read from /proc at scrape time: a handful of small files, whatever the number of connections.
-        r.register_collector(Box::new(process::ProcessCollector::new()));
-        Metrics { registry, ..m }
     }
 
     /// The Prometheus text exposition (OpenMetrics) of every metric.
