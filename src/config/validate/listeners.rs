@@ -9,7 +9,9 @@ use super::routes::{routes, Offers};
 use super::tls::tls;
 use super::Checker;
 use crate::config::listener_schema::FileListener;
-use crate::config::runtime::{BackendConfig, BackendProtocol, ListenerConfig, ListenerProtocol, DEFAULT_WS_PATH};
+use crate::config::runtime::{
+    BackendConfig, BackendProtocol, ListenerConfig, ListenerProtocol, RouteConfig, DEFAULT_WS_PATH,
+};
 use crate::config::ConfigError;
 use crate::net::Cidr;
 
@@ -34,30 +36,7 @@ pub(super) fn listeners(
         if bind.port() != 0 && !same_transport.insert(bind) {
             return Err(c.err(format!("{key}.bind"), format!("{bind} is already used by another listener")));
         }
-        let default = l.backend().map(|name| backend(c, &format!("{key}.backend"), l.protocol(), name, backends));
-        let backend = default.transpose()?;
-        let offers = Offers {
-            protocol: l.protocol(),
-            tls: l.tls().is_some(),
-            client_ca: l.tls().is_some_and(|t| t.client_ca.is_some()),
-        };
-        let routes = routes(c, &key, l.routes(), &offers, backends)?;
-        if backend.is_none() && routes.is_empty() {
-            return Err(c.err(
-                format!("{key}.backend"),
-                "needed, unless routes are given (then clients no route takes are refused)",
-            ));
-        }
-        if let FileListener::Stream(k) = &l {
-            if k.protocol == ListenerProtocol::Tcp
-                && k.tls.as_ref().is_some_and(|t| t.username_from_certificate.is_some())
-            {
-                return Err(c.err(
-                    format!("{key}.tls.username_from_certificate"),
-                    "a tcp listener reads no CONNECT: only mqtt and websocket listeners can set its user name",
-                ));
-            }
-        }
+        let (backend, routes) = destinations(c, &key, &l, backends)?;
         listeners.push(match l {
             FileListener::Stream(k) => ListenerConfig {
                 tls: tls(c, &key, k.tls)?,
@@ -107,6 +86,40 @@ pub(super) fn listeners(
         });
     }
     Ok((listeners, binds))
+}
+
+/// Where listener `key`'s clients go: its default backend (if any) and its routes; one of them is needed. A `tcp`
+/// listener reads no CONNECT, so nothing may depend on one there.
+fn destinations(
+    c: &Checker<'_>,
+    key: &str,
+    l: &FileListener,
+    backends: &[BackendConfig],
+) -> Result<(Option<usize>, Vec<RouteConfig>), ConfigError> {
+    let default = l.backend().map(|name| backend(c, &format!("{key}.backend"), l.protocol(), name, backends));
+    let backend = default.transpose()?;
+    let offers = Offers {
+        protocol: l.protocol(),
+        tls: l.tls().is_some(),
+        client_ca: l.tls().is_some_and(|t| t.client_ca.is_some()),
+    };
+    let routes = routes(c, key, l.routes(), &offers, backends)?;
+    if backend.is_none() && routes.is_empty() {
+        return Err(c.err(
+            format!("{key}.backend"),
+            "needed, unless routes are given (then clients no route takes are refused)",
+        ));
+    }
+    if let FileListener::Stream(k) = l {
+        if k.protocol == ListenerProtocol::Tcp && k.tls.as_ref().is_some_and(|t| t.username_from_certificate.is_some())
+        {
+            return Err(c.err(
+                format!("{key}.tls.username_from_certificate"),
+                "a tcp listener reads no CONNECT: only mqtt and websocket listeners can set its user name",
+            ));
+        }
+    }
+    Ok((backend, routes))
 }
 
 /// The index of the backend `name` (at `key`: a listener's `backend` or a route's), which must carry what the
