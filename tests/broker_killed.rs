@@ -10,13 +10,13 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use binary::LbProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// New connections per second each broker may see.
 const RATE: usize = 5;
@@ -24,38 +24,6 @@ const RATE: usize = 5;
 const PER_BROKER: usize = 20;
 /// What the test's client ids start with: how a forwarder tells a client from a health probe.
 const MARKER: &str = "storm";
-
-/// A TCP forwarder in front of a broker that notes when each client connection (its CONNECT holds [`MARKER`]) was
-/// accepted: the broker's own view of its new-client rate. Health probes (which send no such CONNECT) pass uncounted.
-async fn counting_forwarder(broker: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the forwarder");
-    let addr = listener.local_addr().expect("forwarder address");
-    let accepts = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&accepts);
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let at = Instant::now();
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut first = [0u8; 256];
-                let n = match inbound.read(&mut first).await {
-                    Ok(n) if n > 0 => n,
-                    _ => return,
-                };
-                let head = first.get(..n).unwrap_or_default();
-                if head.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()) {
-                    seen.lock().expect("accept times").push(at);
-                }
-                if let Ok(mut outbound) = TcpStream::connect(broker).await {
-                    if outbound.write_all(head).await.is_ok() {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepts)
-}
 
 /// The most accepts in any one-second window starting at an accept, among those at or after `from`.
 fn busiest_second(times: &[Instant], from: Instant) -> usize {
@@ -123,8 +91,8 @@ async fn a_killed_brokers_clients_reach_each_survivor_at_no_more_than_its_max_co
         let mut b1 = Mosquitto::start(dir.path(), "b1").await;
         let b2 = Mosquitto::start(dir.path(), "b2").await;
         let b3 = Mosquitto::start(dir.path(), "b3").await;
-        let (f2, seen2) = counting_forwarder(b2.socket_addr()).await;
-        let (f3, seen3) = counting_forwarder(b3.socket_addr()).await;
+        let (f2, seen2) = counting_forwarder(b2.socket_addr(), Some(MARKER)).await;
+        let (f3, seen3) = counting_forwarder(b3.socket_addr(), Some(MARKER)).await;
         let caps = format!(", max_connection_rate: {RATE}");
         let (config, lb_addr, admin) = write_config(dir.path(), &b1.addr(), f2, f3, &caps);
         let placement = Placement::new(&mqtt_lb::config::load(&config).expect("the test config loads"));

@@ -9,13 +9,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use binary::LbProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// A listener `mqtt` (plain) in front of `b1` (with `caps` as extra keys) and `b2`; `backend` holds extra backend
 /// keys. Health checks are off: only clients' relays reach the brokers. Returns the config path, the listener and
@@ -191,26 +189,6 @@ async fn a_wait_ends_at_the_clients_connect_deadline_when_that_comes_first() {
     .await;
 }
 
-/// A TCP forwarder in front of a broker that notes when each connection is accepted: the broker's own view of its
-/// new-connection rate (mqtt-lb's metrics are not asked).
-async fn counting_forwarder(broker: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Instant>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the forwarder");
-    let addr = listener.local_addr().expect("forwarder address");
-    let accepts = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&accepts);
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            seen.lock().expect("accept times").push(Instant::now());
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(broker).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    (addr, accepts)
-}
-
 /// The most accepts in any one-second window starting at an accept.
 fn busiest_second(times: &[Instant]) -> usize {
     times
@@ -226,7 +204,7 @@ async fn a_burst_reaches_the_broker_at_no_more_than_max_connection_rate() {
         const RATE: usize = 4;
         const CLIENTS: usize = 12;
         let (dir, b1, b2) = two_brokers().await;
-        let (front, accepts) = counting_forwarder(b1.socket_addr()).await;
+        let (front, accepts) = counting_forwarder(b1.socket_addr(), None).await;
         let caps = format!(", max_connection_rate: {RATE}");
         let (config, lb_addr, admin) =
             write_config(dir.path(), &front.to_string(), &caps, &b2.addr(), "    queue_timeout: 9s\n");

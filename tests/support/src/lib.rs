@@ -27,12 +27,14 @@
 //! - [`proxy`]: the in-process proxy and the placement it should make.
 //! - [`admin`]: the admin endpoint's HTTP and metrics.
 //! - [`cluster`]: brokers and a PKI together, the usual set-up.
+//! - [`forwarder`]: a counting TCP forwarder, a broker's view of its new-connection rate.
 
 pub mod admin;
 pub mod broker;
 pub mod ca;
 pub mod client;
 pub mod cluster;
+pub mod forwarder;
 pub mod pki;
 pub mod proxy;
 pub mod proxy_yaml;
@@ -46,6 +48,7 @@ pub use client::{
     connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version, Via,
 };
 pub use cluster::Cluster;
+pub use forwarder::{counting_forwarder, AcceptTimes};
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
 pub use proxy_yaml::{tls_listener_yaml, yaml_for, ProxyYaml};
