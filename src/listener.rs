@@ -15,6 +15,7 @@ use crate::config::source_allowed;
 use crate::reject::Reject;
 use crate::session::{connection_span, Session, SessionContext};
 use crate::slots::Slot;
+use crate::transport::socket_options::ListenerOptions;
 use arc_swap::ArcSwap;
 
 /// Which limit a listener waits on before it accepts again: the `limit` label of the pause metrics.
@@ -157,10 +158,13 @@ pub async fn accept_loop(
 ) {
     let mut backoff = Duration::from_millis(5);
     let name = current.load().name.clone();
+    let mut socket_options = ListenerOptions::default();
     loop {
         if !wait_for_room(&current, &admission, &shutdown).await {
             break;
         }
+        // What the next accepted socket inherits: TCP_NODELAY and the keepalive settings of the moment.
+        socket_options.follow(&listener, current.load().limits.tcp_keepalive.as_ref());
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             r = listener.accept() => r,

@@ -1352,6 +1352,8 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
         assert_eq!(&header[12..14], &[0x21, 0x11], "v2, PROXY, TCP over IPv4");
         assert_eq!(&header[16..20], &[127, 0, 0, 1]);
         assert_eq!(u16::from_be_bytes([header[24], header[25]]), client.port(), "the client's port");
+        assert_eq!(&header[20..24], &[127, 0, 0, 1], "the address the client reached");
+        assert_eq!(u16::from_be_bytes([header[26], header[27]]), proxy.addrs["tlv"].port(), "the port it reached");
         let tlv = tlvs(&header[28..]);
         let ssl = tlv.iter().find(|(t, _)| *t == 0x20).map(|(_, v)| v.clone()).expect("PP2_TYPE_SSL");
         assert_eq!(ssl[0], 0x01 | 0x02, "PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN");

@@ -34,7 +34,7 @@ use crate::admission::{Admission, AdmissionTicket};
 use crate::balancer::backend::{ActiveGuard, BackendServer};
 use crate::balancer::gate::Refused;
 use crate::balancer::Pool;
-use crate::config::{CertificateName, Cidr, Limits, ListenerProtocol, RequireIdentity};
+use crate::config::{CertificateName, Cidr, Limits, ListenerProtocol, ProxyProtocol, RequireIdentity};
 use crate::metrics::{ListenerMetrics, Metrics, ReasonLabels};
 use crate::mqtt::first_packet::read_first_packet;
 use crate::mqtt::{parse_connect_with, Connect, ConnectRules, ProtocolVersion};
@@ -106,7 +106,8 @@ pub struct Session {
     ctx: Arc<SessionContext>,
     /// The client's address: the TCP peer, or what a trusted proxy's PROXY header says.
     peer: SocketAddr,
-    /// The address the client connected to (or what a trusted proxy's PROXY header says).
+    /// The address the client connected to, as a trusted proxy's PROXY header says; None without one (the
+    /// socket's own address is then asked for only when a server's PROXY header needs it).
     local: Option<SocketAddr>,
     /// When the connection was accepted.
     started: Instant,
@@ -159,9 +160,6 @@ impl Session {
         let ctx = Arc::clone(&self.ctx);
         ctx.listener_metrics.active.inc();
         let _active = ActiveListener(&ctx.listener_metrics);
-        let _ = tcp.set_nodelay(true);
-        crate::transport::keepalive::apply(&tcp, ctx.limits.tcp_keepalive.as_ref());
-        self.local = tcp.local_addr().ok();
         let transport = match self.proxy_header(&mut tcp).await {
             Ok(()) => self.transport(tcp).await,
             Err(reject) => Err(reject),
@@ -216,7 +214,7 @@ impl Session {
             Span::current().record("client", field::display(source));
             debug!("PROXY header");
             self.peer = source;
-            self.local = received.destination.or(self.local);
+            self.local = received.destination;
             if !crate::config::source_allowed(&ctx.allowed_sources, source.ip()) {
                 return Err(Reject::SourceNotAllowed);
             }
@@ -283,7 +281,7 @@ impl Session {
         };
         let key = (!connect.client_id.is_empty()).then_some(connect.client_id.as_bytes());
         let (pool, candidates) = self.placement(&client, Placement::ClientId(key), version)?;
-        let (server, guard) = self.upstream(&pool, &candidates, &buf, deadline, version).await?;
+        let (server, guard) = self.upstream(stream, &pool, &candidates, &buf, deadline, version).await?;
         debug!(server = %guard.server().name, "relaying");
         let notice = match (&self.ctx.shutdown_notice, connect.version) {
             (Some((token, reason)), ProtocolVersion::V5) => {
@@ -307,7 +305,7 @@ impl Session {
         };
         let (pool, candidates) = self.placement(&client, Placement::Source(ip.as_bytes()), None)?;
         let deadline = Instant::now() + pool.config.queue_timeout;
-        let (server, guard) = self.upstream(&pool, &candidates, &[], deadline, None).await?;
+        let (server, guard) = self.upstream(stream, &pool, &candidates, &[], deadline, None).await?;
         Ok(self.relay(stream, server, guard, None, 0, None).await)
     }
 
@@ -391,6 +389,7 @@ impl Session {
     /// it `first_bytes`.
     async fn upstream(
         &self,
+        stream: &ClientStream,
         pool: &Pool,
         candidates: &[Arc<BackendServer>],
         first_bytes: &[u8],
@@ -399,7 +398,12 @@ impl Session {
     ) -> Result<(ServerStream, ActiveGuard), Reject> {
         let chosen = candidates.first().ok_or(Reject::NoServerAvailable(version))?;
         let slot = self.queue(pool, chosen, deadline, version).await?;
-        let client = ClientAddresses { peer: self.peer, local: self.local, tls: self.tls_info.as_ref() };
+        // The address the client reached goes only into a PROXY header: asked of the socket only for one.
+        let local = match (self.local, pool.config.proxy_protocol) {
+            (None, ProxyProtocol::V1 | ProxyProtocol::V2) => stream.local_addr().ok(),
+            (local, _) => local,
+        };
+        let client = ClientAddresses { peer: self.peer, local, tls: self.tls_info.as_ref() };
         let keepalive = self.ctx.limits.tcp_keepalive.as_ref();
         let opened = upstream::open(&pool.config, candidates, &client, first_bytes, slot, keepalive).await;
         opened.ok_or(Reject::ServerConnectFailed(version))

@@ -3,7 +3,7 @@
 
 pub mod client_hello;
 pub mod identity;
-pub mod keepalive;
+pub mod socket_options;
 pub mod tls;
 pub mod upstream;
 pub mod ws;
@@ -23,6 +23,15 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
+    /// The address the client connected to (getsockname): asked only when a PROXY header to a server needs it.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            ClientStream::Plain(s) => s.local_addr(),
+            ClientStream::Tls(s) => s.tcp().local_addr(),
+            ClientStream::Ws(s) => s.get_ref().local_addr(),
+        }
+    }
+
     /// What a WebSocket client did wrong, if it did.
     pub fn ws_violation(&self) -> Option<ws::Violation> {
         match self {

@@ -171,6 +171,11 @@ impl TlsStream {
         self.server_name.take()
     }
 
+    /// The TCP connection under TLS.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
     /// The rustls connection: negotiated version, client certificate.
     pub fn connection(&self) -> &UnbufferedServerConnection {
         &self.conn

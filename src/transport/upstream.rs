@@ -95,8 +95,7 @@ async fn open_one(
     let connected = tokio::time::timeout(backend.connect_timeout, connect).await;
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
-    let _ = tcp.set_nodelay(true);
-    super::keepalive::apply(&tcp, keepalive);
+    super::socket_options::apply(&tcp, keepalive);
     let guard = server.track_slot(slot);
     let mut head = proxy_protocol::header_with_tls(
         backend.proxy_protocol,

@@ -116,6 +116,11 @@ impl<S> WsIo<S> {
         }
     }
 
+    /// The transport under the WebSocket.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// What the peer did wrong, once it did.
     pub fn violation(&self) -> Option<Violation> {
         match self.reading {
