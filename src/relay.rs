@@ -23,7 +23,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -87,11 +86,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
+    // What the two sides and the deadlines share, borrowed by each (all in this one task: no allocation).
     // Milliseconds from `start` to the last byte read from each side.
-    let (client_read, server_read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let window = Arc::new(Window::new(keep_alive.and_then(|k| k.factor.window(k.requested))));
-    let connack = keep_alive.filter(|k| k.follow_connack).map(|k| ConnackReader::new(k.factor, Arc::clone(&window)));
-    let fired = Arc::new(AtomicBool::new(false));
+    let (client_read, server_read) = (AtomicU64::new(0), AtomicU64::new(0));
+    let window = Window::new(keep_alive.and_then(|k| k.factor.window(k.requested)));
+    let connack = keep_alive.filter(|k| k.follow_connack).map(|k| ConnackReader::new(k.factor, &window));
+    let may_change = connack.is_some();
+    let fired = AtomicBool::new(false);
     let (gate, packet) = match notice {
         None => (None, Vec::new()),
         Some(n) => (
@@ -99,21 +100,21 @@ where
                 tracker: PacketTracker::default(),
                 cancelled: Box::pin(n.token.cancelled_owned()),
                 stopping: false,
-                fired: Arc::clone(&fired),
+                fired: &fired,
             }),
             n.packet,
         ),
     };
-    let client = Notifying { inner: client, fired, packet, written: 0 };
-    let activity = Arc::clone(&client_read);
+    let client = Notifying { inner: client, fired: &fired, packet, written: 0 };
+    let activity = &client_read;
     let mut client = Counted { inner: client, counter: sent, activity, start, gate: None, connack: None };
-    let activity = Arc::clone(&server_read);
+    let activity = &server_read;
     let mut server = Counted { inner: server, counter: received, activity, start, gate, connack };
     let copy = copy_bidirectional(&mut client, &mut server);
     tokio::select! {
         r = copy => finish(r),
         () = idle_watch(&client_read, &server_read, start, idle), if !idle.is_zero() => RelayEnd::Idle,
-        () = keep_alive::watch(&window, &client_read, start), if keep_alive.is_some() => RelayEnd::KeepAlive,
+        () = keep_alive::watch(&window, &client_read, start, may_change), if keep_alive.is_some() => RelayEnd::KeepAlive,
     }
 }
 
@@ -140,8 +141,10 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut a_to_b, mut b_to_a) = (Direction::default(), Direction::default());
-    // Once half-closed: the bytes moved when the timer was last set, and the timer.
-    let mut half_closed: Option<(u64, Pin<Box<tokio::time::Sleep>>)> = None;
+    // Once half-closed: the bytes moved when the timer was last set, and the timer (pinned here, in the task,
+    // rather than boxed).
+    let mut half_closed: Option<u64> = None;
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
     std::future::poll_fn(|cx| {
         let ab = a_to_b.poll_copy(cx, &mut *a, &mut *b)?;
         let ba = b_to_a.poll_copy(cx, &mut *b, &mut *a)?;
@@ -150,13 +153,12 @@ where
             (Poll::Pending, Poll::Pending) => Poll::Pending,
             _ => {
                 let moved = a_to_b.moved + b_to_a.moved;
-                let (seen, timer) =
-                    half_closed.get_or_insert_with(|| (moved, Box::pin(tokio::time::sleep(HALF_CLOSED_TIMEOUT))));
-                if *seen != moved {
-                    *seen = moved;
-                    timer.as_mut().reset(Instant::now() + HALF_CLOSED_TIMEOUT);
+                if half_closed != Some(moved) {
+                    half_closed = Some(moved);
+                    timer.set(Some(tokio::time::sleep(HALF_CLOSED_TIMEOUT)));
                 }
-                ready!(timer.as_mut().poll(cx));
+                let Some(sleep) = timer.as_mut().as_pin_mut() else { return Poll::Pending };
+                ready!(sleep.poll(cx));
                 Poll::Ready(Ok((a_to_b.moved, b_to_a.moved)))
             }
         }
@@ -273,37 +275,37 @@ async fn idle_watch(a: &AtomicU64, b: &AtomicU64, start: Instant, idle: Duration
 /// A stream that counts the bytes read from it and notes the time of the last read; with a gate, its reads end
 /// (EOF) at the first packet boundary after the notice fired; with a CONNACK reader, its first packet is read for
 /// the broker's Server Keep Alive.
-struct Counted<T> {
+struct Counted<'a, T> {
     inner: T,
     counter: Counter,
-    activity: Arc<AtomicU64>,
+    activity: &'a AtomicU64,
     start: Instant,
-    gate: Option<Gate>,
-    connack: Option<ConnackReader>,
+    gate: Option<Gate<'a>>,
+    connack: Option<ConnackReader<'a>>,
 }
 
-struct Gate {
+struct Gate<'a> {
     tracker: PacketTracker,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     stopping: bool,
-    fired: Arc<AtomicBool>,
+    fired: &'a AtomicBool,
 }
 
 /// The client side: on shutdown after the gate fired, writes the notice packet first.
-struct Notifying<T> {
+struct Notifying<'a, T> {
     inner: T,
-    fired: Arc<AtomicBool>,
+    fired: &'a AtomicBool,
     packet: Vec<u8>,
     written: usize,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Notifying<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Notifying<'_, T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Notifying<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Notifying<'_, T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
@@ -330,7 +332,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Notifying<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -373,7 +375,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }

@@ -62,15 +62,15 @@ fn millis(window: Option<Duration>) -> u64 {
 /// Reads the broker's first packet, as it passes, for an MQTT 5 Server Keep Alive; holds at most
 /// [`MAX_CONNACK`] bytes, and nothing once that packet is past.
 #[derive(Debug)]
-pub(super) struct ConnackReader {
+pub(super) struct ConnackReader<'a> {
     factor: KeepAliveFactor,
-    window: std::sync::Arc<Window>,
+    window: &'a Window,
     first: Vec<u8>,
     done: bool,
 }
 
-impl ConnackReader {
-    pub(super) fn new(factor: KeepAliveFactor, window: std::sync::Arc<Window>) -> ConnackReader {
+impl<'a> ConnackReader<'a> {
+    pub(super) fn new(factor: KeepAliveFactor, window: &'a Window) -> ConnackReader<'a> {
         ConnackReader { factor, window, first: Vec::new(), done: false }
     }
 
@@ -108,8 +108,13 @@ impl ConnackReader {
 }
 
 /// Resolves once the client has sent nothing for the window in force. `last_read` holds the milliseconds from
-/// `start` to the client's last byte.
-pub(super) async fn watch(window: &Window, last_read: &AtomicU64, start: Instant) {
+/// `start` to the client's last byte. `may_change`: a CONNACK reader may still set the window (MQTT 5); without one
+/// the window is fixed and no change is waited for.
+pub(super) async fn watch(window: &Window, last_read: &AtomicU64, start: Instant, may_change: bool) {
+    if !may_change {
+        let Some(allowed) = window.get() else { return std::future::pending().await };
+        return super::idle_watch(last_read, last_read, start, allowed).await;
+    }
     loop {
         let changed = window.changed.notified();
         tokio::pin!(changed);
@@ -132,8 +137,6 @@ pub(super) async fn watch(window: &Window, last_read: &AtomicU64, start: Instant
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
     #[test]
     fn the_connack_sets_the_window_whatever_the_split() {
         let factor = KeepAliveFactor(1500);
@@ -141,26 +144,26 @@ mod tests {
         let mut stream = vec![0x20, 0x09, 0x00, 0x00, 0x06, 0x21, 0x00, 0x0A, 0x13, 0x00, 0x04];
         stream.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b'x']);
         for split in 1..stream.len() {
-            let window = Arc::new(Window::new(factor.window(60)));
-            let mut reader = ConnackReader::new(factor, Arc::clone(&window));
+            let window = Window::new(factor.window(60));
+            let mut reader = ConnackReader::new(factor, &window);
             for chunk in stream.chunks(split) {
                 reader.feed(chunk);
             }
             assert_eq!(window.get(), Some(Duration::from_secs(6)), "split {split}");
             assert!(reader.done && reader.first.capacity() == 0);
         }
-        let window = Arc::new(Window::new(factor.window(60)));
-        ConnackReader::new(factor, Arc::clone(&window)).feed(&[0x20, 0x06, 0x00, 0x00, 0x03, 0x13, 0x00, 0x00]);
+        let window = Window::new(factor.window(60));
+        ConnackReader::new(factor, &window).feed(&[0x20, 0x06, 0x00, 0x00, 0x03, 0x13, 0x00, 0x00]);
         assert_eq!(window.get(), None, "Server Keep Alive 0: no deadline");
     }
 
     #[test]
     fn a_connack_without_it_or_too_large_keeps_the_connect_keep_alive() {
         let factor = KeepAliveFactor(1500);
-        let window = Arc::new(Window::new(factor.window(2)));
-        ConnackReader::new(factor, Arc::clone(&window)).feed(&[0x20, 0x02, 0x00, 0x00]);
+        let window = Window::new(factor.window(2));
+        ConnackReader::new(factor, &window).feed(&[0x20, 0x02, 0x00, 0x00]);
         assert_eq!(window.get(), Some(Duration::from_secs(3)));
-        let mut reader = ConnackReader::new(factor, Arc::clone(&window));
+        let mut reader = ConnackReader::new(factor, &window);
         reader.feed(&[0x20, 0xFF, 0x7F]); // 16 KiB
         assert!(reader.done);
         assert_eq!(window.get(), Some(Duration::from_secs(3)));
@@ -168,15 +171,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_watch_fires_after_the_window_of_silence_and_a_byte_moves_it() {
-        let window = Window::new(Some(Duration::from_secs(1)));
-        let last_read = AtomicU64::new(0);
-        let start = Instant::now();
-        let early = tokio::time::timeout(Duration::from_millis(500), watch(&window, &last_read, start)).await;
-        assert!(early.is_err(), "not before the window");
-        last_read.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let moved = tokio::time::timeout(Duration::from_millis(600), watch(&window, &last_read, start)).await;
-        assert!(moved.is_err(), "a byte moves the deadline");
-        tokio::time::timeout(Duration::from_secs(5), watch(&window, &last_read, start)).await.unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(1500));
+        // With a fixed window (3.1.1) and with one a CONNACK may still change (5).
+        for may_change in [false, true] {
+            let window = Window::new(Some(Duration::from_secs(1)));
+            let last_read = AtomicU64::new(0);
+            let start = Instant::now();
+            let watching = || watch(&window, &last_read, start, may_change);
+            let early = tokio::time::timeout(Duration::from_millis(500), watching()).await;
+            assert!(early.is_err(), "not before the window");
+            last_read.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let moved = tokio::time::timeout(Duration::from_millis(600), watching()).await;
+            assert!(moved.is_err(), "a byte moves the deadline");
+            tokio::time::timeout(Duration::from_secs(5), watching()).await.unwrap();
+            assert!(start.elapsed() >= Duration::from_millis(1500));
+        }
     }
 }

@@ -91,7 +91,7 @@ async fn open_one(
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
     // The address resolved off the path (a lookup here only before a host name's first answer).
-    let connect = async { TcpStream::connect(&server.socket_addrs().await?[..]).await };
+    let connect = async { connect_any(&server.socket_addrs().await?).await };
     let connected = tokio::time::timeout(backend.connect_timeout, connect).await;
     let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
     server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
@@ -125,6 +125,20 @@ async fn open_one(
         server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
     }
     Ok((stream, guard))
+}
+
+/// Connects to the first of `addrs` that accepts, in turn (tokio's `connect` over a slice does the same, after
+/// copying the slice into a vector on every call).
+async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(*addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")))
 }
 
 async fn write_flushed(stream: &mut ServerStream, bytes: &[u8]) -> std::io::Result<()> {
