@@ -557,11 +557,21 @@ impl Results {
             format!("{} KiB each: {} GiB for 100,000", fmt_opt(lb), gib.map_or("-".into(), |g| format!("{g:.2}"))),
             gib.map(|g| g <= 1.0),
         );
+        // mqtt-lb's own errors: the direct path is mosquitto alone, which a 9,500-client TLS storm overwhelms (its
+        // errors are in the table's errors row, and in the total below).
+        let path_errors = |path: PathKind| -> u64 {
+            values
+                .get("errors")
+                .and_then(|p| p.get(path.name()))
+                .map(|v| v.iter().sum::<f64>().round() as u64)
+                .unwrap_or(0)
+        };
+        let lb_errors = path_errors(PathKind::MqttLb);
         target(
-            "zero errors in every run".into(),
-            Some(total_errors as f64),
-            total_errors.to_string(),
-            Some(total_errors == 0),
+            "zero errors in every run (mqtt-lb)".into(),
+            Some(lb_errors as f64),
+            format!("{lb_errors} (all paths: {total_errors})"),
+            Some(lb_errors == 0),
         );
 
         let cpu = self.cpu_summary();
