@@ -210,6 +210,26 @@ fn backend_yaml(name: &str, health: &str, servers: &[(&str, String)]) -> String 
 /// Health settings that notice a dead server within half a second.
 const FAST_PING: &str = "{ check: coap-ping, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }";
 
+/// Servers `s1` to `s<n>` in `dir`.
+async fn start_servers(lc: &Libcoap, dir: &Path, n: usize) -> Vec<CoapServer> {
+    let mut servers = Vec::with_capacity(n);
+    for i in 1..=n {
+        servers.push(CoapServer::start(lc, dir, &format!("s{i}")).await);
+    }
+    servers
+}
+
+/// The proxy in process: `listeners` (YAML list items) in front of the CoAP backend `backend` over `servers`, checked
+/// with [`FAST_PING`].
+async fn proxy_over<'a>(
+    listeners: &str,
+    backend: &str,
+    servers: impl IntoIterator<Item = &'a CoapServer>,
+) -> TestProxy {
+    let servers: Vec<(&str, String)> = servers.into_iter().map(|s| (s.name.as_str(), s.addr())).collect();
+    TestProxy::start(&proxy_yaml(listeners, &backend_yaml(backend, FAST_PING, &servers))).await
+}
+
 /// Where the library places `key` on `backend` of `config`, with the servers in `down` marked down.
 fn place(config: &Config, backend: &str, key: PlacementKey<'_>, down: &[&str]) -> String {
     let b = config.backend(backend).expect("backend in the config").clone();
@@ -294,14 +314,9 @@ fn ports_covering(config: &Config, backend: &str, servers: &[&str], each: usize)
 async fn get_through_the_front_door_returns_the_answering_servers_identity() {
     let Some(lc) = libcoap() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    let servers = [
-        CoapServer::start(&lc, dir.path(), "s1").await,
-        CoapServer::start(&lc, dir.path(), "s2").await,
-        CoapServer::start(&lc, dir.path(), "s3").await,
-    ];
+    let servers = start_servers(&lc, dir.path(), 3).await;
     let listeners = "  - name: coap\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: coap_servers\n";
-    let backend = backend_yaml("coap_servers", FAST_PING, &servers.each_ref().map(|s| (s.name.as_str(), s.addr())));
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "coap_servers", &servers).await;
     let lb = proxy.addrs["coap"];
 
     let devices = ports_covering(&proxy.config, "coap_servers", &["s1", "s2", "s3"], 1);
@@ -328,15 +343,10 @@ async fn get_through_the_front_door_returns_the_answering_servers_identity() {
 async fn lwm2m_endpoint_keeps_its_server_across_expiry_and_port_changes() {
     let Some(lc) = libcoap() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    let servers = [
-        CoapServer::start(&lc, dir.path(), "s1").await,
-        CoapServer::start(&lc, dir.path(), "s2").await,
-        CoapServer::start(&lc, dir.path(), "s3").await,
-    ];
+    let servers = start_servers(&lc, dir.path(), 3).await;
     let listeners = "  - name: coap\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: lwm2m\n    \
                      flow_idle_timeout: 400ms\n";
-    let backend = backend_yaml("lwm2m", FAST_PING, &servers.each_ref().map(|s| (s.name.as_str(), s.addr())));
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "lwm2m", &servers).await;
     let lb = proxy.addrs["coap"];
     let all: Vec<&CoapServer> = servers.iter().collect();
 
@@ -610,15 +620,10 @@ async fn dtls_cid_node_id_reaches_the_issuing_server_through_every_instance() {
 async fn killing_a_server_moves_only_its_devices() {
     let Some(lc) = libcoap() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut servers = [
-        CoapServer::start(&lc, dir.path(), "s1").await,
-        CoapServer::start(&lc, dir.path(), "s2").await,
-        CoapServer::start(&lc, dir.path(), "s3").await,
-    ];
+    let mut servers = start_servers(&lc, dir.path(), 3).await;
     let listeners = "  - name: coap\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: coap_servers\n    \
                      flow_idle_timeout: 60s\n";
-    let backend = backend_yaml("coap_servers", FAST_PING, &servers.each_ref().map(|s| (s.name.as_str(), s.addr())));
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "coap_servers", &servers).await;
     let lb = proxy.addrs["coap"];
 
     let devices = ports_covering(&proxy.config, "coap_servers", &["s1", "s2", "s3"], 2);
@@ -655,8 +660,7 @@ async fn bad_input_and_floods_are_dropped_and_counted_while_others_work() {
     let server = CoapServer::start(&lc, dir.path(), "s1").await;
     let listeners = "  - name: coap\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: coap_servers\n    \
                      max_datagram_size: 512\n    max_datagram_rate_per_flow: 50\n";
-    let backend = backend_yaml("coap_servers", FAST_PING, &[("s1", server.addr())]);
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "coap_servers", [&server]).await;
     let lb = proxy.addrs["coap"];
     let series = |reason: &str| format!("mqttlb_udp_dropped_datagrams_total{{listener=\"coap\",reason=\"{reason}\"}}");
 
@@ -902,8 +906,7 @@ async fn flow_table_limits_are_enforced_and_counted() {
     let listeners = "  - name: small\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: coap_servers\n    \
                      max_flows: 2\n  - name: per_ip\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    \
                      backend: coap_servers\n    max_flows_per_ip: 2\n";
-    let backend = backend_yaml("coap_servers", FAST_PING, &[("s1", server.addr())]);
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "coap_servers", [&server]).await;
 
     let small = proxy.addrs["small"];
     let devices = [device_socket(small).await, device_socket(small).await, device_socket(small).await];
@@ -937,8 +940,7 @@ async fn observe_notifications_reach_the_device_through_the_flow() {
     let server = CoapServer::start(&lc, dir.path(), "s1").await;
     let listeners = "  - name: coap\n    bind: \"127.0.0.1:0\"\n    protocol: coap\n    backend: coap_servers\n    \
                      flow_idle_timeout: 2s\n";
-    let backend = backend_yaml("coap_servers", FAST_PING, &[("s1", server.addr())]);
-    let proxy = TestProxy::start(&proxy_yaml(listeners, &backend)).await;
+    let proxy = proxy_over(listeners, "coap_servers", [&server]).await;
     let lb = proxy.addrs["coap"];
     // Observe /time for 3 s: the server sends the time every second.
     let out = request(&lc, &["-s", "3", "-w"], &format!("coap://{lb}/time"), None).await;

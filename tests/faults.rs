@@ -10,15 +10,17 @@
 //! The tests run one at a time (a process-wide lock): they count the file descriptors and tokio tasks of this
 //! process and the memory of a proxy process, which tests running beside them would disturb.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use binary::LbProcess;
 use common::*;
 use mqtt_lb::mqtt::{check_fixed_header, encode_remaining_length};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -490,54 +492,6 @@ async fn a_broker_resetting_after_connack_ends_only_its_client() {
 // ---------------------------------------------------------------------------------------------------------------
 // 4. A client that stops reading while its broker floods it.
 
-/// mqtt-lb as its own process (the binary cargo built for these tests), so that its memory can be read alone.
-struct ProxyProcess {
-    child: Child,
-    listener: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl ProxyProcess {
-    /// Runs the binary with `yaml` (listener `mqtt` and admin on the given ports) and waits until both accept.
-    async fn start(dir: &Path, yaml: &str, listener: SocketAddr, admin: SocketAddr) -> ProxyProcess {
-        let config = dir.join("proxy.yaml");
-        std::fs::write(&config, yaml).expect("write the proxy config");
-        let log = std::fs::File::create(dir.join("proxy.log")).expect("create the proxy log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqtt-lb"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "mqtt_lb=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mqtt-lb");
-        let p = ProxyProcess { child, listener, admin };
-        assert!(wait_accepting(listener, Duration::from_secs(10)).await, "the proxy listens");
-        assert!(wait_accepting(admin, Duration::from_secs(10)).await, "the proxy's admin listens");
-        p
-    }
-
-    /// Resident memory (VmRSS) in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        // SIGKILL to this PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A subscriber stops reading while a publisher pushes 256 MiB at it through its broker. The proxy reads from the
 /// broker only what it can write to the client (backpressure), so its memory stays flat (grows by less than
 /// 20 MiB), and a second client of the same broker keeps round trips under a second meanwhile.
@@ -554,11 +508,14 @@ async fn a_client_that_stops_reading_costs_no_memory_and_no_latency_to_others() 
              \x20   servers: [{{ name: b0, address: \"{}\" }}]\nadmin: {{ bind: \"{admin}\" }}\n",
             broker.addr()
         );
-        let proxy = ProxyProcess::start(cluster.dir.path(), &yaml, listener, admin).await;
+        let config = cluster.dir.path().join("proxy.yaml");
+        std::fs::write(&config, &yaml).expect("write the proxy config");
+        // Its own process, so that its memory can be read alone.
+        let proxy = LbProcess::start_quiet(&config, listener, admin).await;
 
-        let mut slow = raw_client(proxy.listener, "slow-reader", 0).await;
+        let mut slow = raw_client(listener, "slow-reader", 0).await;
         raw_subscribe(&mut slow, "flood").await;
-        let mut other = MqttClient::connect(proxy.listener, None, "other", Version::V4).await.expect("other client");
+        let mut other = MqttClient::connect(listener, None, "other", Version::V4).await.expect("other client");
         other.round_trip("other/rt", b"warm").await.expect("a first round trip");
         let rss_before = proxy.rss();
         assert!(rss_before > 0, "read the proxy's VmRSS");
@@ -593,7 +550,7 @@ async fn a_client_that_stops_reading_costs_no_memory_and_no_latency_to_others() 
         }
         let _publisher = flood.await.expect("flood task");
         rss_peak = rss_peak.max(proxy.rss());
-        let to_clients = metric(proxy.admin, "mqttlb_server_received_bytes_total{backend=\"brokers\",server=\"b0\"}").await;
+        let to_clients = metric(admin, "mqttlb_server_received_bytes_total{backend=\"brokers\",server=\"b0\"}").await;
         let grew = rss_peak.saturating_sub(rss_before);
         eprintln!(
             "pushed {} MiB; proxy read {:.1} MiB from the broker; RSS {} -> {} KiB (+{} KiB); {round_trips} round trips, worst {worst:?}",
@@ -614,7 +571,7 @@ async fn a_client_that_stops_reading_costs_no_memory_and_no_latency_to_others() 
         assert_eq!(first >> 4, 3, "a PUBLISH waits for the slow client");
         drop(slow);
         other.disconnect().await;
-        metric_becomes(proxy.admin, "mqttlb_connections_active{listener=\"mqtt\"}", 0.0, STEP_TIMEOUT).await;
+        metric_becomes(admin, "mqttlb_connections_active{listener=\"mqtt\"}", 0.0, STEP_TIMEOUT).await;
     })
     .await;
 }

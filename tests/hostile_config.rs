@@ -16,17 +16,6 @@ use binary::LbProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A TLS listener on `port` in front of `server`, admin on `admin_port`, with `extra` appended.
-fn config_text(pki: &TestPki, server: &str, port: u16, admin_port: u16, extra: &str) -> String {
-    format!(
-        "listeners:\n  - name: mqtts\n    bind: \"127.0.0.1:{port}\"\n    protocol: mqtt\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    backend: brokers\n\
-         backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 200ms, timeout: 500ms }}\n    servers:\n      - {{ name: b1, address: \"{server}\" }}\n\
-         admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n{extra}",
-        pki.cert.display(),
-        pki.key.display(),
-    )
-}
-
 /// Runs the binary with `args` to its end (10 s at most): (success, stderr).
 fn run_binary(args: &[&str], config: &Path) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-lb"))
@@ -63,7 +52,7 @@ fn check_and_run_refuse_numbers_out_of_range_naming_the_key_and_the_range() {
         ("limits: { max_connection_rate_per_ip: 4294967295 }", "limits.max_connection_rate_per_ip", "0 to 1000000"),
     ];
     for (extra, key, words) in cases {
-        let text = config_text(&pki, "127.0.0.1:1", 0, 0, extra);
+        let text = tls_front_yaml(&pki, "127.0.0.1:1", 0, 0, extra);
         std::fs::write(&path, text).expect("write");
         for command in [&["check"][..], &["run"][..]] {
             let (ok, stderr) = run_binary(command, &path);
@@ -91,26 +80,12 @@ async fn post(admin: SocketAddr, path: &str, within: Duration) -> Result<(u16, S
     .map_err(|_| format!("POST {path}: no answer within {within:?}"))?
 }
 
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS value")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_naming_a_device_or_a_fifo_fails_fast_keeps_serving_and_sigterm_stops() {
     bounded(Duration::from_secs(60), "hostile reload", async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let broker = Mosquitto::start(dir.path(), "b1").await;
-        let (port, admin_port) = (free_port(), free_port());
-        let front = SocketAddr::from(([127, 0, 0, 1], port));
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-        let path = dir.path().join("lb.yaml");
-        let good = config_text(&pki, &broker.addr(), port, admin_port, "");
-        std::fs::write(&path, &good).expect("write");
+        // The directory bound first drops last, after the broker.
+        let OneBroker { dir, pki, broker: _broker, front, admin, config: path, yaml: good } = OneBroker::start().await;
         let mut lb = LbProcess::start(&path, admin).await;
-        let pid = lb.pid();
         let mut client =
             MqttClient::connect(front, Some(pki.client_config()), "held", Version::V4).await.expect("connect");
 
@@ -140,7 +115,7 @@ async fn a_reload_naming_a_device_or_a_fifo_fails_fast_keeps_serving_and_sigterm
         })
         .await;
         assert!(refused.is_some(), "four refused reloads counted");
-        let rss = vm_rss_kib(pid);
+        let rss = lb.rss() / 1024;
         eprintln!("VmRSS after the refused reloads: {rss} KiB");
         assert!(rss < 128 * 1024, "VmRSS {rss} KiB");
 

@@ -12,17 +12,6 @@ use binary::LbProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A TLS listener on `port` in front of `server`, admin on `admin_port`.
-fn config_text(pki: &TestPki, server: &str, port: u16, admin_port: u16) -> String {
-    format!(
-        "listeners:\n  - name: mqtts\n    bind: \"127.0.0.1:{port}\"\n    protocol: mqtt\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    backend: brokers\n\
-         backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 200ms, timeout: 500ms }}\n    servers:\n      - {{ name: b1, address: \"{server}\" }}\n\
-         admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n",
-        pki.cert.display(),
-        pki.key.display(),
-    )
-}
-
 /// A TLS 1.3 ClientHello naming `host` (of any length) in its SNI, split into records of at most 16 KiB.
 fn client_hello(host: &[u8]) -> Vec<u8> {
     let mut sni = vec![0x00];
@@ -66,15 +55,9 @@ async fn send_and_wait_close(addr: SocketAddr, bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_client_strings_do_not_reach_the_log_unbounded() {
     bounded(Duration::from_secs(120), "log amplification", async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pki = TestPki::new(dir.path());
-        let broker = Mosquitto::start(dir.path(), "b1").await;
-        let (port, admin_port) = (free_port(), free_port());
-        let front = SocketAddr::from(([127, 0, 0, 1], port));
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-        let path = dir.path().join("lb.yaml");
-        std::fs::write(&path, config_text(&pki, &broker.addr(), port, admin_port)).expect("write");
-        let mut lb = LbProcess::start(&path, admin).await;
+        let setup = OneBroker::start().await;
+        let (front, admin, pki) = (setup.front, setup.admin, &setup.pki);
+        let mut lb = LbProcess::start(&setup.config, admin).await;
         let before = lb.log().len();
 
         // 200 ClientHellos with a 60,000-character server name: refused and counted, not logged at info.

@@ -32,6 +32,28 @@ impl Expected {
             will: connect.will.as_ref().map(|w| (w.topic.clone(), w.qos, w.retain)),
         }
     }
+
+    /// What a CONNECT that rumqttc wrote from these inputs must decode to (`will` as in [`WILLS`]).
+    fn written(
+        version: ProtocolVersion,
+        client_id: &str,
+        clean_start: bool,
+        keep_alive: u16,
+        login: Option<(&str, &str)>,
+        will: Option<(&str, usize, u8, bool)>,
+    ) -> Self {
+        // rumqttc writes a login field only when it is non-empty.
+        let (has_username, has_password) = login.map_or((false, false), |(u, p)| (!u.is_empty(), !p.is_empty()));
+        Expected {
+            version,
+            client_id: client_id.to_owned(),
+            clean_start,
+            keep_alive,
+            has_username,
+            has_password,
+            will: will.map(|(t, _, q, r)| (t.to_owned(), q, r)),
+        }
+    }
 }
 
 const CLIENT_IDS: [&str; 6] = [
@@ -85,11 +107,6 @@ fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| b"offline!"[i % 8]).collect()
 }
 
-fn expected_login(login: Option<(&str, &str)>) -> (bool, bool) {
-    // rumqttc writes a field only when it is non-empty.
-    login.map_or((false, false), |(u, p)| (!u.is_empty(), !p.is_empty()))
-}
-
 /// Every combination of the v3.1.1 inputs above.
 fn v4_cases() -> Vec<(Vec<u8>, Expected)> {
     let mut cases = Vec::new();
@@ -110,16 +127,8 @@ fn v4_cases() -> Vec<(Vec<u8>, Expected)> {
                         };
                         let mut buf = BytesMut::new();
                         connect.write(&mut buf).expect("rumqttc encodes");
-                        let (has_username, has_password) = expected_login(login);
-                        let expected = Expected {
-                            version: ProtocolVersion::V311,
-                            client_id: client_id.to_owned(),
-                            clean_start: clean,
-                            keep_alive,
-                            has_username,
-                            has_password,
-                            will: will.map(|(t, _, q, r)| (t.to_owned(), q, r)),
-                        };
+                        let expected =
+                            Expected::written(ProtocolVersion::V311, client_id, clean, keep_alive, login, will);
                         cases.push((buf.to_vec(), expected));
                     }
                 }
@@ -207,17 +216,15 @@ fn v5_cases() -> Vec<(Vec<u8>, Expected)> {
                             let login = login.map(|(u, p)| v5::Login::new(u, p));
                             let mut buf = BytesMut::new();
                             connect.write(&last_will, &login, &mut buf).expect("rumqttc encodes");
-                            let (has_username, has_password) =
-                                expected_login(login.as_ref().map(|l| (&*l.username, &*l.password)));
-                            let expected = Expected {
-                                version: ProtocolVersion::V5,
-                                client_id: client_id.to_owned(),
-                                clean_start: clean,
+                            let written_login = login.as_ref().map(|l| (&*l.username, &*l.password));
+                            let expected = Expected::written(
+                                ProtocolVersion::V5,
+                                client_id,
+                                clean,
                                 keep_alive,
-                                has_username,
-                                has_password,
-                                will: will.map(|(t, _, q, r)| (t.to_owned(), q, r)),
-                            };
+                                written_login,
+                                will,
+                            );
                             cases.push((buf.to_vec(), expected));
                         }
                     }

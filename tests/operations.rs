@@ -1,5 +1,5 @@
-//! Operating mqtt-lb (issue 4), end to end with real parts: real mosquitto brokers, real TLS (an rcgen PKI built
-//! here, with client certificates and a second CA), real MQTT clients (rumqttc v3.1.1 and v5, raw bytes where the
+//! Operating mqtt-lb (issue 4), end to end with real parts: real mosquitto brokers, real TLS (the testkit's rcgen
+//! CA, with client certificates and a second CA), real MQTT clients (rumqttc v3.1.1 and v5, raw bytes where the
 //! exact answer matters), Debian's HAProxy as the PROXY protocol receiver, and the real binary for SIGHUP.
 //!
 //! - Hot reload under load: 200 clients publish while the configuration file is reloaded 20 times (certificate
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -37,78 +37,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_mqtt-lb");
 const HEALTH_MARGIN: Duration = Duration::from_millis(1500);
 
 // ---------------------------------------------------------------------------------------------------------------
-// PKI: CAs, server certificates with a chosen CN and serial, client certificates.
+// PKI: the testkit's CA ([`TestCa`]).
 
-struct Ca {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    /// The CA certificate as a PEM file (for `tls.client_ca`).
-    pem: PathBuf,
-}
-
-/// A client certificate (chain of one) and its PKCS#8 key.
-struct ClientCert {
-    chain: Vec<CertificateDer<'static>>,
-    key: Vec<u8>,
-}
-
-fn p256() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("generate a P-256 key")
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let issuer = rcgen::CertifiedIssuer::self_signed(params, p256()).expect("self-sign the CA");
-        let pem = dir.join(format!("{name}.pem"));
-        std::fs::write(&pem, issuer.pem()).expect("write the CA certificate");
-        Ca { issuer, pem }
-    }
-
-    /// A server certificate for `localhost` / 127.0.0.1 with this CN and serial, written to `cert` and `key`;
-    /// returns its DER (what a client must see in the handshake).
-    fn server_cert(&self, cert: &Path, key: &Path, cn: &str, serial: u64) -> CertificateDer<'static> {
-        let k = p256();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server certificate parameters");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial.to_be_bytes()));
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let c = params.signed_by(&k, &self.issuer).expect("sign the server certificate");
-        std::fs::write(cert, c.pem()).expect("write the server certificate");
-        std::fs::write(key, k.serialize_pem()).expect("write the server key");
-        c.der().clone()
-    }
-
-    /// A client certificate with this CN and these DNS SANs.
-    fn client_cert(&self, cn: &str, sans: &[&str]) -> ClientCert {
-        let k = p256();
-        let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(sans).expect("client certificate parameters");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let c = params.signed_by(&k, &self.issuer).expect("sign the client certificate");
-        ClientCert { chain: vec![c.der().clone()], key: k.serialize_der() }
-    }
-}
-
-/// A rustls client (ring) trusting `trust`, presenting `identity` if given.
-fn tls_client(trust: &Ca, identity: Option<&ClientCert>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trust.issuer.der().clone()).expect("add the CA to the root store");
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(id) => builder
-            .with_client_auth_cert(id.chain.clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone())))
-            .expect("client certificate and key"),
-    };
-    Arc::new(config)
+/// A server certificate of `ca` for `localhost` / 127.0.0.1 with this CN and serial, written to `cert` and `key`;
+/// returns its DER (what a client must see in the handshake).
+fn server_cert(ca: &TestCa, cert: &Path, key: &Path, cn: &str, serial: u64) -> CertificateDer<'static> {
+    ca.server_to(cert, key, cn, &["localhost", "127.0.0.1"], serial).der
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -479,8 +413,8 @@ async fn reload_twenty_times_under_load_without_dropping_a_relay() {
     bounded(Duration::from_secs(55), "reload under load", async {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        let ca = Ca::new(d, "reload-ca");
-        let tls = tls_client(&ca, None);
+        let ca = TestCa::new(d, "reload-ca");
+        let tls = ca.client_config(None);
         let mut brokers = Vec::new();
         for i in 0..4 {
             brokers.push(Mosquitto::start(d, &format!("b{i}")).await);
@@ -488,7 +422,7 @@ async fn reload_twenty_times_under_load_without_dropping_a_relay() {
         let addrs: HashMap<String, String> = brokers.iter().map(|b| (b.name.clone(), b.addr())).collect();
 
         let (cert, key) = (d.join("server.crt"), d.join("server.key"));
-        let mut current_cert = ca.server_cert(&cert, &key, "mqtt-lb-1", 1);
+        let mut current_cert = server_cert(&ca, &cert, &key, "mqtt-lb-1", 1);
         let mut plan = Plan {
             cert: cert.clone(),
             key: key.clone(),
@@ -570,13 +504,13 @@ async fn reload_twenty_times_under_load_without_dropping_a_relay() {
                 Step::MaxConnections(m) => next.max_connections = *m,
                 Step::CertInPlace(cn) => {
                     serial += 1;
-                    new_cert = Some(ca.server_cert(&next.cert, &next.key, cn, serial));
+                    new_cert = Some(server_cert(&ca, &next.cert, &next.key, cn, serial));
                 }
                 Step::CertNewFiles(cn) => {
                     serial += 1;
                     next.cert = d.join(format!("{cn}.crt"));
                     next.key = d.join(format!("{cn}.key"));
-                    new_cert = Some(ca.server_cert(&next.cert, &next.key, cn, serial));
+                    new_cert = Some(server_cert(&ca, &next.cert, &next.key, cn, serial));
                 }
                 Step::Invalid(..) => {}
             }
@@ -1248,10 +1182,10 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
     bounded(Duration::from_secs(40), "mTLS", async {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        let ca = Ca::new(d, "clients-ca");
-        let other_ca = Ca::new(d, "other-ca");
+        let ca = TestCa::new(d, "clients-ca");
+        let other_ca = TestCa::new(d, "other-ca");
         let (cert, key) = (d.join("server.crt"), d.join("server.key"));
-        ca.server_cert(&cert, &key, "localhost", 7);
+        server_cert(&ca, &cert, &key, "localhost", 7);
         let broker = Mosquitto::start(d, "b0").await;
         let recorder = TcpListener::bind("127.0.0.1:0").await.expect("bind the recorder");
         let recorder_addr = recorder.local_addr().expect("recorder address");
@@ -1281,13 +1215,13 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
         );
         let proxy = TestProxy::start(&yaml).await;
         let (by_id, by_user) = (proxy.addrs["by_id"], proxy.addrs["by_user"]);
-        let sensor = ca.client_cert("sensor-1", &["sensor-1.example.org"]);
-        let alice = ca.client_cert("alice", &[]);
-        let stranger = other_ca.client_cert("sensor-1", &[]);
+        let sensor = ca.client_with_sans("sensor-1", "sensor-1", &["sensor-1.example.org"], 201);
+        let alice = ca.client("alice", "alice", 202);
+        let stranger = other_ca.client("stranger", "sensor-1", 203);
 
         // No certificate, and a certificate of another CA: the handshake fails, nothing reaches the broker.
         for (what, config) in
-            [("no certificate", tls_client(&ca, None)), ("another CA", tls_client(&ca, Some(&stranger)))]
+            [("no certificate", ca.client_config(None)), ("another CA", ca.client_config(Some(&stranger)))]
         {
             let answer = match tls_connect(by_id, config).await {
                 Err(e) => Answer::Closed(Vec::new(), e.to_string()),
@@ -1302,7 +1236,7 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
         assert_eq!(rejected(proxy.admin, "by_id", "tls_handshake").await, 2.0);
 
         // A valid certificate whose CN is not the client id: CONNACK not authorized, 0x05 (3.1.1) and 0x87 (5).
-        let sensor_tls = tls_client(&ca, Some(&sensor));
+        let sensor_tls = ca.client_config(Some(&sensor));
         for (level, want) in [(4u8, vec![0x20, 0x02, 0x00, 0x05]), (5, vec![0x20, 0x03, 0x00, 0x87, 0x00])] {
             let mut s = tls_connect(by_id, sensor_tls.clone()).await.expect("TLS with a valid certificate");
             assert_eq!(exchange(&mut s, &connect_packet(level, "sensor-2", None)).await, Answer::Packet(want.clone()));
@@ -1330,7 +1264,7 @@ async fn mtls_requires_a_certificate_that_vouches_for_the_client_id_or_username(
         .expect("the SAN client reached mosquitto");
 
         // require_identity: username.
-        let alice_tls = tls_client(&ca, Some(&alice));
+        let alice_tls = ca.client_config(Some(&alice));
         for (user, want) in [(Some("alice"), 0x00), (Some("bob"), 0x05), (None, 0x05)] {
             let mut s = tls_connect(by_user, alice_tls.clone()).await.expect("TLS");
             let answer = exchange(&mut s, &connect_packet(4, "any-client-id", user)).await;

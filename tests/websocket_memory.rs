@@ -8,16 +8,17 @@
 //! Beside it, what an idle WSS connection costs against an idle MQTTS one, side by side in one process
 //! (`MQTTLB_IDLE_CONNS` of each, 1,000 by default).
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use binary::LbProcess;
 use common::*;
 
 /// The default `limits.max_ws_frame_size`, which used to bound a message and so what a connection could buffer.
@@ -25,49 +26,6 @@ const OLD_CAP: usize = 1 << 20;
 
 /// The most one attacking connection may add to the proxy's resident memory.
 const PER_CONNECTION_BOUND: u64 = 64 * 1024;
-
-/// The binary, with its config in `dir`; killed (this PID only) on drop.
-struct ProxyProcess {
-    child: Child,
-}
-
-impl ProxyProcess {
-    async fn start(dir: &Path, yaml: &str, listener: SocketAddr, admin: SocketAddr) -> ProxyProcess {
-        let config = dir.join("proxy.yaml");
-        std::fs::write(&config, yaml).expect("write the proxy config");
-        let log = std::fs::File::create(dir.join("proxy.log")).expect("create the proxy log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqtt-lb"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "mqtt_lb=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mqtt-lb");
-        let p = ProxyProcess { child };
-        assert!(wait_accepting(listener, Duration::from_secs(10)).await, "the proxy listens");
-        assert!(wait_accepting(admin, Duration::from_secs(10)).await, "the proxy's admin listens");
-        p
-    }
-
-    /// Resident memory (VmRSS) in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The header of a masked client frame (`opcode`, FIN bit `fin`) declaring `len` payload bytes; mask 0x5a x 4.
 fn client_header(opcode: u8, fin: bool, len: usize) -> Vec<u8> {
@@ -171,7 +129,9 @@ async fn a_never_ending_fragmented_message_and_an_unfilled_frame_cost_a_websocke
              \x20   servers: [{{ name: b0, address: \"{}\" }}]\nadmin: {{ bind: \"{admin}\" }}\n",
             broker.addr()
         );
-        let proxy = ProxyProcess::start(dir.path(), &yaml, listener, admin).await;
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, &yaml).expect("write the proxy config");
+        let proxy = LbProcess::start_quiet(&config, listener, admin).await;
         let sent_to_broker = || metric(admin, "mqttlb_server_sent_bytes_total{backend=\"brokers\",server=\"b0\"}");
         let all_relayed = |want: usize| {
             eventually(Duration::from_secs(60 + conns as u64 / 5), move || async move {
@@ -264,7 +224,9 @@ async fn an_idle_wss_connection_costs_at_most_a_quarter_more_than_an_idle_mqtts_
              \x20   servers: [{{ name: b0, address: \"{}\" }}]\nadmin: {{ bind: \"{admin}\" }}\n",
             broker.addr()
         );
-        let proxy = ProxyProcess::start(dir.path(), &yaml, mqtts, admin).await;
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, &yaml).expect("write the proxy config");
+        let proxy = LbProcess::start_quiet(&config, mqtts, admin).await;
         let mut open = Vec::new();
         for i in 0..50 {
             open.push(idle_client(mqtts, pki.client_config(), false, &format!("warm-m{i}")).await);

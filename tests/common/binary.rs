@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::common::{eventually, try_http_get};
+use crate::common::{eventually, try_http_get, wait_accepting};
 
 /// A running `mqtt-lb run --config <file>`; killed (by PID) on drop.
 pub struct LbProcess {
@@ -28,6 +28,29 @@ impl LbProcess {
     /// Like [`LbProcess::start`], with the process's open-file limit (soft and hard, as `ulimit -n` sets them) at
     /// `open_files` when given, so that a test can run it out of file descriptors with a few connections.
     pub async fn start_with_open_files(config: &Path, admin: SocketAddr, open_files: Option<u64>) -> LbProcess {
+        let lb = Self::spawn(config, open_files, None);
+        let ready = eventually(Duration::from_secs(10), || async {
+            try_http_get(admin, "/readyz").await.ok().filter(|r| r.0 == 200)
+        });
+        if ready.await.is_none() {
+            panic!("mqtt-lb not ready on {admin}; log:\n{}", lb.log());
+        }
+        lb
+    }
+
+    /// Starts the binary on `config` logging warnings only (`RUST_LOG=mqtt_lb=warn`: a memory measurement should not
+    /// count a line per connection), and waits (10 s at most each) until `listener` and `admin` accept, whether or not
+    /// its backends are healthy yet.
+    pub async fn start_quiet(config: &Path, listener: SocketAddr, admin: SocketAddr) -> LbProcess {
+        let lb = Self::spawn(config, None, Some("mqtt_lb=warn"));
+        assert!(wait_accepting(listener, Duration::from_secs(10)).await, "the proxy listens");
+        assert!(wait_accepting(admin, Duration::from_secs(10)).await, "the proxy's admin listens");
+        lb
+    }
+
+    /// `mqtt-lb run --config <config>` with stderr to `<config>.<n>.log`, RUST_LOG at `log_filter` when given (else
+    /// inherited), and the open-file limit at `open_files` when given.
+    fn spawn(config: &Path, open_files: Option<u64>, log_filter: Option<&str>) -> LbProcess {
         let log_path = (0..).map(|n| config.with_extension(format!("{n}.log"))).find(|p| !p.exists());
         let log_path = log_path.expect("a free log name");
         let log = std::fs::File::create(&log_path).expect("create the log file");
@@ -41,6 +64,9 @@ impl LbProcess {
                 sh
             }
         };
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        }
         let child = command
             .arg("run")
             .arg("--config")
@@ -50,14 +76,7 @@ impl LbProcess {
             .stderr(log)
             .spawn()
             .expect("start mqtt-lb");
-        let lb = LbProcess { child, log_path };
-        let ready = eventually(Duration::from_secs(10), || async {
-            try_http_get(admin, "/readyz").await.ok().filter(|r| r.0 == 200)
-        });
-        if ready.await.is_none() {
-            panic!("mqtt-lb not ready on {admin}; log:\n{}", lb.log());
-        }
-        lb
+        LbProcess { child, log_path }
     }
 
     /// Sends `signal` (e.g. "TERM") to this process only.
@@ -92,6 +111,14 @@ impl LbProcess {
     /// How many files the process holds open now (`/proc/<pid>/fd`).
     pub fn open_files(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Its resident memory (VmRSS in `/proc/<pid>/status`) in bytes; panics if that cannot be read.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read /proc/<pid>/status");
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("a VmRSS line");
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("VmRSS in kB") * 1024
     }
 
     pub fn log(&self) -> String {

@@ -46,15 +46,41 @@ impl TestCa {
     /// A server certificate with this CN, these SANs (DNS names or IP addresses) and this serial, written to
     /// `<stem>.crt` and `<stem>.key`.
     pub fn server(&self, stem: &str, cn: &str, sans: &[&str], serial: u64) -> Issued {
-        self.issue(stem, cn, sans, serial, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+        let (cert, key) = self.files(stem);
+        self.server_to(&cert, &key, cn, sans, serial)
+    }
+
+    /// Like [`TestCa::server`], written to the files `cert` and `key` wherever they are (a reload test rewrites the
+    /// files its configuration names).
+    pub fn server_to(&self, cert: &Path, key: &Path, cn: &str, sans: &[&str], serial: u64) -> Issued {
+        self.issue(cert, key, cn, sans, serial, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate with this CN and serial, written to `<stem>.crt` and `<stem>.key`.
     pub fn client(&self, stem: &str, cn: &str, serial: u64) -> Issued {
-        self.issue(stem, cn, &[], serial, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+        self.client_with_sans(stem, cn, &[], serial)
     }
 
-    fn issue(&self, stem: &str, cn: &str, sans: &[&str], serial: u64, usage: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+    /// Like [`TestCa::client`], naming these DNS names in its SANs too (an identity a listener may require).
+    pub fn client_with_sans(&self, stem: &str, cn: &str, sans: &[&str], serial: u64) -> Issued {
+        let (cert, key) = self.files(stem);
+        self.issue(&cert, &key, cn, sans, serial, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// `<stem>.crt` and `<stem>.key` in the CA's folder.
+    fn files(&self, stem: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("{stem}.crt")), self.dir.join(format!("{stem}.key")))
+    }
+
+    fn issue(
+        &self,
+        cert: &Path,
+        key: &Path,
+        cn: &str,
+        sans: &[&str],
+        serial: u64,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Issued {
         let k = p256();
         let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
         let mut params = rcgen::CertificateParams::new(sans).expect("certificate parameters");
@@ -63,8 +89,8 @@ impl TestCa {
         params.extended_key_usages = vec![usage];
         let c = params.signed_by(&k, &self.issuer).expect("sign the certificate");
         let issued = Issued {
-            cert: self.dir.join(format!("{stem}.crt")),
-            key: self.dir.join(format!("{stem}.key")),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
             der: c.der().clone(),
             key_der: k.serialize_der(),
         };

@@ -26,7 +26,7 @@
 //! - [`proxy_yaml`]: the proxy's configuration text.
 //! - [`proxy`]: the in-process proxy and the placement it should make.
 //! - [`admin`]: the admin endpoint's HTTP and metrics.
-//! - [`cluster`]: brokers and a PKI together, the usual set-up.
+//! - [`cluster`]: brokers and a PKI together, the usual set-up (or one broker and the binary's config file).
 //! - [`forwarder`]: a counting TCP forwarder, a broker's view of its new-connection rate.
 
 pub mod admin;
@@ -47,10 +47,10 @@ pub use ca::{Issued, TestCa};
 pub use client::{
     connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version, Via,
 };
-pub use cluster::Cluster;
+pub use cluster::{Cluster, OneBroker};
 pub use forwarder::{counting_forwarder, AcceptTimes};
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
-pub use proxy_yaml::{tls_listener_yaml, yaml_for, ProxyYaml};
+pub use proxy_yaml::{tls_front_yaml, tls_listener_yaml, yaml_for, ProxyYaml};
 pub use raw_mqtt::{connect_packet, connect_packet_v311, connect_packet_v5, tls_connect, tls_exchange};
 pub use time::{bounded, eventually, free_port, init_tracing, wait_accepting, STEP_TIMEOUT};

@@ -115,3 +115,16 @@ pub fn tls_listener_yaml(listen: SocketAddr, admin: SocketAddr, tls: &str, broke
          admin: {{ bind: \"{admin}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n"
     )
 }
+
+/// A configuration for the binary: one `mqtt` listener `mqtts` on 127.0.0.1:`port` behind `pki`'s certificate,
+/// relaying to one server `b1` at `server` (MQTT health checks every 200 ms), the admin endpoint on
+/// 127.0.0.1:`admin_port`, a shutdown that neither waits nor drains for long, then `extra` as is.
+pub fn tls_front_yaml(pki: &TestPki, server: &str, port: u16, admin_port: u16, extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: mqtts\n    bind: \"127.0.0.1:{port}\"\n    protocol: mqtt\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n    backend: brokers\n\
+         backends:\n  - name: brokers\n    health: {{ check: mqtt, interval: 200ms, timeout: 500ms }}\n    servers:\n      - {{ name: b1, address: \"{server}\" }}\n\
+         admin: {{ bind: \"127.0.0.1:{admin_port}\" }}\nshutdown: {{ grace: 0s, drain_timeout: 1s }}\n{extra}",
+        pki.cert.display(),
+        pki.key.display(),
+    )
+}
