@@ -314,6 +314,7 @@ fn servers_json(state: &AdminView) -> serde_json::Value {
                 .servers
                 .iter()
                 .map(|s| {
+                    let configured = pool.config.servers.iter().find(|c| c.name == s.name);
                     serde_json::json!({
                         "name": s.name,
                         "address": s.address,
@@ -322,6 +323,10 @@ fn servers_json(state: &AdminView) -> serde_json::Value {
                         "state": s.state().as_str(),
                         "connections": s.active(),
                         "check_error": s.check_error().map(|e| e.to_string()),
+                        "max_connections": configured.and_then(|c| c.max_connections),
+                        "max_connection_rate": configured.and_then(|c| c.max_connection_rate),
+                        "queued": s.gate.waiting(),
+                        "assigned_id_prefix": configured.and_then(|c| c.assigned_id_prefix.as_deref()),
                     })
                 })
                 .collect();
@@ -329,6 +334,8 @@ fn servers_json(state: &AdminView) -> serde_json::Value {
                 "name": pool.config.name,
                 "balance": pool.config.balance.as_str(),
                 "health_check": pool.config.health.check.as_str(),
+                "max_queue": pool.config.max_queue,
+                "queue_timeout_seconds": pool.config.queue_timeout.as_secs_f64(),
                 "servers": servers,
             })
         })

@@ -50,6 +50,18 @@ async fn two_instances(brokers: &[Mosquitto], prefixes: bool) -> (TestProxy, Tes
             proxy.wait_server_up(&broker.name, true, Duration::from_secs(5)).await;
         }
     }
+    // `/servers` shows each server's prefix (null without one).
+    let (_, body) = http_get(a.admin, "/servers").await;
+    let view: serde_json::Value = serde_json::from_str(&body).expect("JSON /servers");
+    let shown: Vec<Option<&str>> = view["backends"][0]["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["assigned_id_prefix"].as_str())
+        .collect();
+    let configured: Vec<String> = brokers.iter().map(|b| format!("{}-", b.name)).collect();
+    let want: Vec<Option<&str>> = configured.iter().map(|p| prefixes.then_some(p.as_str())).collect();
+    assert_eq!(shown, want, "{body}");
     (a, b)
 }
 

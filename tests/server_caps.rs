@@ -86,6 +86,16 @@ async fn a_client_over_max_connections_waits_and_gets_in_when_a_relay_ends() {
         let started = Instant::now();
         let mut third = tokio::spawn(async move { which_broker(lb_addr, None, &third_id, Version::V5).await });
         wait_queued(admin, 1.0).await;
+        // `/servers` shows the cap, the waiting client and the backend's queue settings.
+        let (status, body) = http_get(admin, "/servers").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("JSON /servers");
+        let brokers = &view["backends"][0];
+        assert_eq!((brokers["max_queue"].as_u64(), brokers["queue_timeout_seconds"].as_f64()), (Some(1000), Some(8.0)));
+        let b1_view = &brokers["servers"][0];
+        assert_eq!(b1_view["name"], "b1", "{body}");
+        assert_eq!((b1_view["max_connections"].as_u64(), b1_view["queued"].as_u64()), (Some(2), Some(1)), "{body}");
+        assert!(b1_view["max_connection_rate"].is_null() && brokers["servers"][1]["max_connections"].is_null());
         // Held in the queue while b1 has 2 relays: nothing else lets it in.
         let hold = Duration::from_millis(400);
         assert!(tokio::time::timeout(hold, &mut third).await.is_err(), "the third client waits while b1 is full");
