@@ -25,16 +25,6 @@ const PER_BROKER: usize = 20;
 /// What the test's client ids start with: how a forwarder tells a client from a health probe.
 const MARKER: &str = "storm";
 
-/// The most accepts in any one-second window starting at an accept, among those at or after `from`.
-fn busiest_second(times: &[Instant], from: Instant) -> usize {
-    let times: Vec<Instant> = times.iter().copied().filter(|t| *t >= from).collect();
-    times
-        .iter()
-        .map(|t| times.iter().filter(|u| **u >= *t && **u < *t + Duration::from_secs(1)).count())
-        .max()
-        .unwrap_or(0)
-}
-
 /// One plain MQTT 3.1.1 connection whose CONNACK accepts.
 async fn connect(lb: SocketAddr, id: &str) -> Option<TcpStream> {
     let mut s = TcpStream::connect(lb).await.ok()?;
@@ -136,10 +126,13 @@ async fn a_killed_brokers_clients_reach_each_survivor_at_no_more_than_its_max_co
         assert_eq!(after2 + after3, PER_BROKER, "the killed broker's clients, and only they, went to the survivors");
         for (name, seen) in [("b2", &seen2), ("b3", &seen3)] {
             let times = seen.lock().expect("accepts").clone();
-            let busiest = busiest_second(&times, killed);
-            assert!(busiest <= RATE, "{name} saw {busiest} new clients within one second after the kill (cap {RATE})");
-            let whole = busiest_second(&times, times.first().copied().unwrap_or(killed));
-            assert!(whole <= RATE, "{name} saw {whole} new clients within one second (cap {RATE})");
+            let busiest = busiest_window(&times, killed);
+            assert!(
+                busiest <= RATE,
+                "{name} saw {busiest} new clients within {CAP_WINDOW:?} after the kill (cap {RATE} a second)"
+            );
+            let whole = busiest_window(&times, times.first().copied().unwrap_or(killed));
+            assert!(whole <= RATE, "{name} saw {whole} new clients within {CAP_WINDOW:?} (cap {RATE} a second)");
         }
         for d in devices {
             d.abort();

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,4 +51,15 @@ pub async fn counting_forwarder(broker: SocketAddr, marker: Option<&'static str>
         }
     });
     (addr, accepts)
+}
+
+/// How close together a per-second cap may bring its connections as the broker sees them: a second, less what
+/// scheduling on a loaded machine can take from the gap between two evenly spaced connections (a connect delayed
+/// after its token brings it nearer the next one). Without a cap a burst arrives within milliseconds, far inside.
+pub const CAP_WINDOW: Duration = Duration::from_millis(900);
+
+/// The most accepts within [`CAP_WINDOW`] of one starting the window, among those at or after `from`.
+pub fn busiest_window(times: &[Instant], from: Instant) -> usize {
+    let times: Vec<Instant> = times.iter().copied().filter(|t| *t >= from).collect();
+    times.iter().map(|t| times.iter().filter(|u| **u >= *t && **u < *t + CAP_WINDOW).count()).max().unwrap_or(0)
 }

@@ -48,7 +48,7 @@ pub use client::{
     connect_v4, connect_v5, try_which_broker, which_broker, which_brokers, Conn, MqttClient, Version, Via,
 };
 pub use cluster::{Cluster, OneBroker};
-pub use forwarder::{counting_forwarder, AcceptTimes};
+pub use forwarder::{busiest_window, counting_forwarder, AcceptTimes, CAP_WINDOW};
 pub use pki::TestPki;
 pub use proxy::{id_on, Placement, TestProxy};
 pub use proxy_yaml::{tls_front_yaml, tls_listener_yaml, yaml_for, ProxyYaml};
