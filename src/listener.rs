@@ -187,6 +187,7 @@ pub async fn accept_loop(
         };
         // The settings of the moment (a reload swaps them; sessions keep the ones they started with).
         let ctx = current.load_full();
+        socket_options.accepted(&listener, &stream, ctx.limits.tcp_keepalive.as_ref());
         ctx.listener_metrics.accepted.inc();
         let span = connection_span(&ctx.name, peer);
         // A trusted proxy's clients are admitted once its header names them (see [`Admission`]).

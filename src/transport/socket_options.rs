@@ -38,11 +38,11 @@ pub struct ListenerOptions {
 
 impl ListenerOptions {
     /// Makes `listener` hand `settings` (and TCP_NODELAY) to the sockets it accepts from now on; a no-op when it
-    /// already does. Called before each accept with the settings of the moment, so a reload's new
-    /// `limits.tcp_keepalive` reaches the next client. A failure is logged and retried at the next accept.
-    pub fn follow(&mut self, listener: &TcpListener, settings: Option<&TcpKeepalive>) {
+    /// already does. Returns whether the listener had other settings (so a socket it just accepted has those).
+    /// A failure is logged and retried at the next call.
+    pub fn follow(&mut self, listener: &TcpListener, settings: Option<&TcpKeepalive>) -> bool {
         if self.set.as_ref().is_some_and(|set| set.as_ref() == settings) {
-            return;
+            return false;
         }
         let socket = SockRef::from(listener);
         let result = socket.set_tcp_nodelay(true).and_then(|()| match settings {
@@ -52,6 +52,18 @@ impl ListenerOptions {
         match result {
             Ok(()) => self.set = Some(settings.copied()),
             Err(e) => warn!(error = %e, "TCP_NODELAY or keepalive not set on the listening socket"),
+        }
+        true
+    }
+
+    /// For a socket `listener` just accepted, with the settings of the moment: when a reload changed them while the
+    /// accept waited, the socket gets them itself (and the listener too, for the next ones).
+    pub fn accepted(&mut self, listener: &TcpListener, stream: &TcpStream, settings: Option<&TcpKeepalive>) {
+        if self.follow(listener, settings) {
+            apply(stream, settings);
+            if settings.is_none() {
+                let _ = SockRef::from(stream).set_keepalive(false);
+            }
         }
     }
 }
@@ -98,5 +110,17 @@ mod tests {
         options.follow(&listener, None);
         let (nodelay, keepalive, ..) = accepted_options(&listener).await;
         assert!(nodelay && !keepalive);
+
+        // A reload while an accept waited: the socket accepted with the old settings gets the new ones itself.
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (waited, _) = listener.accept().await.unwrap();
+        assert!(!SockRef::from(&waited).keepalive().unwrap(), "accepted with the settings of before");
+        options.accepted(&listener, &waited, Some(&second));
+        let s = SockRef::from(&waited);
+        assert!(s.keepalive().unwrap() && s.tcp_nodelay().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), second.idle);
+        let (_, keepalive, idle, ..) = accepted_options(&listener).await;
+        assert!(keepalive && idle == second.idle, "and the listener hands them on");
     }
 }
