@@ -8,10 +8,12 @@
 //!
 //! Until a host name's first answer arrives (the first moments after start-up or a reload, or a name that never
 //! resolved): a TCP connect or a probe looks it up itself ([`ServerAddress::resolve`]) and keeps the answer for the
-//! connects after it; the UDP path never waits for DNS and skips the server for new flows
-//! ([`ServerAddress::get`]). Every lookup counts in `mqttlb_server_dns_lookups_total`.
+//! connects after it, one lookup at a time: the connects of a reconnect storm that arrive meanwhile wait for that
+//! lookup's answer (or its failure) instead of each asking DNS. The UDP path never waits for DNS and skips the server
+//! for new flows ([`ServerAddress::get`]). Every lookup counts in `mqttlb_server_dns_lookups_total`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,10 @@ pub struct ServerAddress {
     /// Whether `host_port` names a host (an IP literal is resolved once and for all).
     is_name: bool,
     resolved: ArcSwapOption<Vec<SocketAddr>>,
+    /// Held while a lookup runs: one lookup at a time per server.
+    in_flight: tokio::sync::Mutex<()>,
+    /// Lookups finished, answered or failed: a connect that waited while another's lookup failed fails with it.
+    finished: AtomicU64,
 }
 
 impl ServerAddress {
@@ -46,6 +52,8 @@ impl ServerAddress {
             host_port: host_port.to_owned(),
             is_name: literal.is_none(),
             resolved: ArcSwapOption::from(literal.map(|a| Arc::new(vec![a]))),
+            in_flight: tokio::sync::Mutex::new(()),
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -59,16 +67,37 @@ impl ServerAddress {
         self.is_name
     }
 
-    /// The last answer, or, before the first one, a lookup now whose answer is kept.
+    /// The last answer, or, before the first one, a lookup now whose answer is kept; while another lookup runs, its
+    /// outcome.
     pub async fn resolve(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
-        match self.resolved.load_full() {
-            Some(addrs) => Ok(addrs),
-            None => self.lookup(lookups).await,
+        if let Some(addrs) = self.resolved.load_full() {
+            return Ok(addrs);
         }
+        let finished = self.finished.load(Ordering::Acquire);
+        let _turn = self.in_flight.lock().await;
+        if let Some(addrs) = self.resolved.load_full() {
+            return Ok(addrs);
+        }
+        if self.finished.load(Ordering::Acquire) != finished {
+            return Err(std::io::Error::other("the name did not resolve (a lookup just made failed)"));
+        }
+        self.lookup(lookups).await
+    }
+
+    /// A fresh lookup (the background refresh), after any one in flight.
+    async fn refresh(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
+        let _turn = self.in_flight.lock().await;
+        self.lookup(lookups).await
     }
 
     /// Looks the name up and keeps the answer; a failure (or an empty answer) keeps the previous one.
     async fn lookup(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
+        let result = self.query(lookups).await;
+        self.finished.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    async fn query(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
         lookups.inc();
         let found: Vec<SocketAddr> =
             tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(self.host_port.as_str()))
@@ -101,10 +130,17 @@ async fn refresh_loop(server: &BackendServer) {
     let mut ticks = tokio::time::interval(REFRESH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut first = true;
     loop {
         ticks.tick().await;
         let before = server.resolved().get();
-        match server.resolved().lookup(&server.metrics.dns_lookups).await {
+        // At once: the answer a connect or probe may have just got counts as the first one.
+        let looked_up = if std::mem::take(&mut first) {
+            server.resolved().resolve(&server.metrics.dns_lookups).await
+        } else {
+            server.resolved().refresh(&server.metrics.dns_lookups).await
+        };
+        match looked_up {
             Ok(addrs) => {
                 let first = addrs.first().copied();
                 if (before.is_some() && before != first) || failing {
@@ -151,6 +187,25 @@ mod tests {
         }
         assert_eq!(lookups.get(), 1, "later connects read the kept answer");
         assert_eq!(a.get(), first.first().copied());
+    }
+
+    #[tokio::test]
+    async fn connects_before_the_first_answer_share_one_lookup() {
+        let lookups = Counter::default();
+        let a = ServerAddress::new("localhost:1883");
+        let answers = futures_util::future::join_all((0..20).map(|_| a.resolve(&lookups))).await;
+        assert!(answers.iter().all(|r| r.as_ref().is_ok_and(|addrs| !addrs.is_empty())), "{answers:?}");
+        assert_eq!(lookups.get(), 1, "20 connects at once, one lookup");
+
+        // A name that does not resolve: the waiters share the failure rather than each asking again.
+        let failing = Counter::default();
+        let b = ServerAddress::new("mqtt-lb-test.invalid:1883");
+        let answers = futures_util::future::join_all((0..5).map(|_| b.resolve(&failing))).await;
+        assert!(answers.iter().all(|r| r.is_err()), "{answers:?}");
+        assert_eq!(failing.get(), 1);
+        // The next connect (the failure is not kept) tries again.
+        assert!(b.resolve(&failing).await.is_err());
+        assert_eq!(failing.get(), 2);
     }
 
     #[tokio::test]
