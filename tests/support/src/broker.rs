@@ -92,12 +92,18 @@ impl Mosquitto {
                 continue;
             }
             m.write_config();
-            match m.spawn_and_wait().await {
-                Ok(()) => {
-                    m.publish_identity().await;
-                    return m;
+            // What accepted on the port may be another process that took it first (mosquitto then exits on its
+            // bind error): only a broker that takes its identity and is still running is ours.
+            let started = match m.spawn_and_wait().await {
+                Ok(()) => m.try_publish_identity().await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(()) => return m,
+                Err(e) => {
+                    m.kill();
+                    last_error = e;
                 }
-                Err(e) => last_error = e,
             }
         }
         panic!("mosquitto {name} did not start: {last_error}");
@@ -171,15 +177,26 @@ impl Mosquitto {
     }
 
     /// Publishes the retained `lb/whoami` = name directly to the broker (QoS 1, waits for the PUBACK).
-    pub async fn publish_identity(&self) {
+    pub async fn publish_identity(&mut self) {
+        if let Err(e) = self.try_publish_identity().await {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Self::publish_identity`], saying what failed; also fails when the broker process is no longer running.
+    async fn try_publish_identity(&mut self) -> Result<(), String> {
         let id = format!("whoami-setter-{}", self.name);
         let mut c = MqttClient::connect(self.socket_addr(), None, &id, Version::V4)
             .await
-            .unwrap_or_else(|e| panic!("connect directly to broker {}: {e}", self.name));
+            .map_err(|e| format!("connect directly to broker {}: {e} ({})", self.name, self.diagnostics()))?;
         c.publish(WHOAMI_TOPIC, self.name.as_bytes(), true)
             .await
-            .unwrap_or_else(|e| panic!("publish the retained identity of {}: {e}", self.name));
+            .map_err(|e| format!("publish the retained identity of {}: {e}", self.name))?;
         c.disconnect().await;
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => Ok(()),
+            _ => Err(format!("broker {} is not running ({})", self.name, self.diagnostics())),
+        }
     }
 
     /// `127.0.0.1:<port>` (or its other loopback address).
