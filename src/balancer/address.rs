@@ -90,15 +90,16 @@ impl ServerAddress {
         self.lookup(lookups).await
     }
 
-    /// Looks the name up and keeps the answer; a failure (or an empty answer) keeps the previous one.
+    /// Looks the name up and keeps the answer; a failure (or an empty answer) keeps the previous one. Counted in
+    /// `lookups` once done, so that a count seen means its answer is there to read.
     async fn lookup(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
-        let result = self.query(lookups).await;
+        let result = self.query().await;
+        lookups.inc();
         self.finished.fetch_add(1, Ordering::Release);
         result
     }
 
-    async fn query(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
-        lookups.inc();
+    async fn query(&self) -> std::io::Result<Arc<Vec<SocketAddr>>> {
         let found: Vec<SocketAddr> =
             tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(self.host_port.as_str()))
                 .await
