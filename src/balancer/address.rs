@@ -73,21 +73,33 @@ impl ServerAddress {
         if let Some(addrs) = self.resolved.load_full() {
             return Ok(addrs);
         }
-        let finished = self.finished.load(Ordering::Acquire);
+        let finished = self.lookups_finished();
         let _turn = self.in_flight.lock().await;
         if let Some(addrs) = self.resolved.load_full() {
             return Ok(addrs);
         }
-        if self.finished.load(Ordering::Acquire) != finished {
+        if self.lookups_finished() != finished {
             return Err(std::io::Error::other("the name did not resolve (a lookup just made failed)"));
         }
         self.lookup(lookups).await
     }
 
-    /// A fresh lookup (the background refresh), after any one in flight.
-    async fn refresh(&self, lookups: &Counter) -> std::io::Result<Arc<Vec<SocketAddr>>> {
+    /// A fresh lookup (the background refresh), after any one in flight; with `fresh_since` (a count of
+    /// [`Self::lookups_finished`]), none when a lookup has finished since with an answer kept (at start-up, a
+    /// connect's or probe's lookup of the same moment).
+    async fn refresh(&self, lookups: &Counter, fresh_since: Option<u64>) -> std::io::Result<Arc<Vec<SocketAddr>>> {
         let _turn = self.in_flight.lock().await;
+        if fresh_since.is_some_and(|n| n != self.lookups_finished()) {
+            if let Some(addrs) = self.resolved.load_full() {
+                return Ok(addrs);
+            }
+        }
         self.lookup(lookups).await
+    }
+
+    /// Lookups finished so far, answered or failed.
+    pub fn lookups_finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// Looks the name up and keeps the answer; a failure (or an empty answer) keeps the previous one. Counted in
@@ -115,33 +127,30 @@ impl ServerAddress {
 }
 
 /// Starts one lookup task per server of `servers` whose address is a host name; they end when `stop` is cancelled.
+/// Called before the servers' probes start, so that a probe's first lookup counts as the task's first.
 pub fn spawn_refresh(servers: &[Arc<BackendServer>], tracker: &TaskTracker, stop: CancellationToken) {
     for server in servers.iter().filter(|s| s.resolved().is_name()) {
         let (server, stop) = (Arc::clone(server), stop.clone());
+        let since = server.resolved().lookups_finished();
         tracker.spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = refresh_loop(&server) => {}
+                () = refresh_loop(&server, since) => {}
             }
         });
     }
 }
 
-async fn refresh_loop(server: &BackendServer) {
+/// Looks `server` up at once (unless a connect or probe did since `since`), then every [`REFRESH_EVERY`].
+async fn refresh_loop(server: &BackendServer, since: u64) {
     let mut ticks = tokio::time::interval(REFRESH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
-    let mut first = true;
+    let mut fresh_since = Some(since);
     loop {
         ticks.tick().await;
         let before = server.resolved().get();
-        // At once: the answer a connect or probe may have just got counts as the first one.
-        let looked_up = if std::mem::take(&mut first) {
-            server.resolved().resolve(&server.metrics.dns_lookups).await
-        } else {
-            server.resolved().refresh(&server.metrics.dns_lookups).await
-        };
-        match looked_up {
+        match server.resolved().refresh(&server.metrics.dns_lookups, fresh_since.take()).await {
             Ok(addrs) => {
                 let first = addrs.first().copied();
                 if (before.is_some() && before != first) || failing {
@@ -207,6 +216,23 @@ mod tests {
         // The next connect (the failure is not kept) tries again.
         assert!(b.resolve(&failing).await.is_err());
         assert_eq!(failing.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_refresh_looks_up_at_once_unless_a_connect_just_did() {
+        let lookups = Counter::default();
+        let a = ServerAddress::new("localhost:1883");
+        // Start-up: the refresh task begins, a probe looks the name up first; the refresh's first round takes it.
+        let since = a.lookups_finished();
+        a.resolve(&lookups).await.unwrap();
+        a.refresh(&lookups, Some(since)).await.unwrap();
+        assert_eq!(lookups.get(), 1);
+        // A reload: a new refresh task, an answer kept from before: it looks up at once all the same.
+        a.refresh(&lookups, Some(a.lookups_finished())).await.unwrap();
+        assert_eq!(lookups.get(), 2);
+        // Every later round looks up.
+        a.refresh(&lookups, None).await.unwrap();
+        assert_eq!(lookups.get(), 3);
     }
 
     #[tokio::test]

@@ -127,8 +127,8 @@ impl Running {
         for balancer in &self.pools {
             let pool = balancer.pool();
             let c = &pool.config;
-            health::spawn(&c.name, &c.health, c.on_down, &pool.servers, &self.tasks.background, self.probes.clone());
             address::spawn_refresh(&pool.servers, &self.tasks.background, self.probes.clone());
+            health::spawn(&c.name, &c.health, c.on_down, &pool.servers, &self.tasks.background, self.probes.clone());
         }
     }
 
