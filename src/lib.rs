@@ -18,7 +18,8 @@
 //!    [`transport::identity`], session tickets shared by instances in [`tls_material::ticket_keys`]), the
 //!    WebSocket upgrade and frame codec ([`transport::ws`]), PROXY
 //!    headers from trusted balancers ([`proxy_protocol`]), the connection to a server ([`transport::upstream`]:
-//!    TCP connect, PROXY header out, WebSocket client upgrade), and TCP_NODELAY and keepalive on both sockets
+//!    TCP connect that sends the first bytes at once ([`transport::connect`]), PROXY header out, WebSocket client
+//!    upgrade), and TCP_NODELAY and keepalive on both sockets
 //!    ([`transport::socket_options`]: a client socket inherits them from its listener).
 //! 3. [`mqtt`]: every MQTT byte built or recognised: reading the first packet ([`mqtt::first_packet`]), fixed
 //!    header ([`mqtt::frame`]), strict CONNECT validation ([`mqtt::connect`]), protocol versions

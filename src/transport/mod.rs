@@ -2,6 +2,7 @@
 //! ([`ws`]) on top; and between mqtt-lb and a server: TCP, or WebSocket over TCP.
 
 pub mod client_hello;
+pub mod connect;
 pub mod identity;
 pub mod socket_options;
 pub mod tls;

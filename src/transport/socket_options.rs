@@ -6,7 +6,7 @@
 //! A client socket gets them from its listener: Linux copies TCP_NODELAY, SO_KEEPALIVE and the three probe settings
 //! from a listening socket to each socket it accepts, so [`ListenerOptions`] sets them once per listener (and again
 //! when a reload changes them) instead of five system calls on every accepted connection. A server socket is opened
-//! by mqtt-lb and gets them from [`apply`].
+//! by mqtt-lb and gets them from [`apply`] before its connect ([`super::connect`]).
 
 use socket2::{SockRef, TcpKeepalive as Probes};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,12 +14,12 @@ use tracing::{debug, warn};
 
 use crate::config::TcpKeepalive;
 
-/// Sets TCP_NODELAY and, with `settings`, keepalive on `stream` (None: keepalive left as the system has it, off by
+/// Sets TCP_NODELAY and, with `settings`, keepalive on `socket` (None: keepalive left as the system has it, off by
 /// default). A failure (an unusual socket) is logged at debug and the connection goes on without it.
-pub fn apply(stream: &TcpStream, settings: Option<&TcpKeepalive>) {
-    let _ = stream.set_nodelay(true);
+pub fn apply(socket: &SockRef<'_>, settings: Option<&TcpKeepalive>) {
+    let _ = socket.set_tcp_nodelay(true);
     let Some(k) = settings else { return };
-    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&probes(k)) {
+    if let Err(e) = socket.set_tcp_keepalive(&probes(k)) {
         debug!(error = %e, "TCP keepalive not set");
     }
 }
@@ -60,7 +60,7 @@ impl ListenerOptions {
     /// accept waited, the socket gets them itself (and the listener too, for the next ones).
     pub fn accepted(&mut self, listener: &TcpListener, stream: &TcpStream, settings: Option<&TcpKeepalive>) {
         if self.follow(listener, settings) {
-            apply(stream, settings);
+            apply(&SockRef::from(stream), settings);
             if settings.is_none() {
                 let _ = SockRef::from(stream).set_keepalive(false);
             }

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::connect::{connect, ConnectError, Connected};
 use super::ws;
 use super::ServerStream;
 use crate::balancer::backend::{ActiveGuard, BackendServer};
@@ -90,55 +90,69 @@ async fn open_one(
     keepalive: Option<&TcpKeepalive>,
 ) -> Result<(ServerStream, ActiveGuard), Failure> {
     let start = Instant::now();
-    // The address resolved off the path (a lookup here only before a host name's first answer).
-    let connect = async { connect_any(&server.socket_addrs().await?).await };
-    let connected = tokio::time::timeout(backend.connect_timeout, connect).await;
-    let mut tcp = connected.map_err(|_| Failure::ConnectTimeout)?.map_err(Failure::Connect)?;
-    server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
-    super::socket_options::apply(&tcp, keepalive);
-    let guard = server.track_slot(slot);
     let mut head = proxy_protocol::header_with_tls(
         backend.proxy_protocol,
         client.peer,
         client.local.unwrap_or(client.peer),
         client.tls,
     );
-    let mut stream = if backend.protocol == BackendProtocol::Websocket {
-        tcp.write_all(&head).await.map_err(Failure::ProxyHeader)?;
-        head.clear();
+    let websocket = backend.protocol == BackendProtocol::Websocket;
+    // What the connect may send at once: the PROXY header, then (TCP backends) the first bytes. Without a header
+    // (the usual case) the first bytes go as they are, not copied behind an empty one.
+    let early: &[u8] = match (websocket, head.is_empty()) {
+        (true, _) => &head,
+        (false, true) => first_bytes,
+        (false, false) => {
+            head.extend_from_slice(first_bytes);
+            &head
+        }
+    };
+    // The address resolved off the path (a lookup here only before a host name's first answer).
+    let connect =
+        async { connect_any(&server.socket_addrs().await.map_err(Failure::Connect)?, keepalive, early).await };
+    let connected = tokio::time::timeout(backend.connect_timeout, connect).await;
+    let Connected { stream: mut tcp, sent } = connected.map_err(|_| Failure::ConnectTimeout)??;
+    server.metrics.connect_seconds.observe(start.elapsed().as_secs_f64());
+    let guard = server.track_slot(slot);
+    let rest = early.get(sent..).unwrap_or_default();
+    let stream = if websocket {
+        tcp.write_all(rest).await.map_err(Failure::ProxyHeader)?;
         // Boxed: inline, this state would size every session's task, WebSocket or not.
         let upgrade = Box::pin(ws::connect(tcp, &server.address, &backend.path));
         let upgraded = tokio::time::timeout(backend.connect_timeout, upgrade).await;
-        ServerStream::Ws(Box::new(upgraded.map_err(|_| Failure::UpgradeTimeout)?.map_err(Failure::Upgrade)?))
+        let mut ws =
+            ServerStream::Ws(Box::new(upgraded.map_err(|_| Failure::UpgradeTimeout)?.map_err(Failure::Upgrade)?));
+        if !first_bytes.is_empty() {
+            write_flushed(&mut ws, first_bytes).await.map_err(Failure::FirstBytes)?;
+        }
+        ws
     } else {
+        if !rest.is_empty() {
+            tcp.write_all(rest).await.map_err(Failure::FirstBytes)?;
+        }
         ServerStream::Tcp(tcp)
     };
-    // Without a header (the usual case) the first bytes go as they are, not copied behind an empty one.
-    let out = if head.is_empty() {
-        first_bytes
-    } else {
-        head.extend_from_slice(first_bytes);
-        &head
-    };
-    if !out.is_empty() {
-        write_flushed(&mut stream, out).await.map_err(Failure::FirstBytes)?;
-        server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
-    }
+    server.metrics.sent_bytes.inc_by(first_bytes.len() as u64);
     Ok((stream, guard))
 }
 
-/// Connects to the first of `addrs` that accepts, in turn (tokio's `connect` over a slice does the same, after
-/// copying the slice into a vector on every call).
-async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+/// Connects to the first of `addrs` that accepts, in turn, sending it what it takes of `early` at once
+/// ([`connect`]).
+async fn connect_any(
+    addrs: &[SocketAddr],
+    keepalive: Option<&TcpKeepalive>,
+    early: &[u8],
+) -> Result<Connected, Failure> {
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect(*addr).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(e) => last = Some(e),
+        match connect(*addr, keepalive, early).await {
+            Ok(connected) => return Ok(connected),
+            Err(ConnectError::Connect(e)) => last = Some(e),
+            Err(ConnectError::FirstBytes(e)) => return Err(Failure::FirstBytes(e)),
         }
     }
-    Err(last
-        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address")))
+    let none = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "could not resolve to any address");
+    Err(Failure::Connect(last.unwrap_or_else(none)))
 }
 
 async fn write_flushed(stream: &mut ServerStream, bytes: &[u8]) -> std::io::Result<()> {
