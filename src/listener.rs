@@ -62,6 +62,17 @@ fn has_handshake(ctx: &SessionContext) -> bool {
     ctx.tls.is_some() || ctx.ws.is_some()
 }
 
+/// Which limit, if any, keeps `ctx`'s listener from accepting now.
+fn full(ctx: &SessionContext, admission: &Admission) -> Option<Full> {
+    if !admission.open().has_room(admission.max_connections()) {
+        Some(Full::Connections)
+    } else if has_handshake(ctx) && !admission.handshakes().has_room(admission.max_handshakes()) {
+        Some(Full::Handshakes)
+    } else {
+        None
+    }
+}
+
 /// Waits until a connection may be accepted: room under `max_connections` and, for a listener with a handshake,
 /// under `max_handshakes`. Meanwhile the listener does not accept: new clients wait in the kernel's accept queue.
 /// Nothing is reserved (an idle listener must not hold a place another listener could use). False once `shutdown`
@@ -71,20 +82,20 @@ async fn wait_for_room(
     admission: &ArcSwap<Admission>,
     shutdown: &CancellationToken,
 ) -> bool {
+    // With room (the usual case) nothing waits: no waiter is registered on the limits' notifications, which every
+    // listener shares.
+    if full(&current.load(), &admission.load()).is_none() {
+        return true;
+    }
     let mut paused: Option<Pause> = None;
     loop {
         let (ctx, admission) = (current.load_full(), admission.load_full());
         let (connection_freed, handshake_freed) = (admission.open().freed(), admission.handshakes().freed());
         tokio::pin!(connection_freed, handshake_freed);
+        // Listening before looking: a place freed after the look below wakes the wait.
         connection_freed.as_mut().enable();
         handshake_freed.as_mut().enable();
-        let full = if !admission.open().has_room(admission.max_connections()) {
-            Full::Connections
-        } else if has_handshake(&ctx) && !admission.handshakes().has_room(admission.max_handshakes()) {
-            Full::Handshakes
-        } else {
-            return true;
-        };
+        let Some(full) = full(&ctx, &admission) else { return true };
         if paused.as_ref().map(|p| p.full) != Some(full) {
             paused = Some(Pause::start(&ctx, full));
         }
@@ -99,6 +110,10 @@ async fn wait_for_room(
 /// A handshake place for an accepted connection. One was free before the accept; if another listener took it
 /// since, the connection waits (already accepted, never reset) for the next. None once `shutdown` fires.
 async fn handshake_place(admission: &ArcSwap<Admission>, shutdown: &CancellationToken) -> Option<Slot> {
+    let current = admission.load();
+    if let Some(place) = current.handshakes().try_take(current.max_handshakes()) {
+        return Some(place);
+    }
     loop {
         let current = admission.load_full();
         let freed = current.handshakes().freed();
@@ -123,16 +138,20 @@ async fn admit(
     ip: Option<IpAddr>,
     shutdown: &CancellationToken,
 ) -> Option<Result<AdmissionTicket, Reject>> {
+    let admit_now = |current: &Admission| match ip {
+        Some(ip) => current.admit(ip),
+        None => current.admit_proxy(),
+    };
+    match admit_now(&admission.load()) {
+        Err(Reject::MaxConnections) => {}
+        other => return Some(other),
+    }
     loop {
         let current = admission.load_full();
         let freed = current.open().freed();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        let admitted = match ip {
-            Some(ip) => current.admit(ip),
-            None => current.admit_proxy(),
-        };
-        match admitted {
+        match admit_now(&current) {
             Err(Reject::MaxConnections) => {}
             other => return Some(other),
         }
