@@ -39,7 +39,7 @@
 //! 6. [`session`]: one client from accept to close, its phases in path order; every refusal is a
 //!    [`reject::Reject`] (label, side, CONNACK), every end a [`session::end::CloseReason`] with its one log line.
 //! 7. [`relay`]: the byte pump with half-close, bounded buffers and live byte counters; its deadlines (idle, and
-//!    the client's MQTT keep-alive: [`relay::keep_alive`]).
+//!    the client's MQTT keep-alive: [`relay::keep_alive`]), on one timer ([`relay::deadlines`]).
 //!
 //! The UDP path of `coap` listeners is [`udp`]: CoAP header checks and the LwM2M endpoint name ([`udp::coap`]),
 //! DTLS record headers and Connection IDs ([`udp::dtls`]), the bounded flow table ([`udp::table`]), the socket's

@@ -14,8 +14,10 @@
 //! boundary, so the client gets whole packets only, then the notice's DISCONNECT, then the end of the stream.
 //!
 //! Two deadlines may end a relay: the idle timeout (no byte either way) and, for MQTT clients, the keep-alive
-//! deadline ([`keep_alive`]: no byte from the client for a factor of its keep-alive).
+//! deadline ([`keep_alive`]: no byte from the client for a factor of its keep-alive), both on one timer
+//! ([`deadlines`]).
 
+pub mod deadlines;
 pub mod keep_alive;
 
 use std::future::Future;
@@ -110,11 +112,13 @@ where
     let mut client = Counted { inner: client, counter: sent, activity, start, gate: None, connack: None };
     let activity = &server_read;
     let mut server = Counted { inner: server, counter: received, activity, start, gate, connack };
-    let copy = copy_bidirectional(&mut client, &mut server);
+    let activity = deadlines::Activity { start, client: &client_read, server: &server_read };
+    let watched = !idle.is_zero() || keep_alive.is_some();
+    let keep_alive = keep_alive.map(|_| deadlines::KeepAliveWindow { window: &window, may_change });
     tokio::select! {
-        r = copy => finish(r),
-        () = idle_watch(&client_read, &server_read, start, idle), if !idle.is_zero() => RelayEnd::Idle,
-        () = keep_alive::watch(&window, &client_read, start, may_change), if keep_alive.is_some() => RelayEnd::KeepAlive,
+        biased;
+        r = copy_bidirectional(&mut client, &mut server) => finish(r),
+        end = deadlines::watch(activity, idle, keep_alive), if watched => end,
     }
 }
 
@@ -258,18 +262,6 @@ fn write<W: AsyncWrite + Unpin>(cx: &mut Context<'_>, writer: &mut W, bytes: &[u
         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
     Poll::Ready(Ok(n))
-}
-
-/// Resolves once no byte has moved either way for `idle`.
-async fn idle_watch(a: &AtomicU64, b: &AtomicU64, start: Instant, idle: Duration) {
-    loop {
-        let last = start + Duration::from_millis(a.load(Ordering::Relaxed).max(b.load(Ordering::Relaxed)));
-        let deadline = last + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
 }
 
 /// A stream that counts the bytes read from it and notes the time of the last read; with a gate, its reads end

@@ -9,8 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::config::KeepAliveFactor;
 use crate::mqtt::server_keep_alive::server_keep_alive;
@@ -45,12 +45,17 @@ impl Window {
         w
     }
 
-    fn set(&self, window: Option<Duration>) {
+    pub(super) fn set(&self, window: Option<Duration>) {
         self.millis.store(millis(window), Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
-    fn get(&self) -> Option<Duration> {
+    /// Resolves at the next change of the window (enable it before looking at the window).
+    pub(super) fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    pub(super) fn get(&self) -> Option<Duration> {
         Some(self.millis.load(Ordering::Relaxed)).filter(|&m| m > 0).map(Duration::from_millis)
     }
 }
@@ -107,33 +112,6 @@ impl<'a> ConnackReader<'a> {
     }
 }
 
-/// Resolves once the client has sent nothing for the window in force. `last_read` holds the milliseconds from
-/// `start` to the client's last byte. `may_change`: a CONNACK reader may still set the window (MQTT 5); without one
-/// the window is fixed and no change is waited for.
-pub(super) async fn watch(window: &Window, last_read: &AtomicU64, start: Instant, may_change: bool) {
-    if !may_change {
-        let Some(allowed) = window.get() else { return std::future::pending().await };
-        return super::idle_watch(last_read, last_read, start, allowed).await;
-    }
-    loop {
-        let changed = window.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let Some(allowed) = window.get() else {
-            changed.await;
-            continue;
-        };
-        let deadline = start + Duration::from_millis(last_read.load(Ordering::Relaxed)) + allowed;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
-            () = changed => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,23 +145,5 @@ mod tests {
         reader.feed(&[0x20, 0xFF, 0x7F]); // 16 KiB
         assert!(reader.done);
         assert_eq!(window.get(), Some(Duration::from_secs(3)));
-    }
-
-    #[tokio::test]
-    async fn the_watch_fires_after_the_window_of_silence_and_a_byte_moves_it() {
-        // With a fixed window (3.1.1) and with one a CONNACK may still change (5).
-        for may_change in [false, true] {
-            let window = Window::new(Some(Duration::from_secs(1)));
-            let last_read = AtomicU64::new(0);
-            let start = Instant::now();
-            let watching = || watch(&window, &last_read, start, may_change);
-            let early = tokio::time::timeout(Duration::from_millis(500), watching()).await;
-            assert!(early.is_err(), "not before the window");
-            last_read.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let moved = tokio::time::timeout(Duration::from_millis(600), watching()).await;
-            assert!(moved.is_err(), "a byte moves the deadline");
-            tokio::time::timeout(Duration::from_secs(5), watching()).await.unwrap();
-            assert!(start.elapsed() >= Duration::from_millis(1500));
-        }
     }
 }
