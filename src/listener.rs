@@ -14,6 +14,7 @@ use crate::admission::{Admission, AdmissionTicket};
 use crate::config::source_allowed;
 use crate::reject::Reject;
 use crate::session::{connection_span, Session, SessionContext};
+use crate::signal::Signal;
 use crate::slots::Slot;
 use crate::transport::socket_options::ListenerOptions;
 use arc_swap::ArcSwap;
@@ -162,7 +163,7 @@ async fn admit(
     }
 }
 
-/// Accepts until `shutdown`; each connection runs as a task in `tracker` until it ends or `close` is cancelled.
+/// Accepts until `shutdown`; each connection runs as a task in `tracker` until it ends or `close` fires.
 ///
 /// While mqtt-lb is full (`limits.max_connections` open, or `limits.max_handshakes` in progress on a listener with
 /// TLS or WebSocket) the loop does not accept: the kernel holds new clients in the listen backlog until a place
@@ -173,7 +174,7 @@ pub async fn accept_loop(
     admission: Arc<ArcSwap<Admission>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    close: CancellationToken,
+    close: Arc<Signal>,
 ) {
     let mut backoff = Duration::from_millis(5);
     let name = current.load().name.clone();
@@ -232,14 +233,15 @@ pub async fn accept_loop(
         } else {
             None
         };
-        let close = close.clone();
+        let close = Arc::clone(&close);
         // The session holds the admission ticket for as long as it runs.
         let session = Session::new(ctx, peer, ticket, Arc::clone(&admission));
         let session = async move {
             // Past the drain deadline `close` fires: dropping the session closes both of its sockets.
             tokio::select! {
+                biased;
                 () = session.run(stream, handshake) => {}
-                () = close.cancelled() => {}
+                () = close.fired() => {}
             }
         };
         tracker.spawn(session.instrument(span));

@@ -7,11 +7,14 @@
 //!    `shutdown.drain_timeout`;
 //! 3. a second SIGTERM or SIGINT at any point closes every connection at once and ends the process (a hard stop).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+use crate::signal::Signal;
 
 /// Where the process is in its shutdown; shared by the signal handler, the server and `/readyz`.
 #[derive(Clone, Debug, Default)]
@@ -143,7 +146,7 @@ pub struct Tasks {
     pub accepts: TaskTracker,
     pub connections: TaskTracker,
     /// Cancelled past the drain deadline: the remaining connections close.
-    pub close_sessions: CancellationToken,
+    pub close_sessions: Arc<Signal>,
     pub background: TaskTracker,
     pub stop_background: CancellationToken,
 }
@@ -166,7 +169,7 @@ impl Tasks {
             () = lifecycle.hard_stop_requested() => false,
         };
         if !drained {
-            self.close_sessions.cancel();
+            self.close_sessions.fire();
             self.connections.wait().await;
         }
         self.stop_background.cancel();

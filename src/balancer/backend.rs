@@ -9,6 +9,7 @@ use super::address::ServerAddress;
 use super::gate::{Gate, Slot};
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
+use crate::signal::Signal;
 
 /// Administrative state, set by an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ pub struct BackendServer {
     /// Shared with the successors at the same address (see [`BackendServer::successor`]).
     active: Arc<AtomicUsize>,
     /// Woken when the relays to this server must end (`on_down: close`); shared like `active`.
-    close_relays: Arc<tokio::sync::Notify>,
+    close_relays: Arc<Signal>,
     /// `max_connections` and `max_connection_rate`, and the clients waiting for them.
     pub gate: Gate,
     /// Why the last failed probe failed, until a probe finds the server up again (`/servers`, the DOWN log line).
@@ -88,7 +89,7 @@ impl BackendServer {
             probed: AtomicBool::new(false),
             state: AtomicU8::new(AdminState::Ready as u8),
             active: Arc::new(AtomicUsize::new(0)),
-            close_relays: Arc::new(tokio::sync::Notify::new()),
+            close_relays: Arc::default(),
             gate,
             check_error: ArcSwapOption::empty(),
         }
@@ -140,12 +141,12 @@ impl BackendServer {
 
     /// Ends every relay to this server that is waiting on [`BackendServer::relays_closed`].
     pub fn close_relays(&self) {
-        self.close_relays.notify_waiters();
+        self.close_relays.fire();
     }
 
     /// Resolves when [`BackendServer::close_relays`] is called (create it before the relay starts).
-    pub fn relays_closed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.close_relays.notified()
+    pub fn relays_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.close_relays.next()
     }
 
     /// A server of a new configuration that takes over this one's health and administrative state (reload).

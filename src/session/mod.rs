@@ -476,6 +476,7 @@ impl Session {
         );
         // `on_down: close` ends the relay when health checks take the server down.
         let end = tokio::select! {
+            biased;
             end = relayed => end,
             () = s.relays_closed() => RelayEnd::ServerDown,
         };
