@@ -135,14 +135,18 @@ impl Visit for TextVisitor<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         match self.plain_name(field) {
-            Some(name) => self.result = self.start(name).and_then(|()| write!(self.writer, "{value}")),
+            Some(name) => {
+                self.result = self.start(name).and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
+            }
             None => self.record_debug(field, &value),
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         match self.plain_name(field) {
-            Some(name) => self.result = self.start(name).and_then(|()| write!(self.writer, "{value}")),
+            Some(name) => {
+                self.result = self.start(name).and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
+            }
             None => self.record_debug(field, &value),
         }
     }
