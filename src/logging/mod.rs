@@ -9,8 +9,8 @@
 //! carry the path of its source file on the build machine (`log.file`); those bridge fields are left out, the
 //! library's module is the `target`.
 //!
-//! Text lines are tracing-subscriber's default format, byte for byte, written by cheaper parts: the fields by
-//! [`text_fields`], the timestamp by [`timestamp`].
+//! Text lines are tracing-subscriber's default format, byte for byte, written by cheaper parts: the line by
+//! [`text_line`], its fields by [`text_fields`], its timestamp by [`timestamp`].
 
 use std::fmt;
 
@@ -24,6 +24,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 pub mod text_fields;
+pub mod text_line;
 #[cfg(test)]
 mod text_tests;
 pub mod timestamp;
@@ -72,7 +73,7 @@ pub fn init(json: bool) {
         // Span fields kept as JSON, so each line can carry its connection's span as an object.
         builder.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()).event_format(JsonLines).init();
     } else {
-        builder.fmt_fields(text_fields::TextFields).with_timer(timestamp::CachedSystemTime).init();
+        builder.fmt_fields(text_fields::TextFields).event_format(text_line::TextLines::default()).init();
     }
 }
 

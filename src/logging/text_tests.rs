@@ -12,6 +12,7 @@ use tracing_subscriber::fmt::time::FormatTime;
 
 use super::tests::Sink;
 use super::text_fields::TextFields;
+use super::text_line::TextLines;
 use super::timestamp::CachedSystemTime;
 
 /// An error with a cause, for the `name.sources=[..]` part.
@@ -105,6 +106,7 @@ fn events() {
 
 /// A timer that writes the same instant every time, so that two runs' lines compare byte for byte (the real
 /// timer is compared with the library's in `timestamp.rs`).
+#[derive(Clone)]
 struct FixedTime;
 
 impl FormatTime for FixedTime {
@@ -113,7 +115,7 @@ impl FormatTime for FixedTime {
     }
 }
 
-/// What `events` writes through the library's default text format (`ours` false) or with [`TextFields`].
+/// What `events` writes through the library's default text format (`ours` false) or ours.
 fn output(ours: bool, ansi: bool) -> String {
     // The bridge forwards `log` records to the subscriber current on the thread; installed once per process.
     let _ = tracing_log::LogTracer::init();
@@ -125,7 +127,8 @@ fn output(ours: bool, ansi: bool) -> String {
         .with_ansi(ansi)
         .with_timer(FixedTime);
     if ours {
-        tracing::subscriber::with_default(builder.fmt_fields(TextFields).finish(), events);
+        let ours = builder.fmt_fields(TextFields).event_format(TextLines::with_timer(FixedTime));
+        tracing::subscriber::with_default(ours.finish(), events);
     } else {
         tracing::subscriber::with_default(builder.finish(), events);
     }
@@ -177,7 +180,7 @@ fn line_cost(subscriber: impl tracing::Subscriber + Send + Sync + 'static) -> u1
     })
 }
 
-/// The library's default text format against ours, and each of our two parts alone:
+/// The library's default text format against ours, and our parts one by one:
 /// `cargo test --release --lib logging::text_tests -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, not a check"]
@@ -187,7 +190,11 @@ fn connection_closed_line_cost() {
         let library = line_cost(builder().finish());
         let fields = line_cost(builder().fmt_fields(TextFields).finish());
         let timer = line_cost(builder().with_timer(CachedSystemTime).finish());
-        let ours = line_cost(builder().fmt_fields(TextFields).with_timer(CachedSystemTime).finish());
-        println!("round {round} (ns/line): library {library}, our fields {fields}, our timer {timer}, ours {ours}");
+        let both = line_cost(builder().fmt_fields(TextFields).with_timer(CachedSystemTime).finish());
+        let ours = line_cost(builder().fmt_fields(TextFields).event_format(TextLines::default()).finish());
+        println!(
+            "round {round} (ns/line): library {library}, our fields {fields}, our timer {timer}, both {both}, \
+             ours (fields, timer, line) {ours}"
+        );
     }
 }
