@@ -87,7 +87,7 @@ impl TextVisitor<'_> {
             return false;
         }
         let sanitizes = self.writer.sanitizes_ansi_escapes();
-        MESSAGE_TEXT.with(|text| {
+        let written = MESSAGE_TEXT.try_with(|text| {
             // Busy if formatting the message logged another line on this thread.
             let Ok(mut text) = text.try_borrow_mut() else { return false };
             text.clear();
@@ -102,7 +102,9 @@ impl TextVisitor<'_> {
                 self.result = self.writer.write_str(&text);
             }
             true
-        })
+        });
+        // Gone if the thread is exiting.
+        written.unwrap_or(false)
     }
 }
 

@@ -65,7 +65,7 @@ fn events() {
     ] {
         connection_closed(v6, Some(text), 0.0012, Some(text));
         info!(value = text, shown = %text, debugged = ?text, "message {text} here");
-        info!(message = text, r#type = text);
+        info!(message = text, r#type = text, "r#kind" = text, "r#message" = text);
         warn!("{}", text);
     }
     for duration in [0.0012, 12.5, 1e-7, 0.0, -0.0, 1e16, 123_456.789, f64::NAN, f64::INFINITY, f64::MIN_POSITIVE] {

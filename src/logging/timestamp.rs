@@ -43,16 +43,18 @@ impl FormatTime for CachedSystemTime {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
         let since_epoch = std::time::SystemTime::now().duration_since(UNIX_EPOCH).ok();
         let text = since_epoch.and_then(|since| {
-            LAST_SECOND.with(|last| {
+            let cached = LAST_SECOND.try_with(|last| {
                 let mut cache = last.get();
                 let text = cache.text_at(since);
                 last.set(cache);
                 text
-            })
+            });
+            cached.ok().flatten()
         });
         match text {
             Some(bytes) => w.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?),
-            // A clock before 1970 or after 9999: rare enough to pay for the library's arithmetic.
+            // A clock before 1970 or after 9999 (or a thread past its thread-locals): rare enough to pay for the
+            // library's arithmetic.
             None => SystemTime.format_time(w),
         }
     }
