@@ -56,15 +56,16 @@ impl TextVisitor<'_> {
         Some(name.strip_prefix("r#").unwrap_or(name))
     }
 
-    /// Writes the separating space (unless first) and `name=`.
-    fn start(&mut self, name: &str) -> fmt::Result {
+    /// Writes the separating space (unless first), the name and `equals` (`=`, or `="` before a quoted string:
+    /// every write is a call through two writers).
+    fn start(&mut self, name: &str, equals: &str) -> fmt::Result {
         if self.is_empty {
             self.is_empty = false;
         } else {
             self.writer.write_char(' ')?;
         }
         self.writer.write_str(name)?;
-        self.writer.write_char('=')
+        self.writer.write_str(equals)
     }
 
     /// Hands one field to the library's visitor, which continues where this one is.
@@ -123,8 +124,7 @@ impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         match self.plain_name(field) {
             Some(name) if is_plain_str(value) => {
-                self.result = self.start(name).and_then(|()| {
-                    self.writer.write_char('"')?;
+                self.result = self.start(name, "=\"").and_then(|()| {
                     self.writer.write_str(value)?;
                     self.writer.write_char('"')
                 });
@@ -138,7 +138,8 @@ impl Visit for TextVisitor<'_> {
     fn record_u64(&mut self, field: &Field, value: u64) {
         match self.plain_name(field) {
             Some(name) => {
-                self.result = self.start(name).and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
+                self.result =
+                    self.start(name, "=").and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
             }
             None => self.record_debug(field, &value),
         }
@@ -147,7 +148,8 @@ impl Visit for TextVisitor<'_> {
     fn record_i64(&mut self, field: &Field, value: i64) {
         match self.plain_name(field) {
             Some(name) => {
-                self.result = self.start(name).and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
+                self.result =
+                    self.start(name, "=").and_then(|()| self.writer.write_str(itoa::Buffer::new().format(value)))
             }
             None => self.record_debug(field, &value),
         }
@@ -157,7 +159,7 @@ impl Visit for TextVisitor<'_> {
         match self.plain_name(field) {
             Some(name) => {
                 self.result =
-                    self.start(name).and_then(|()| self.writer.write_str(if value { "true" } else { "false" }))
+                    self.start(name, "=").and_then(|()| self.writer.write_str(if value { "true" } else { "false" }))
             }
             None => self.record_debug(field, &value),
         }
@@ -166,7 +168,7 @@ impl Visit for TextVisitor<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         match self.plain_name(field) {
             // Debug, as the library writes it (1e-7, not 0.0000001).
-            Some(name) => self.result = self.start(name).and_then(|()| write!(self.writer, "{value:?}")),
+            Some(name) => self.result = self.start(name, "=").and_then(|()| write!(self.writer, "{value:?}")),
             None => self.record_debug(field, &value),
         }
     }
@@ -180,7 +182,7 @@ impl Visit for TextVisitor<'_> {
             return;
         }
         if let Some(name) = self.plain_name(field) {
-            self.result = self.start(name).and_then(|()| write!(self.writer, "{value:?}"));
+            self.result = self.start(name, "=").and_then(|()| write!(self.writer, "{value:?}"));
         } else if field.name() != MESSAGE || !self.message(value) {
             self.library(field, |v| v.record_debug(field, value));
         }

@@ -36,14 +36,15 @@ impl<T: FormatTime + Clone> TextLines<T> {
     }
 }
 
-/// The level as the library writes it uncoloured: right-aligned in five characters.
+/// The level as the library writes it uncoloured (right-aligned in five characters), with the spaces after the
+/// timestamp and after the level: one write instead of three.
 fn level_text(level: &Level) -> &'static str {
     match *level {
-        Level::TRACE => "TRACE",
-        Level::DEBUG => "DEBUG",
-        Level::INFO => " INFO",
-        Level::WARN => " WARN",
-        Level::ERROR => "ERROR",
+        Level::TRACE => " TRACE ",
+        Level::DEBUG => " DEBUG ",
+        Level::INFO => "  INFO ",
+        Level::WARN => "  WARN ",
+        Level::ERROR => " ERROR ",
     }
 }
 
@@ -64,9 +65,7 @@ where
         if self.timer.format_time(&mut writer).is_err() {
             writer.write_str("<unknown time>")?;
         }
-        writer.write_char(' ')?;
         writer.write_str(level_text(meta.level()))?;
-        writer.write_char(' ')?;
         if let Some(scope) = ctx.event_scope() {
             let mut any = false;
             for span in scope.from_root() {
