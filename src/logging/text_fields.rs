@@ -31,6 +31,9 @@ impl<'writer> FormatFields<'writer> for TextFields {
     }
 }
 
+/// Bytes of message buffer a thread keeps between lines.
+const MESSAGE_TEXT_KEPT: usize = 4096;
+
 thread_local! {
     /// A message's text, checked for characters the library would escape before it is written.
     static MESSAGE_TEXT: RefCell<String> = const { RefCell::new(String::new()) };
@@ -101,6 +104,10 @@ impl TextVisitor<'_> {
             self.is_empty = false;
             if self.result.is_ok() {
                 self.result = self.writer.write_str(&text);
+            }
+            // One long message must not hold its size for the thread's life.
+            if text.capacity() > MESSAGE_TEXT_KEPT {
+                *text = String::new();
             }
             true
         });
