@@ -52,8 +52,10 @@
 //! types it builds), [`named_file`] (every file the configuration names, read only if regular and under a size
 //! cap), [`tls_material`] (certificates and ticket keys, loaded with the configuration), [`metrics`] (every metric
 //! named once),
-//! [`logging`] (log filter and line formats), [`shutdown`] (signals, drain, and the task trackers it stops), [`signal`] (the
-//! notifier a relay waits on for rare events: the drain's end, its server closed),
+//! [`logging`] (log filter and line formats; text lines are tracing-subscriber's default format written by cheaper
+//! parts: [`logging::text_line`], [`logging::text_fields`], [`logging::timestamp`]),
+//! [`shutdown`] (signals, drain, and the task trackers it stops), [`signal`] (the notifier a relay waits on for
+//! rare events: the drain's end, its server closed),
 //! [`proxy_protocol`] (PROXY v1/v2 headers to servers), [`rate_limit`] (new connections per second per IP in a bounded
 //! table, with [`token_bucket`], which also counts the datagram rate of UDP flows and spaces a server's new
 //! connections),

@@ -8,6 +8,9 @@
 //! JSON lines are `{"timestamp","level","fields":{..},"target"}`, with `"span":{"name",..}` inside a connection. Events a library writes through the `log` crate
 //! carry the path of its source file on the build machine (`log.file`); those bridge fields are left out, the
 //! library's module is the `target`.
+//!
+//! Text lines are tracing-subscriber's default format, byte for byte, written by cheaper parts: the line by
+//! [`text_line`], its fields by [`text_fields`], its timestamp by [`timestamp`].
 
 use std::fmt;
 
@@ -19,6 +22,12 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+pub mod text_fields;
+pub mod text_line;
+#[cfg(test)]
+mod text_tests;
+pub mod timestamp;
 
 /// Characters of a client-supplied string (client id, user name, server name) a log line carries at most.
 pub const CLIPPED_CHARS: usize = 128;
@@ -64,7 +73,7 @@ pub fn init(json: bool) {
         // Span fields kept as JSON, so each line can carry its connection's span as an object.
         builder.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()).event_format(JsonLines).init();
     } else {
-        builder.init();
+        builder.fmt_fields(text_fields::TextFields).event_format(text_line::TextLines::default()).init();
     }
 }
 
@@ -182,7 +191,8 @@ mod tests {
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    /// A writer into a buffer the test reads afterwards.
+    pub(super) struct Sink(pub(super) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
