@@ -47,6 +47,11 @@ enum Command {
     Version,
 }
 
+/// mimalloc rather than glibc's malloc: a connection's task is an aligned allocation often freed by another worker
+/// than the one that made it, which glibc does slowly (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(cli.run)) {
