@@ -114,7 +114,9 @@ mod tests {
         let end = tokio::time::timeout(Duration::from_secs(5), watching(Duration::from_millis(400))).await.unwrap();
         assert!(matches!(end, RelayEnd::Idle), "{end:?}");
         assert!(start.elapsed() >= Duration::from_millis(400) && start.elapsed() < Duration::from_millis(1200));
-        // The server keeps talking: the idle deadline moves on, the client's keep-alive one does not.
+        // The server keeps talking, from now on (before the watch first looks): the idle deadline moves on, the
+        // client's keep-alive one does not.
+        server.store(elapsed_ms(start), Ordering::Relaxed);
         let talking = async {
             loop {
                 server.store(elapsed_ms(start), Ordering::Relaxed);
@@ -122,6 +124,7 @@ mod tests {
             }
         };
         let end = tokio::select! {
+            biased;
             end = watching(Duration::from_millis(400)) => end,
             () = talking => unreachable!(),
         };
