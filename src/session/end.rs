@@ -23,7 +23,7 @@ use tracing::info;
 
 use crate::metrics::ReasonLabels;
 use crate::mqtt::disconnect::is_disconnect;
-use crate::relay::RelayEnd;
+use crate::relay::{EndWithClose, RelayEnd};
 
 /// Why a relayed connection ended: the `reason` of the `connection closed` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,8 @@ pub struct ClientSide<'a, S> {
     last_read_disconnect: bool,
     /// The close reason and error once the relay returned; None if it was cut short.
     outcome: Option<(CloseReason, Option<std::io::Error>)>,
-    /// The relay shut the client's write half down (a FIN, after the server's EOF): nothing left to close.
+    /// The relay shut the client's write half down (a FIN, after the server's EOF), or left that FIN to the close
+    /// of a plain TCP stream at the end: nothing left to shut down.
     write_shut: bool,
     line: EndLine<'a>,
 }
@@ -263,6 +264,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientSide<'_, S> {
     }
 }
 
+impl<S: EndWithClose> EndWithClose for ClientSide<'_, S> {
+    fn end_with_close(&mut self) -> bool {
+        let ended = self.stream.end_with_close();
+        self.write_shut |= ended;
+        ended
+    }
+}
+
 /// The server side of a relay: notes the server's EOF when its read returns it.
 pub struct ServerSide<'a, S> {
     stream: S,
@@ -272,6 +281,12 @@ pub struct ServerSide<'a, S> {
 impl<'a, S> ServerSide<'a, S> {
     pub fn new(stream: S, first_eof: &'a FirstEof) -> Self {
         ServerSide { stream, first_eof }
+    }
+}
+
+impl<S: EndWithClose> EndWithClose for ServerSide<'_, S> {
+    fn end_with_close(&mut self) -> bool {
+        self.stream.end_with_close()
     }
 }
 

@@ -186,8 +186,9 @@ impl Session {
                 false
             }
         };
-        // A second shutdown of a TCP or TLS stream the relay already shut down sends nothing: skip its system
-        // call and timer. A WebSocket stream is closed here in any case (its close frame, then the linger).
+        // A second shutdown of a TCP or TLS stream the relay already shut down (or of a TCP stream whose FIN the
+        // relay left to the close below) sends nothing: skip its system call and timer. A WebSocket stream is
+        // closed here in any case (its close frame, then the linger).
         if !write_shut || matches!(stream, ClientStream::Ws(_)) {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
         }

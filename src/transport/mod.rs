@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::relay::EndWithClose;
+
 /// A client's byte stream once its transport is up.
 pub enum ClientStream {
     Plain(TcpStream),
@@ -42,10 +44,24 @@ impl ClientStream {
     }
 }
 
+/// A plain TCP client ends with its close (the FIN a shutdown would send); TLS and WebSocket have bytes to send first.
+impl EndWithClose for ClientStream {
+    fn end_with_close(&mut self) -> bool {
+        matches!(self, ClientStream::Plain(_))
+    }
+}
+
 /// A server's byte stream: TCP, or WebSocket over TCP for `websocket` backends.
 pub enum ServerStream {
     Tcp(TcpStream),
     Ws(Box<ws::WsIo<TcpStream>>),
+}
+
+/// TCP ends with its close; WebSocket sends its close frame first.
+impl EndWithClose for ServerStream {
+    fn end_with_close(&mut self) -> bool {
+        matches!(self, ServerStream::Tcp(_))
+    }
 }
 
 impl AsyncRead for ServerStream {
