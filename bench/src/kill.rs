@@ -265,7 +265,7 @@ pub async fn run(setup: &crate::Setup, variant: Variant, n: usize, rate: u32, ro
     let servers: Vec<SocketAddr> = fronts.iter().map(|f| f.addr).collect();
     let (proxy, addr): (Proc, SocketAddr) = match variant {
         Variant::Haproxy => {
-            let (p, a, _) = procs::start_haproxy(
+            let (p, at) = procs::start_haproxy(
                 &setup.dir,
                 &tag,
                 &setup.pki.combined,
@@ -275,7 +275,7 @@ pub async fn run(setup: &crate::Setup, variant: Variant, n: usize, rate: u32, ro
                 setup.logs,
             )
             .await?;
-            (p, a)
+            (p, at.tls)
         }
         Variant::MqttLb | Variant::MqttLbRate => {
             let server_keys = format!(", max_connection_rate: {rate}");

@@ -57,11 +57,13 @@ mosquitto, haproxy and mqtt-lb. Writes results.json and RESULTS.md into --out.
   --window N              saturated: messages in flight per publisher (default 1000)
   --idle-conns N          idle TLS connections per proxy (default: 9,000 or what the open-files limit allows)
   --paths LIST            comma-separated: direct,haproxy,mqtt-lb (default all)
-  --phases LIST           comma-separated: conn,resume,plain,tput,idle,wssidle,storm,kill,handshake,udp
+  --phases LIST           comma-separated: conn,resume,plain,plain_tcpka,tput,idle,wssidle,storm,kill,handshake,udp
                           (default all but wssidle, kill and handshake); handshake: ring beside aws-lc-rs; wssidle: idle memory of WSS beside MQTTS clients in mqtt-lb; kill: one
                           of three brokers killed and brought back (rates counted at the brokers); resume: the
                           connection rate with clients that resume their TLS session; plain: the same cycle
-                          without TLS (plain listeners); storm: N clients cut at once and reconnecting at once,
+                          without TLS (plain listeners); plain_tcpka: plain again with TCP keepalive on both
+                          sockets in both proxies (HAProxy's clitcpka/srvtcpka at mqtt-lb's default 2m/30s/4;
+                          mqtt-lb as in plain; not direct); storm: N clients cut at once and reconnecting at once,
                           with and without resumption
   --providers LIST        handshake: NAME=PATH of mqtt-lb builds, one per crypto provider (default:
                           ring=target/release/mqtt-lb,aws-lc-rs=target/aws-lc/release/mqtt-lb)
@@ -176,6 +178,7 @@ fn parse_args() -> Result<Opts, String> {
             "conn".into(),
             "resume".into(),
             "plain".into(),
+            "plain_tcpka".into(),
             "tput".into(),
             "idle".into(),
             "storm".into(),
@@ -213,7 +216,7 @@ fn parse_args() -> Result<Opts, String> {
     let parse_phases = |v: String| -> Result<Vec<String>, String> {
         let phases: Vec<String> = v.split(',').map(|p| p.trim().to_owned()).collect();
         match phases.iter().find(|p| {
-            !["conn", "resume", "plain", "tput", "idle", "wssidle", "storm", "kill", "handshake", "udp"]
+            !["conn", "resume", "plain", "plain_tcpka", "tput", "idle", "wssidle", "storm", "kill", "handshake", "udp"]
                 .contains(&p.as_str())
         }) {
             Some(bad) => Err(format!("unknown phase {bad:?}")),
@@ -342,6 +345,9 @@ struct Peer {
     resume: Arc<Target>,
     /// Its listener without TLS (the broker's plain listener for direct): the plain connection cycle.
     plain: Arc<Target>,
+    /// The plain listener with TCP keepalive on both sockets: HAProxy's `plain_tcpka` frontend, mqtt-lb's plain
+    /// listener (keepalive is its default); None for direct.
+    plain_tcpka: Option<Arc<Target>>,
     /// The proxy's process (none for the direct path).
     proxy: Option<Proc>,
 }
@@ -418,25 +424,29 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         report::Meta::gather(opts, &setup.mqtt_lb, setup.compare.as_deref(), idle_conns, setup.haproxy_maxconn);
 
     let mut quiet_budget = Duration::from_secs_f64(opts.quiet_wait);
-    let needs_main =
-        opts.phases.iter().any(|p| ["conn", "resume", "plain", "tput", "storm", "handshake"].contains(&p.as_str()));
+    let needs_main = opts
+        .phases
+        .iter()
+        .any(|p| ["conn", "resume", "plain", "plain_tcpka", "tput", "storm", "handshake"].contains(&p.as_str()));
     let mut results = report::Results::new(opts, idle_conns);
     let mut broker = None;
     let mut peers: Vec<Peer> = Vec::new();
     if needs_main {
         let b = Broker::start(&setup.dir, "mosquitto", &setup.pki.cert, &setup.pki.key).await?;
         for &kind in &opts.paths {
-            let (proxy, addr, plain_addr) = start_path(&setup, kind, &b, "main").await?;
+            let (proxy, addr, plain_addr, tcpka_addr) = start_path(&setup, kind, &b, "main").await?;
             let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &short(kind)));
             let plain =
                 Arc::new(Target::plain(plain_addr, Arc::clone(&setup.client_tls), &format!("{}p", short(kind))));
+            let plain_tcpka = tcpka_addr
+                .map(|a| Arc::new(Target::plain(a, Arc::clone(&setup.client_tls), &format!("{}k", short(kind)))));
             let desc = target.describe().await.map_err(|e| format!("{}: {e}", kind.name()))?;
             log(format!("{} on {addr}: {desc}", kind.name()));
             meta.tls.insert(kind.name().to_owned(), json!(desc));
             // A session store per path: a ticket from one server is no use on another.
             let resuming = setup.pki.client_config(setup.full_verify, true)?;
             let resume = Arc::new(Target::new(addr, resuming, &format!("{}r", short(kind))));
-            peers.push(Peer { kind, target, resume, plain, proxy });
+            peers.push(Peer { kind, target, resume, plain, plain_tcpka, proxy });
         }
         if opts.phases.iter().any(|p| p == "storm") {
             let n = storm_clients(opts, soft, &b, &peers);
@@ -489,12 +499,17 @@ async fn run(opts: &Opts, soft: u64, hard: u64) -> Result<u64, String> {
         log(format!("round {}/{}: order {}", round + 1, opts.rounds, names.join(", ")));
         let mut r = report::Round::new(round + 1, &names);
         if let Some(b) = &broker {
-            for phase in ["conn", "resume", "plain"].into_iter().filter(|p| opts.phases.iter().any(|o| o == p)) {
+            let conn_phases = ["conn", "resume", "plain", "plain_tcpka"];
+            for phase in conn_phases.into_iter().filter(|p| opts.phases.iter().any(|o| o == p)) {
                 for &i in &order {
                     let Some(peer) = peers.get(i) else { continue };
                     let target = match phase {
                         "resume" => &peer.resume,
                         "plain" => &peer.plain,
+                        "plain_tcpka" => match &peer.plain_tcpka {
+                            Some(t) => t,
+                            None => continue,
+                        },
                         _ => &peer.target,
                     };
                     let run = probe(&setup, b, peer.proxy.as_ref()).start();
@@ -791,19 +806,17 @@ fn short(kind: PathKind) -> String {
     }
 }
 
-/// Starts the proxy of a path (none for direct) in front of `broker`; returns it, the address TLS clients use and
-/// the one plain MQTT clients use.
-async fn start_path(
-    setup: &Setup,
-    kind: PathKind,
-    broker: &Broker,
-    tag: &str,
-) -> Result<(Option<Proc>, std::net::SocketAddr, std::net::SocketAddr), String> {
+/// What [`start_path`] returns: the proxy (none for direct), the address TLS clients use, the one plain MQTT
+/// clients use and the plain one with TCP keepalive on both sockets (none for direct).
+type Started = (Option<Proc>, std::net::SocketAddr, std::net::SocketAddr, Option<std::net::SocketAddr>);
+
+/// Starts the proxy of a path (none for direct) in front of `broker`.
+async fn start_path(setup: &Setup, kind: PathKind, broker: &Broker, tag: &str) -> Result<Started, String> {
     let (dir, pki) = (setup.dir.as_path(), &setup.pki);
     let (bin, name) = match (kind, &setup.compare) {
-        (PathKind::Direct, _) => return Ok((None, broker.tls, broker.plain)),
+        (PathKind::Direct, _) => return Ok((None, broker.tls, broker.plain, None)),
         (PathKind::Haproxy, _) => {
-            let (p, a, plain) = procs::start_haproxy(
+            let (p, at) = procs::start_haproxy(
                 dir,
                 tag,
                 &pki.combined,
@@ -813,7 +826,7 @@ async fn start_path(
                 setup.logs,
             )
             .await?;
-            return Ok((Some(p), a, plain));
+            return Ok((Some(p), at.tls, at.plain, Some(at.plain_tcpka)));
         }
         (PathKind::MqttLb, _) => (setup.mqtt_lb.as_path(), "mqtt-lb"),
         (PathKind::MqttLbBase, Some(base)) => (base.as_path(), "mqtt-lb-base"),
@@ -833,7 +846,8 @@ async fn start_path(
         setup.logs,
     )
     .await?;
-    Ok((Some(p), at.tls, at.plain))
+    // TCP keepalive on both sockets is mqtt-lb's default: its plain listener is the like-for-like one too.
+    Ok((Some(p), at.tls, at.plain, Some(at.plain)))
 }
 
 /// One path of the UDP section: where the senders send, and the proxy's process (none for direct).
@@ -925,7 +939,7 @@ async fn pause(budget: &mut Duration) {
 async fn idle_memory(setup: &Setup, kind: PathKind, round: usize) -> Result<Value, String> {
     let tag = format!("idle{}-{}", round + 1, kind.name());
     let broker = Broker::start(&setup.dir, &format!("mosquitto-{tag}"), &setup.pki.cert, &setup.pki.key).await?;
-    let (proxy, addr, _) = start_path(setup, kind, &broker, &tag).await?;
+    let (proxy, addr, _, _) = start_path(setup, kind, &broker, &tag).await?;
     let pid = proxy.as_ref().map_or(broker.proc.pid, |p| p.pid);
     let target = Arc::new(Target::new(addr, Arc::clone(&setup.client_tls), &format!("{}i", short(kind))));
     Ok(measure_idle(setup, pid, &broker, target).await)

@@ -200,12 +200,25 @@ pub fn haproxy_binary() -> PathBuf {
     }
 }
 
-/// HAProxy's configuration: the WIS2 reference frontend/backend on loopback, and the same frontend without TLS on
-/// `plain` (the plain connection-rate load). With `logs`, one line per connection
-/// to stdout (`option tcplog`), as in the reference; mqtt-lb logs one line per connection at its default level.
+/// mqtt-lb's default `limits.tcp_keepalive` (idle, interval in seconds, count): TCP keepalive on its client and
+/// server sockets. HAProxy's `plain_tcpka` frontend does the same, for a like-for-like plain row.
+pub const MQTT_LB_TCP_KEEPALIVE: (u32, u32, u32) = (120, 30, 4);
+
+/// Where a started HAProxy listens: the reference frontend (TLS), the same without TLS, and that again with TCP
+/// keepalive on both sockets as mqtt-lb's defaults have it.
+pub struct HaproxyAddrs {
+    pub tls: SocketAddr,
+    pub plain: SocketAddr,
+    pub plain_tcpka: SocketAddr,
+}
+
+/// HAProxy's configuration: the WIS2 reference frontend/backend on loopback, the same frontend without TLS on
+/// `plain` (the plain connection-rate load), and on `plain_tcpka` that plain frontend with TCP keepalive on the
+/// client and the server socket (`option clitcpka`/`srvtcpka`, mqtt-lb's default timings): the reference config
+/// has none, mqtt-lb has it on by default. With `logs`, one line per connection to stdout (`option tcplog`), as in
+/// the reference; mqtt-lb logs one line per connection at its default level.
 pub fn haproxy_config(
-    bind: SocketAddr,
-    plain: SocketAddr,
+    at: &HaproxyAddrs,
     pem: &Path,
     brokers: &[SocketAddr],
     maxconn: u64,
@@ -216,6 +229,12 @@ pub fn haproxy_config(
         brokers.iter().enumerate().map(|(i, b)| format!("  server broker{} {b} check inter 2s\n", i + 1)).collect();
     let (global_log, log) =
         if logs { ("  log stdout format raw local0\n", "  log global\n  option tcplog\n") } else { ("", "") };
+    let (idle, intvl, cnt) = MQTT_LB_TCP_KEEPALIVE;
+    let keepalive = |side: &str| {
+        format!(
+            "  option {side}tcpka\n  {side}tcpka-idle {idle}s\n  {side}tcpka-intvl {intvl}s\n  {side}tcpka-cnt {cnt}\n"
+        )
+    };
     format!(
         "global\n\
          \x20 maxconn {maxconn}\n\
@@ -228,28 +247,29 @@ pub fn haproxy_config(
          \x20 timeout connect 5s\n\
          \x20 timeout client 1h\n\
          \x20 timeout server 1h\n\
-         \n\
-         frontend mqtts_frontend\n\
-         \x20 bind {bind} ssl crt {pem}\n\
-         \x20 mode tcp\n\
-         \x20 tcp-request inspect-delay 10s\n\
-         \x20 tcp-request content reject unless {{ req.payload(0,0),mqtt_is_valid }}\n\
-         \x20 default_backend mqtt_backend\n\
-         \n\
-         frontend mqtt_frontend\n\
-         \x20 bind {plain}\n\
-         \x20 mode tcp\n\
-         \x20 tcp-request inspect-delay 10s\n\
-         \x20 tcp-request content reject unless {{ req.payload(0,0),mqtt_is_valid }}\n\
-         \x20 default_backend mqtt_backend\n\
-         \n\
-         backend mqtt_backend\n\
-         \x20 mode tcp\n\
-         \x20 stick-table type string len 32 size 100k expire 30m\n\
-         \x20 stick on req.payload(0,0),mqtt_field_value(connect,client_identifier)\n\
-         \x20 balance roundrobin\n\
-         {servers}",
-        pem = pem.display()
+         {}{}{}{}{}",
+        mqtt_frontend("mqtts_frontend", &format!("{} ssl crt {}", at.tls, pem.display()), "", "mqtt_backend"),
+        mqtt_frontend("mqtt_frontend", &at.plain.to_string(), "", "mqtt_backend"),
+        mqtt_backend("mqtt_backend", "", &servers),
+        mqtt_frontend("mqtt_tcpka_frontend", &at.plain_tcpka.to_string(), &keepalive("cli"), "mqtt_tcpka_backend"),
+        mqtt_backend("mqtt_tcpka_backend", &keepalive("srv"), &servers),
+    )
+}
+
+/// A frontend of the reference config: the CONNECT checked (`mqtt_is_valid`) before the backend is chosen; `options`
+/// are extra lines.
+fn mqtt_frontend(name: &str, bind: &str, options: &str, backend: &str) -> String {
+    format!(
+        "\nfrontend {name}\n  bind {bind}\n  mode tcp\n{options}  tcp-request inspect-delay 10s\n  \
+         tcp-request content reject unless {{ req.payload(0,0),mqtt_is_valid }}\n  default_backend {backend}\n"
+    )
+}
+
+/// The backend of the reference config: sticky on the CONNECT's client id; `options` are extra lines.
+fn mqtt_backend(name: &str, options: &str, servers: &str) -> String {
+    format!(
+        "\nbackend {name}\n  mode tcp\n{options}  stick-table type string len 32 size 100k expire 30m\n  \
+         stick on req.payload(0,0),mqtt_field_value(connect,client_identifier)\n  balance roundrobin\n{servers}"
     )
 }
 
@@ -372,12 +392,16 @@ pub async fn start_haproxy(
     maxconn: u64,
     threads: usize,
     logs: bool,
-) -> Result<(Proc, SocketAddr, SocketAddr), String> {
+) -> Result<(Proc, HaproxyAddrs), String> {
     let mut last = String::new();
     for _ in 0..3 {
-        let (bind, plain) = (loopback(free_port()?), loopback(free_port()?));
+        let at = HaproxyAddrs {
+            tls: loopback(free_port()?),
+            plain: loopback(free_port()?),
+            plain_tcpka: loopback(free_port()?),
+        };
         let cfg = dir.join(format!("haproxy-{tag}.cfg"));
-        std::fs::write(&cfg, haproxy_config(bind, plain, pem, brokers, maxconn, threads, logs))
+        std::fs::write(&cfg, haproxy_config(&at, pem, brokers, maxconn, threads, logs))
             .map_err(|e| format!("write {}: {e}", cfg.display()))?;
         let check = Command::new(haproxy_binary())
             .arg("-c")
@@ -396,8 +420,8 @@ pub async fn start_haproxy(
         let mut cmd = Command::new(haproxy_binary());
         cmd.arg("-db").arg("-f").arg(&cfg);
         let mut proc = Proc::spawn("haproxy", cmd, &dir.join(format!("haproxy-{tag}.log")))?;
-        match proc.wait_accepting(bind).await {
-            Ok(()) => return Ok((proc, bind, plain)),
+        match proc.wait_accepting(at.tls).await {
+            Ok(()) => return Ok((proc, at)),
             Err(e) => last = e,
         }
     }

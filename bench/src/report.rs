@@ -377,6 +377,16 @@ fn rows(r: &Results) -> Vec<(String, String)> {
         ("plain.p99".to_owned(), "plain MQTT: time to CONNACK p99 (ms)".to_owned()),
         ("plain.cpu_us".to_owned(), "plain MQTT: proxy CPU per connection (µs)".to_owned()),
         ("plain.syscalls".to_owned(), "plain MQTT: proxy system calls per connection".to_owned()),
+        ("plain_tcpka.rate".to_owned(), "plain MQTT, TCP keepalive both sides: connections/s".to_owned()),
+        ("plain_tcpka.p99".to_owned(), "plain MQTT, TCP keepalive both sides: time to CONNACK p99 (ms)".to_owned()),
+        (
+            "plain_tcpka.cpu_us".to_owned(),
+            "plain MQTT, TCP keepalive both sides: proxy CPU per connection (µs)".to_owned(),
+        ),
+        (
+            "plain_tcpka.syscalls".to_owned(),
+            "plain MQTT, TCP keepalive both sides: proxy system calls per connection".to_owned(),
+        ),
     ];
     for (size, label) in [("64", "64 B"), ("1k", "1 KiB")] {
         v.push((format!("tput{size}.rate"), format!("QoS 0 {label}, saturated: delivered msg/s")));
@@ -546,6 +556,22 @@ impl Results {
                 format!("{} ms vs {} ms", fmt_opt(a), fmt_opt(b)),
                 a.zip(b).map(|(a, b)| a <= b),
             );
+        }
+        // CPU per plain connection: the median of the per-round ratios (each round runs the paths back to back, so
+        // its ratio is steadier on a shared machine than the ratio of the two medians).
+        let paired = |metric: &str| -> Option<f64> {
+            let per_path = values.get(metric)?;
+            let (lb, ha) = (per_path.get(PathKind::MqttLb.name())?, per_path.get(PathKind::Haproxy.name())?);
+            let ratios: Vec<f64> = lb.iter().zip(ha).filter(|(_, h)| **h > 0.0).map(|(l, h)| l / h).collect();
+            let median = summarize(&ratios)?.get("median")?.as_f64()?;
+            (lb.len() == ha.len()).then(|| round3(median))
+        };
+        for (metric, label) in [
+            ("plain.cpu_us", "proxy CPU per plain connection <= HAProxy's (reference config: no TCP keepalive)"),
+            ("plain_tcpka.cpu_us", "proxy CPU per plain connection <= HAProxy's (both: TCP keepalive both sides)"),
+        ] {
+            let r = paired(metric);
+            target(label.into(), r, format!("{} (median of per-round ratios)", fmt_ratio(r)), r.map(|x| x <= 1.0));
         }
         let r = ratio("idle.kib", PathKind::Haproxy);
         target("idle memory per TLS connection <= 0.5x HAProxy".into(), r, fmt_ratio(r), r.map(|x| x <= 0.5));
@@ -1004,9 +1030,18 @@ impl Results {
              |---|---|---|---|---|---|---|---|---|"
         );
         if let Some(phases) = cpu.as_object() {
-            for phase in
-                ["conn", "resume", "plain", "tput64", "paced64", "tput1k", "paced1k", "storm_full", "storm_resumed"]
-            {
+            for phase in [
+                "conn",
+                "resume",
+                "plain",
+                "plain_tcpka",
+                "tput64",
+                "paced64",
+                "tput1k",
+                "paced1k",
+                "storm_full",
+                "storm_resumed",
+            ] {
                 let Some(per_path) = phases.get(phase).and_then(|p| p.as_object()) else { continue };
                 for p in &self.paths {
                     let Some(c) = per_path.get(p.name()) else { continue };
