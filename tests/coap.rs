@@ -498,8 +498,9 @@ async fn dtls_connection_id_reaches_the_same_server_from_a_new_port() {
     // A CID this instance never saw goes by its hash (what every instance would do); then it is known.
     let unknown = [0xEE, 0xEE, 0xEE, 0x01];
     let by_hash = place(&proxy.config, "fakes", PlacementKey::DtlsCid(&unknown), &[]);
-    for _ in 0..2 {
-        let c = device_socket(lb).await;
+    // Both sockets are held to the end, so the second cannot be given the first one's port (and flow).
+    let devices = [device_socket(lb).await, device_socket(lb).await];
+    for c in &devices {
         c.send(&dtls_record(25, 1, &unknown, b"x")).await.expect("send an unknown CID");
         assert_eq!(next_arrival(&mut arrivals).await.0, by_hash);
     }
@@ -1156,7 +1157,9 @@ async fn a_server_given_by_host_name_is_resolved_off_the_datagram_path() {
     let lookups = "mqttlb_server_dns_lookups_total{backend=\"named\",server=\"f1\"}";
     wait_metric(&proxy, lookups, 1.0).await;
     let mut arrivals = fakes.take_arrivals();
-    // Twenty devices, each a new flow to the named server, each answered through the front door.
+    // Twenty devices, each a new flow to the named server, each answered through the front door. Each keeps its
+    // socket to the end, so no device is given a port an earlier one had (whose flow it would take over).
+    let mut devices = Vec::new();
     for i in 0..20u16 {
         let device = device_socket(proxy.addrs["coap"]).await;
         let get = [0x40, 0x01, (i >> 8) as u8, i as u8];
@@ -1166,6 +1169,7 @@ async fn a_server_given_by_host_name_is_resolved_off_the_datagram_path() {
         fakes.socket("f1").send_to(b"answer", from).await.expect("fake answers");
         let reply = recv_within(&device, Duration::from_secs(3)).await.expect("the answer through the front door");
         assert_eq!(reply, b"answer");
+        devices.push(device);
     }
     assert_eq!(opened(&proxy, "coap", "source").await, 20.0);
     assert_eq!(metric(proxy.admin, lookups).await, 1.0, "one lookup in all, none per flow");
