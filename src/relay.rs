@@ -1,15 +1,15 @@
 //! The byte pump: client <-> server in both directions until both sides are done.
 //!
-//! Each direction reads into a buffer on the stack of the poll call and writes what it read straight on; only the
-//! part a writer does not take at once (backpressure) is kept, in a heap buffer of that direction that is freed as
-//! soon as it is written. An idle relay therefore holds no buffer at all (tokio's `copy_bidirectional` keeps one per
-//! direction for the life of the connection: 32 KiB per client here), and a busy one at most one read
-//! ([`BUFFER_SIZE`]) per direction; a direction with unwritten bytes reads nothing more, so a slow reader slows its
-//! own writer and never grows memory. Half-close is honoured: EOF from one side flushes and shuts down the write half
-//! of the other, and the other direction goes on. The last direction to end does not shut its writer down when the
-//! writer says closing it sends the same ([`EndWithClose`]: a plain TCP socket, whose FIN goes with the close that
-//! follows at once), which saves one system call per connection. Bytes are counted as they move (not at the end), so per-server
-//! byte counters are live for connections that last for hours.
+//! Each direction reads into a buffer on the stack of the poll call and writes what it read straight on; only the part
+//! a writer does not take at once (backpressure) is kept, in a heap buffer of that direction that is freed as soon as
+//! it is written. An idle relay therefore holds no buffer at all (tokio's `copy_bidirectional` keeps one per direction
+//! for the life of the connection: 32 KiB per client here), and a busy one at most one read ([`BUFFER_SIZE`]) per
+//! direction; a direction with unwritten bytes reads nothing more, so a slow reader slows its own writer and never
+//! grows memory. Half-close is honoured: EOF from one side flushes and shuts down the write half of the other, and the
+//! other direction goes on. The last direction to end does not shut its writer down when the writer says closing it
+//! sends the same ([`EndWithClose`]: a plain TCP socket, whose FIN goes with the close that follows at once), which
+//! saves one system call per connection. Bytes are counted as they move (not at the end), so per-server byte counters
+//! are live for connections that last for hours.
 //!
 //! With a [`ShutdownNotice`] (MQTT 5 clients, when the server shuts down), the broker-to-client direction is
 //! followed packet by packet: once the notice fires, the pump stops reading from the broker at the next packet
@@ -238,6 +238,8 @@ impl Direction {
             if self.eof {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 self.need_flush = false;
+                // When `last`, the writer's own reads reached EOF (the other direction is done): its close finds
+                // nothing unread, so it sends a FIN, not a reset.
                 if !(last && writer.end_with_close()) {
                     ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 }
